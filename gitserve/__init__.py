@@ -1,0 +1,1 @@
+"""gitserve: a Twisted git server for smart and dumb HTTP(S)."""
