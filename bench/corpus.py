@@ -60,13 +60,9 @@ class CorpusSizes:
     @property
     def name(self) -> str:
         """A directory name that changes whenever a size or a generator does."""
-        return "v{}-h{}x{}-b{}x{}-r{}".format(
-            GENERATOR_VERSION,
-            self.historyCommits,
-            self.historyInitialFiles,
-            self.blobCount,
-            self.blobBytes,
-            self.refCount,
+        return (
+            f"v{GENERATOR_VERSION}-h{self.historyCommits}x{self.historyInitialFiles}"
+            f"-b{self.blobCount}x{self.blobBytes}-r{self.refCount}"
         )
 
 
@@ -275,7 +271,7 @@ class _TextTree:
         words = " ".join(rng.choice(self._words) for _ in range(rng.randint(3, 14)))
         # A hex literal now and then keeps the text from compressing unlike code.
         if rng.random() < 0.3:
-            words += " 0x%08x" % (rng.getrandbits(32),)
+            words += f" 0x{rng.getrandbits(32):08x}"
         return indent + words.encode()
 
     def newFile(self) -> bytes:

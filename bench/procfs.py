@@ -170,6 +170,7 @@ class Sampler:
     @param pids: returns the server's own pids now (for CPU and open files).
     @param watchFiles: also track the largest regular file the server holds
         open for writing, and the largest file in C{tmpDir}.
+    @param ignore: paths that are not temporary files (the server's own log).
     """
 
     def __init__(
@@ -179,7 +180,9 @@ class Sampler:
         interval: float = 0.02,
         watchFiles: bool = False,
         tmpDir: Path | None = None,
+        ignore: set[str] | None = None,
     ) -> None:
+        self._ignore = ignore or set()
         self._memory = memory
         self._pids = pids
         self._interval = interval
@@ -216,7 +219,7 @@ class Sampler:
         if self._watchFiles:
             for pid in pids:
                 for path, size in writtenFiles(pid).items():
-                    if size > result.largestTempFile[1]:
+                    if size > result.largestTempFile[1] and path not in self._ignore:
                         result.largestTempFile = (path, size)
             if self._tmpDir is not None:
                 path, size = largestFileUnder(self._tmpDir)

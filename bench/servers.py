@@ -298,10 +298,12 @@ ScriptAlias /git/ /usr/lib/git-core/git-http-backend/
         self.port = freePort()
         self.writeConfig(modules)
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
+        # A session of its own: on SIGTERM, prefork's parent signals its whole
+        # process group, which would otherwise include this benchmark.
         self._process = subprocess.Popen(
             [str(binary), "-f", str(self.config), "-DFOREGROUND"],
             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=open(self.workDir / "stderr.log", "wb"),
+            stderr=open(self.workDir / "stderr.log", "wb"), start_new_session=True,
         )
         waitForHTTP(self.url("tiny.git") + "/info/refs?service=git-upload-pack",
                     self._process, self.errorLog)
