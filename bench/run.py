@@ -92,6 +92,10 @@ class Row:
     notes: list[str] = field(default_factory=list)
     samples: dict[str, list[float]] = field(default_factory=dict)
 
+    def failed(self) -> list[str]:
+        """The columns that ran and failed (they have an empty sample list)."""
+        return [name for name, values in self.samples.items() if not values]
+
     def ratio(self) -> float | None:
         """gitserve / http-backend."""
         ours, theirs = self.values.get(GITSERVE), self.values.get(BACKEND)
@@ -101,6 +105,8 @@ class Row:
 
     def met(self) -> bool | None:
         """All targets met (None if any cannot be judged, or there is none)."""
+        if GITSERVE in self.failed():
+            return False
         verdicts = [target.met(self.values) for target in self.targets]
         if not verdicts or None in verdicts:
             return None
@@ -133,6 +139,7 @@ class Bench:
         shutil.rmtree(self.scratch, ignore_errors=True)
         self.scratch.mkdir(parents=True)
         self._counter = 0
+        self.failures: list[str] = []
 
     def fresh(self, stem: str) -> Path:
         """A path in the scratch directory that does not exist yet."""
@@ -180,14 +187,26 @@ class Bench:
         """
         samples: dict[str, list[float]] = {name: [] for name in runners}
         names = list(runners)
+        failed: set[str] = set()
         for rep in range(reps):
             order = names[rep % len(names):] + names[: rep % len(names)]
             for name in order:
-                samples[name].append(runners[name]())
+                if name in failed:
+                    continue
+                try:
+                    samples[name].append(runners[name]())
+                except WorkloadFailed as error:
+                    # One failing column must not hide the others' figures; its
+                    # row shows FAILED and the reason goes under the table.
+                    failed.add(name)
+                    samples[name] = []
+                    self.failures.append(f"{label}, {name}: {error}")
+                    self.log(f"  {label}: {name} FAILED: {error}")
                 if after is not None:
                     after()
         self.log(f"  {label}: " + ", ".join(
             f"{name} {statistics.median(values):.4g}" for name, values in samples.items()
+            if values
         ))
         return samples
 
@@ -195,6 +214,19 @@ class Bench:
 def medians(samples: dict[str, list[float]]) -> dict[str, float | None]:
     """The median of each column's samples."""
     return {name: statistics.median(values) if values else None for name, values in samples.items()}
+
+
+def maxima(samples: dict[str, list[float]]) -> dict[str, float | None]:
+    """The highest of each column's samples (for peaks)."""
+    return {name: max(values) if values else None for name, values in samples.items()}
+
+
+def carryFailures(samples: dict[str, list[float]], *derived: dict[str, list[float]]) -> None:
+    """Mark the servers that failed a workload as failed in the rows derived from it too."""
+    for name, values in samples.items():
+        if not values and name != FLOOR:
+            for figures in derived:
+                figures[name] = []
 
 
 # -- the request a clone sends -----------------------------------------------------------------
@@ -389,11 +421,12 @@ def concurrentWorkload(bench: Bench, clients: int = 16) -> list[Row]:
                                                                server),
                              lambda: burst(str(repository), None))
     samples = bench.repeat(f"{clients} concurrent clones", runners, bench.heavyReps)
+    carryFailures(samples, peaks, cpu)
     return [
         Row(f"{clients} concurrent clones of {repository.name}, wall (all succeed)", "s",
             medians(samples), [Target("ratio<=", 1.0)], [], samples),
         Row(f"server peak memory, {clients} concurrent clones", "MB",
-            {name: max(values) for name, values in peaks.items()}, [Target("value<=", 60)],
+            maxima(peaks), [Target("value<=", 60)],
             [MEMORY_NOTE], peaks),
         Row(f"server CPU seconds, {clients} concurrent clones", "s", medians(cpu), [],
             [CPU_NOTE], cpu),
@@ -550,16 +583,17 @@ def pushWorkload(bench: Bench) -> list[Row]:
 
     runners = _serverRunners(bench, lambda server, name: push(server), lambda: push(None))
     samples = bench.repeat("push", runners, bench.heavyReps)
+    carryFailures(samples, peaks, cpu, largest)
     size = _mb(_packBytes(source))
     return [
         Row(f"push of {size} MB into an empty repository, wall", "s", medians(samples),
             [Target("ratio<=", 1.0)], [], samples),
         Row(f"server peak memory, {size} MB push", "MB",
-            {name: max(values) for name, values in peaks.items()}, [Target("value<=", 60)],
+            maxima(peaks), [Target("value<=", 60)],
             [MEMORY_NOTE], peaks),
         Row(f"server CPU seconds, {size} MB push", "s", medians(cpu), [], [CPU_NOTE], cpu),
         Row(f"largest temporary file written by the server, {size} MB push", "MB",
-            {name: max(values) for name, values in largest.items()}, [Target("value<=", 1.0)],
+            maxima(largest), [Target("value<=", 1.0)],
             notes + ["gitserve: its TMPDIR and every regular file it held open for writing"],
             largest),
     ]
@@ -629,7 +663,7 @@ def _format(value: float | None, unit: str) -> str:
     return f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
 
 
-def formatTable(rows: list[Row]) -> str:
+def formatTable(rows: list[Row], failures: list[str]) -> str:
     """The result table in Markdown, with its notes underneath."""
     lines = [
         "| workload | gitserve | http-backend | floor | ratio gs/hb | target | met? |",
@@ -639,14 +673,17 @@ def formatTable(rows: list[Row]) -> str:
     for row in rows:
         ratio = row.ratio()
         met = row.met()
+        failed = row.failed()
         lines.append("| {} | {} | {} | {} | {} | {} | {} |".format(
             row.workload,
-            *(_format(row.values.get(column), row.unit) for column in COLUMNS),
+            *("FAILED" if column in failed else _format(row.values.get(column), row.unit)
+              for column in COLUMNS),
             "—" if ratio is None else f"{ratio:.2f}",
             ", ".join(target.describe() for target in row.targets) or "—",
             {True: "yes", False: "**NO**", None: "—"}[met],
         ))
         notes += [f"- {row.workload}: {note}" for note in row.notes]
+    notes += [f"- FAILED {failure}" for failure in failures]
     if notes:
         lines += ["", *dict.fromkeys(notes)]
     return "\n".join(lines)
@@ -750,12 +787,13 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
     command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     machine = machineDescription()
-    print(formatTable(rows))
-    print(f"\n`{command.strip()}` on {machine}; {elapsed / 60:.1f} minutes of workloads, "
+    print(formatTable(rows, bench.failures))
+    print(f"\n`{command.strip()}` on {machine}; {elapsed:.0f} s of workloads, "
           f"{reps} (light) / {heavyReps} (heavy) repetitions, medians.")
     results = {
         "command": command.strip(), "machine": machine, "sizes": asdict(sizes),
         "rows": [asdict(row) | {"ratio": row.ratio(), "met": row.met()} for row in rows],
+        "failures": bench.failures,
     }
     output = args.json or WORK_DIR / f"results-{time.strftime('%Y%m%dT%H%M%S')}.json"
     output.write_text(json.dumps(results, indent=2))
