@@ -31,6 +31,7 @@ if __package__ in (None, ""):
 
 from bench import procfs
 from bench.corpus import FULL, QUICK, WORK_DIR, Corpus, ensureCorpora, gitEnvironment
+from bench.pyspy import Profiler, summarize
 from bench.servers import ApacheReference, GitserveServer, MissingDependency, Server
 
 GITSERVE = "gitserve"
@@ -732,6 +733,9 @@ def parseArguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gitserve-args", default="--anonymous-push",
                         help="extra arguments for twistd gitserve (default: %(default)s)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--profile", action="store_true",
+                        help="record gitserve with py-spy during each workload and print "
+                             "where its time went (pip install py-spy)")
     args = parser.parse_args(argv)
     unknown = set(args.only.split(",")) - set(WORKLOADS)
     if unknown:
@@ -775,9 +779,16 @@ def main(argv: list[str] | None = None) -> int:
                       wrkSeconds, log)
         rows: list[Row] = []
         started = time.monotonic()
+        profiles: list[Path] = []
         for workload in args.only.split(","):
             log(f"{workload} ...")
-            rows += RUNNERS[workload](bench)
+            gitserve = servers.get(GITSERVE)
+            if args.profile and isinstance(gitserve, GitserveServer):
+                profiles.append(WORK_DIR / f"profile-{workload}.txt")
+                with Profiler(gitserve.pid, profiles[-1]):
+                    rows += RUNNERS[workload](bench)
+            else:
+                rows += RUNNERS[workload](bench)
         elapsed = time.monotonic() - started
     except (MissingDependency, WorkloadFailed) as error:
         log(f"error: {error}")
@@ -795,6 +806,8 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [asdict(row) | {"ratio": row.ratio(), "met": row.met()} for row in rows],
         "failures": bench.failures,
     }
+    for profile in profiles:
+        print("\n" + summarize(profile))
     output = args.json or WORK_DIR / f"results-{time.strftime('%Y%m%dT%H%M%S')}.json"
     output.write_text(json.dumps(results, indent=2))
     log(f"raw results: {output}")
