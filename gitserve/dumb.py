@@ -1,0 +1,570 @@
+"""
+The dumb HTTP protocol, served natively: no git child process, no
+C{git update-server-info}, and never a write on a GET.
+
+Two kinds of answer live here:
+
+  - I{generated} text: C{HEAD}, C{info/refs} and C{objects/info/packs} are
+    built from the repository on each request, byte for byte what
+    C{git update-server-info} would have written (and what C{git http-backend}
+    sends), so a repository nobody ran update-server-info in is dumb-clonable
+    and the answer is never stale;
+  - I{files} streamed from disk (loose objects, packs, their indexes and the
+    C{objects/info/*alternates} text files) through a pull producer, never read
+    whole into memory, with C{ETag}/C{Last-Modified} validators, conditional
+    requests (304) and a single C{Range} (206) so that an interrupted dumb
+    fetch of a large pack resumes instead of restarting.
+
+Header values mirror C{http-backend.c}: C{hdr_nocache()} for refs and text
+files, C{hdr_cache_forever()} for objects, packs and indexes. Where
+http-backend sends an RFC 2822 date (C{+0000}), we send the IMF-fixdate HTTP
+requires (C{GMT}); the instant is the same.
+
+Nothing here imports the global reactor: the clock is passed in.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from dulwich.objects import Tag
+from dulwich.refs import check_ref_format
+from dulwich.repo import Repo
+from twisted.internet.interfaces import IPullProducer, IReactorTime
+from twisted.logger import Logger
+from twisted.web import http
+from twisted.web.iweb import IRequest
+from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
+
+log = Logger()
+
+TEXT_PLAIN = b"text/plain"
+TEXT_PLAIN_UTF8 = b"text/plain; charset=utf-8"
+
+# hdr_nocache() in http-backend.c.
+NO_CACHE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"Expires", b"Fri, 01 Jan 1980 00:00:00 GMT"),
+    (b"Pragma", b"no-cache"),
+    (b"Cache-Control", b"no-cache, max-age=0, must-revalidate"),
+)
+
+# hdr_cache_forever() in http-backend.c: these files are named after their
+# content (an object id, a pack checksum), so a name never changes meaning.
+ONE_YEAR = 31536000
+CACHE_FOREVER_CONTROL = b"public, max-age=31536000"
+
+# How much of a file one resumeProducing() reads: the transport's own write
+# buffer size, so memory per download stays at one chunk.
+CHUNK_SIZE = 2**16
+
+# A pack in objects/pack that git itself would list: the index is written
+# last when git creates a pack (the .pack is renamed into place first), so an
+# index with its pack beside it is a finished pack, while tmp_pack_*,
+# tmp_idx_* and the incoming-*/ quarantine directories never match.
+PACK_INDEX_NAME = re.compile(r"(pack-(?:[0-9a-f]{40}|[0-9a-f]{64}))\.idx")
+
+
+@dataclass(frozen=True)
+class FileClass:
+    """
+    One class of file in http-backend's route table: how it is labelled and
+    whether caches may keep it.
+
+    @ivar contentType: the C{Content-Type} http-backend sends for it.
+    @ivar cacheForever: C{hdr_cache_forever()} when true, C{hdr_nocache()}
+        otherwise.
+    """
+
+    contentType: bytes
+    cacheForever: bool
+
+
+TEXT_FILE = FileClass(TEXT_PLAIN, cacheForever=False)
+LOOSE_OBJECT = FileClass(b"application/x-git-loose-object", cacheForever=True)
+PACK_FILE = FileClass(b"application/x-git-packed-objects", cacheForever=True)
+IDX_FILE = FileClass(b"application/x-git-packed-objects-toc", cacheForever=True)
+
+
+def setNoCacheHeaders(request: IRequest) -> None:
+    """Forbid every cache from keeping the answer, as C{hdr_nocache()} does."""
+    for name, value in NO_CACHE_HEADERS:
+        request.setHeader(name, value)
+
+
+def setCacheForeverHeaders(request: IRequest, now: float) -> None:
+    """
+    Let caches keep the answer for a year, as C{hdr_cache_forever()} does.
+
+    C{Date} is set from the same clock reading as C{Expires}, so the two are
+    exactly a year apart whatever Twisted put in C{Date} earlier.
+    """
+    request.setHeader(b"Date", http.datetimeToString(int(now)))
+    request.setHeader(b"Expires", http.datetimeToString(int(now) + ONE_YEAR))
+    request.setHeader(b"Cache-Control", CACHE_FOREVER_CONTROL)
+
+
+def sendGenerated(request: IRequest, contentType: bytes, body: bytes) -> bytes:
+    """
+    Label a generated text answer (C{send_strbuf()} in http-backend) and hand
+    the body back for C{render} to return: Twisted adds the
+    C{Content-Length} and drops the body for a HEAD request.
+    """
+    request.setHeader(b"Content-Type", contentType)
+    return body
+
+
+# Refs
+
+
+def hideRefPatterns(values: Sequence[bytes]) -> list[bytes]:
+    """
+    Normalise C{transfer.hideRefs}/C{uploadpack.hideRefs} values the way
+    git's C{parse_hide_refs_config()} does: trailing slashes are dropped, so
+    C{refs/hidden/} and C{refs/hidden} hide the same refs.
+    """
+    return [value.rstrip(b"/") for value in values if value.rstrip(b"/")]
+
+
+def isRefHidden(refname: bytes, patterns: Sequence[bytes]) -> bool:
+    """
+    Whether a hideRefs pattern list hides C{refname}, by git's
+    C{ref_is_hidden()} rules: the last matching pattern wins, C{!} negates,
+    a leading C{^} names the full (un-namespaced) ref, and a pattern matches
+    the ref itself or any ref below it (C{refs/pull} hides
+    C{refs/pull/1/head} but not C{refs/pulls}).
+    """
+    for pattern in reversed(patterns):
+        negated = pattern.startswith(b"!")
+        if negated:
+            pattern = pattern[1:]
+        if pattern.startswith(b"^"):
+            # We serve no namespaces, so the full name is the name.
+            pattern = pattern[1:]
+        if refname == pattern or refname.startswith(pattern + b"/"):
+            return not negated
+    return False
+
+
+class _Missing:
+    """The ref's own object is absent: git skips such a ref entirely."""
+
+
+_MISSING = _Missing()
+
+
+def _peel(repo: Repo, sha: bytes) -> bytes | None | _Missing:
+    """
+    What a ref's object peels to, as git's C{deref_tag()} peels it: through
+    every level of tag (a tag of a tag peels to the commit).
+
+    @return: L{None} when the object is not a tag (no C{^{}} line),
+        C{_MISSING} when the object itself is missing (no line at all), the
+        peeled object id otherwise. A tag whose target is missing gives
+        L{None}, as C{deref_tag()} failing does in git.
+    """
+    store = repo.object_store
+    try:
+        typeNum, raw = store.get_raw(sha)
+    except KeyError:
+        return _MISSING
+    if typeNum != Tag.type_num:
+        return None
+    while typeNum == Tag.type_num:
+        # A tag object's first header line is always "object <id>"; reading
+        # just that avoids parsing (and validating) the whole tag.
+        firstLine = raw.split(b"\n", 1)[0]
+        if not firstLine.startswith(b"object "):
+            return None
+        sha = firstLine[len(b"object ") :]
+        try:
+            typeNum, raw = store.get_raw(sha)
+        except KeyError:
+            return None
+    return sha
+
+
+def generateInfoRefs(gitDir: Path, hidden: Sequence[bytes] = ()) -> bytes:
+    """
+    The dumb protocol's ref list, identical to the C{info/refs} that
+    C{git update-server-info} writes: every ref under C{refs/} in byte order
+    (HEAD itself left out), C{<id> TAB <name> LF}, followed for an annotated
+    tag by C{<peeled id> TAB <name>^{} LF}.
+
+    @param gitDir: the repository's git directory.
+    @param hidden: hideRefs patterns (see L{hideRefPatterns}); refs they hide
+        are left out, as upload-pack leaves them out of its advertisement.
+    """
+    lines = []
+    with Repo(str(gitDir)) as repo:
+        refs = repo.refs
+        for name in sorted(refs.allkeys()):
+            # git's ref iteration skips names it would refuse to create
+            # (foo.lock leftovers, "..", control characters).
+            if not name.startswith(b"refs/") or not check_ref_format(name):
+                continue
+            if isRefHidden(name, hidden):
+                continue
+            try:
+                sha = refs[name]
+            except KeyError:
+                # A symbolic ref whose target is gone: git skips broken refs.
+                continue
+            peeled = _peel(repo, sha)
+            if isinstance(peeled, _Missing):
+                continue
+            lines.append(b"%s\t%s\n" % (sha, name))
+            if peeled is not None:
+                lines.append(b"%s\t%s^{}\n" % (peeled, name))
+    return b"".join(lines)
+
+
+def generateHead(gitDir: Path) -> bytes:
+    """
+    C{HEAD} as http-backend's C{get_head()} sends it: C{ref: <target> LF}
+    when HEAD is a symbolic ref (to the last ref of the chain), the object id
+    when it is detached, and nothing at all while HEAD is unborn.
+    """
+    with Repo(str(gitDir)) as repo:
+        try:
+            chain, sha = repo.refs.follow(b"HEAD")
+        except (KeyError, ValueError):
+            return b""
+    if sha is None:
+        return b""
+    if len(chain) > 1:
+        return b"ref: %s\n" % (chain[-1],)
+    return sha + b"\n"
+
+
+def listPacks(objectsDir: Path) -> list[str]:
+    """
+    The finished local packs in C{objectsDir/pack}, newest first (git's own
+    C{sort_pack()} order), as C{pack-<hex>.pack} names.
+
+    Packs borrowed through alternates are left out, as git leaves them out:
+    a dumb client cannot fetch them from here.
+    """
+    packDir = objectsDir / "pack"
+    try:
+        names = os.listdir(packDir)
+    except OSError:
+        return []
+    found: list[tuple[int, str]] = []
+    for name in names:
+        match = PACK_INDEX_NAME.fullmatch(name)
+        if match is None:
+            continue
+        packName = match.group(1) + ".pack"
+        try:
+            st = os.stat(packDir / packName)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            found.append((-int(st.st_mtime), packName))
+    found.sort()
+    return [packName for _, packName in found]
+
+
+def formatInfoPacks(packNames: Sequence[str]) -> bytes:
+    """C{objects/info/packs} text for the given packs, as update-server-info writes it."""
+    return b"".join(b"P %s\n" % name.encode("ascii") for name in packNames) + b"\n"
+
+
+def generateInfoPacks(gitDir: Path) -> bytes:
+    """C{objects/info/packs} for a repository, built from the packs present now."""
+    return formatInfoPacks(listPacks(gitDir / "objects"))
+
+
+# Files
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or path.is_relative_to(root)
+
+
+def _realPath(fd: int, path: Path) -> Path:
+    """
+    Where an open descriptor really is. On Linux C{/proc/self/fd} names the
+    file that was opened, so no rename or symlink swap between the check and
+    the open can fool it; elsewhere, fall back to resolving the path.
+    """
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        return Path(os.path.realpath(path))
+
+
+@dataclass
+class ServedFile:
+    """
+    A file opened for serving, with the C{stat} taken from the open
+    descriptor (so the headers describe exactly the bytes that will be sent).
+    """
+
+    fileObject: BinaryIO
+    size: int
+    mtime: float
+    etag: bytes
+
+    def close(self) -> None:
+        """Release the descriptor."""
+        self.fileObject.close()
+
+
+def openServedFile(root: Path, path: Path) -> ServedFile | None:
+    """
+    Open a repository file for a dumb client, or refuse.
+
+    @param root: the served root, resolved.
+    @param path: the file, built from the resolved git directory and a route
+        the route table matched (hex digits only, so no traversal in it).
+    @return: the open file, or L{None} (answer 404) when it is missing, not a
+        regular file, or really lives outside C{root}.
+    """
+    try:
+        # O_NONBLOCK: opening a FIFO someone planted would otherwise block the
+        # reactor forever; it is refused below as not a regular file.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            return None
+        # Security: a symlink inside a repository (objects/pack/pack-x.pack
+        # -> /etc/shadow, or objects -> /home/other/repo.git/objects) must not
+        # let a client read a file outside the served root. Checked on the
+        # opened descriptor, after the open, so it cannot race with a swap.
+        if not _inside(_realPath(fd, path), root):
+            log.warn("Refusing {path}: it leads outside the served root", path=str(path))
+            os.close(fd)
+            return None
+    except OSError:
+        os.close(fd)
+        return None
+    etag = b'"%x-%x-%x"' % (st.st_ino, st.st_size, st.st_mtime_ns)
+    return ServedFile(os.fdopen(fd, "rb"), st.st_size, st.st_mtime, etag)
+
+
+def _etagMatches(header: bytes, etag: bytes) -> bool:
+    """
+    If-None-Match's weak comparison (RFC 9110 13.1.2): C{*} or any listed
+    tag equal to ours once a C{W/} prefix is ignored.
+    """
+    opaque = etag.removeprefix(b"W/")
+    for candidate in header.split(b","):
+        candidate = candidate.strip()
+        if candidate == b"*" or candidate.removeprefix(b"W/") == opaque:
+            return True
+    return False
+
+
+def isNotModified(
+    ifNoneMatch: bytes | None, ifModifiedSince: bytes | None, etag: bytes, mtime: float
+) -> bool:
+    """
+    Whether a GET's validators say the client's copy is current (answer 304).
+
+    If-None-Match wins over If-Modified-Since when both are sent (RFC 9110
+    13.2.2); an unparsable date is ignored, as the RFC requires.
+    """
+    if ifNoneMatch is not None:
+        return _etagMatches(ifNoneMatch, etag)
+    if ifModifiedSince is not None:
+        try:
+            since = http.stringToDatetime(ifModifiedSince.split(b";", 1)[0].strip())
+        except (ValueError, IndexError):
+            return False
+        return int(mtime) <= since
+    return False
+
+
+class Unsatisfiable(Exception):
+    """A syntactically valid Range that lies wholly beyond the end of the file (416)."""
+
+
+def parseRange(header: bytes | None, size: int) -> tuple[int, int] | None:
+    """
+    The single byte range a C{Range} header asks for.
+
+    @return: C{(offset, length)}, or L{None} to send the whole file: no
+        header, a header we may ignore (not C{bytes=}, malformed), or several
+        ranges (RFC 9110 lets a server answer those with the full 200; a git
+        client never sends them).
+    @raise Unsatisfiable: for a single range starting at or after the end.
+    """
+    if header is None:
+        return None
+    unit, _, spec = header.partition(b"=")
+    if unit.strip().lower() != b"bytes" or b"," in spec:
+        return None
+    first, dash, last = spec.strip().partition(b"-")
+    if not dash:
+        return None
+    first, last = first.strip(), last.strip()
+    if not (first.isdigit() or first == b"") or not (last.isdigit() or last == b""):
+        return None
+    if first == b"":
+        if last == b"":
+            return None
+        # A suffix range: the last N bytes.
+        length = min(int(last), size)
+        if length == 0:
+            raise Unsatisfiable()
+        return size - length, length
+    start = int(first)
+    if start >= size:
+        raise Unsatisfiable()
+    end = size - 1 if last == b"" else min(int(last), size - 1)
+    if end < start:
+        return None
+    return start, end - start + 1
+
+
+def _ifRangeAllows(ifRange: bytes | None, served: ServedFile) -> bool:
+    """
+    Whether C{If-Range} lets the Range apply: it must name the current
+    representation (our strong ETag, or exactly our Last-Modified date), or
+    the client gets the whole new file rather than a splice of two versions.
+    """
+    if ifRange is None:
+        return True
+    ifRange = ifRange.strip()
+    if ifRange.startswith(b'"'):
+        return ifRange == served.etag
+    try:
+        return http.stringToDatetime(ifRange) == int(served.mtime)
+    except (ValueError, IndexError):
+        return False
+
+
+@implementer(IPullProducer)
+class FileRangeProducer:
+    """
+    Write C{length} bytes of a file from C{offset} to a request, one chunk
+    each time the transport asks for more, then finish the request.
+
+    A pull producer: the transport calls L{resumeProducing} only when its
+    buffer has drained, so a slow client holds one chunk, not the file.
+    Unlike Twisted's static producers (which spin on a short read), a file
+    that turns out shorter than its announced length (truncated under us)
+    closes the connection, so the client sees an error rather than a short
+    "successful" download.
+    """
+
+    def __init__(
+        self, request: IRequest, served: ServedFile, offset: int, length: int
+    ) -> None:
+        self._request: IRequest | None = request
+        self._served = served
+        self._offset = offset
+        self._remaining = length
+
+    def start(self) -> None:
+        """Register with the request; the transport starts pulling."""
+        assert self._request is not None
+        self._served.fileObject.seek(self._offset)
+        self._request.notifyFinish().addErrback(lambda _: self.stopProducing())
+        self._request.registerProducer(self, False)
+
+    def resumeProducing(self) -> None:
+        """Send the next chunk, or finish once the range is sent."""
+        request = self._request
+        if request is None:
+            return
+        if self._remaining > 0:
+            data = self._served.fileObject.read(min(CHUNK_SIZE, self._remaining))
+            if not data:
+                log.error(
+                    "File shrank while being served; aborting the response",
+                )
+                request.unregisterProducer()
+                self.stopProducing()
+                # Content-Length promised more: closing now makes the client
+                # report a truncated transfer instead of accepting it.
+                request.loseConnection()
+                return
+            self._remaining -= len(data)
+            # write() may re-enter resumeProducing for a fast transport.
+            request.write(data)
+        if self._remaining == 0 and self._request is not None:
+            self._request = None
+            request.unregisterProducer()
+            request.finish()
+            self._served.close()
+
+    def stopProducing(self) -> None:
+        """The client went away (or we are done): drop the request, close the file."""
+        self._request = None
+        self._served.close()
+
+
+def serveFile(
+    request: IRequest, served: ServedFile, fileClass: FileClass, clock: IReactorTime
+) -> object:
+    """
+    Answer a GET (or HEAD) with an opened file: headers for its class, a 304
+    when the client's validators match, a 206 for a single satisfiable range,
+    a 416 for an unsatisfiable one, else the whole file.
+
+    The request is finished here or by the producer; the caller returns the
+    result from C{render}.
+
+    @return: L{NOT_DONE_YET}.
+    """
+    if fileClass.cacheForever:
+        setCacheForeverHeaders(request, clock.seconds())
+    else:
+        setNoCacheHeaders(request)
+    request.setHeader(b"Last-Modified", http.datetimeToString(int(served.mtime)))
+    request.setHeader(b"ETag", served.etag)
+
+    if isNotModified(
+        request.getHeader(b"If-None-Match"),
+        request.getHeader(b"If-Modified-Since"),
+        served.etag,
+        served.mtime,
+    ):
+        served.close()
+        request.setResponseCode(http.NOT_MODIFIED)
+        request.finish()
+        return NOT_DONE_YET
+
+    request.setHeader(b"Accept-Ranges", b"bytes")
+    request.setHeader(b"Content-Type", fileClass.contentType)
+    offset, length = 0, served.size
+    rangeHeader = request.getHeader(b"Range")
+    if rangeHeader is not None and _ifRangeAllows(request.getHeader(b"If-Range"), served):
+        try:
+            wanted = parseRange(rangeHeader, served.size)
+        except Unsatisfiable:
+            served.close()
+            request.setResponseCode(http.REQUESTED_RANGE_NOT_SATISFIABLE)
+            request.setHeader(b"Content-Range", b"bytes */%d" % (served.size,))
+            request.setHeader(b"Content-Length", b"0")
+            request.finish()
+            return NOT_DONE_YET
+        if wanted is not None:
+            offset, length = wanted
+            request.setResponseCode(http.PARTIAL_CONTENT)
+            request.setHeader(
+                b"Content-Range",
+                b"bytes %d-%d/%d" % (offset, offset + length - 1, served.size),
+            )
+    request.setHeader(b"Content-Length", b"%d" % (length,))
+
+    if request.method == b"HEAD" or length == 0:
+        served.close()
+        request.write(b"")
+        request.finish()
+        return NOT_DONE_YET
+    FileRangeProducer(request, served, offset, length).start()
+    return NOT_DONE_YET
