@@ -460,9 +460,7 @@ class FileRangeProducer:
     "successful" download.
     """
 
-    def __init__(
-        self, request: IRequest, served: ServedFile, offset: int, length: int
-    ) -> None:
+    def __init__(self, request: IRequest, served: ServedFile, offset: int, length: int) -> None:
         self._request: IRequest | None = request
         self._served = served
         self._offset = offset
