@@ -28,10 +28,10 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from dulwich.objects import Tag
 from dulwich.refs import check_ref_format
@@ -43,22 +43,17 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from gitserve.errors import NotFound
+from gitserve.headers import setCacheForever, setNoCache
+from gitserve.repository import Repository
+
+if TYPE_CHECKING:
+    from gitserve.web import GitServer
+
 log = Logger()
 
 TEXT_PLAIN = b"text/plain"
 TEXT_PLAIN_UTF8 = b"text/plain; charset=utf-8"
-
-# hdr_nocache() in http-backend.c.
-NO_CACHE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
-    (b"Expires", b"Fri, 01 Jan 1980 00:00:00 GMT"),
-    (b"Pragma", b"no-cache"),
-    (b"Cache-Control", b"no-cache, max-age=0, must-revalidate"),
-)
-
-# hdr_cache_forever() in http-backend.c: these files are named after their
-# content (an object id, a pack checksum), so a name never changes meaning.
-ONE_YEAR = 31536000
-CACHE_FOREVER_CONTROL = b"public, max-age=31536000"
 
 # How much of a file one resumeProducing() reads: the transport's own write
 # buffer size, so memory per download stays at one chunk.
@@ -92,24 +87,6 @@ PACK_FILE = FileClass(b"application/x-git-packed-objects", cacheForever=True)
 IDX_FILE = FileClass(b"application/x-git-packed-objects-toc", cacheForever=True)
 
 
-def setNoCacheHeaders(request: IRequest) -> None:
-    """Forbid every cache from keeping the answer, as C{hdr_nocache()} does."""
-    for name, value in NO_CACHE_HEADERS:
-        request.setHeader(name, value)
-
-
-def setCacheForeverHeaders(request: IRequest, now: float) -> None:
-    """
-    Let caches keep the answer for a year, as C{hdr_cache_forever()} does.
-
-    C{Date} is set from the same clock reading as C{Expires}, so the two are
-    exactly a year apart whatever Twisted put in C{Date} earlier.
-    """
-    request.setHeader(b"Date", http.datetimeToString(int(now)))
-    request.setHeader(b"Expires", http.datetimeToString(int(now) + ONE_YEAR))
-    request.setHeader(b"Cache-Control", CACHE_FOREVER_CONTROL)
-
-
 def sendGenerated(request: IRequest, contentType: bytes, body: bytes) -> bytes:
     """
     Label a generated text answer (C{send_strbuf()} in http-backend) and hand
@@ -121,15 +98,6 @@ def sendGenerated(request: IRequest, contentType: bytes, body: bytes) -> bytes:
 
 
 # Refs
-
-
-def hideRefPatterns(values: Sequence[bytes]) -> list[bytes]:
-    """
-    Normalise C{transfer.hideRefs}/C{uploadpack.hideRefs} values the way
-    git's C{parse_hide_refs_config()} does: trailing slashes are dropped, so
-    C{refs/hidden/} and C{refs/hidden} hide the same refs.
-    """
-    return [value.rstrip(b"/") for value in values if value.rstrip(b"/")]
 
 
 def isRefHidden(refname: bytes, patterns: Sequence[bytes]) -> bool:
@@ -198,7 +166,7 @@ def generateInfoRefs(gitDir: Path, hidden: Sequence[bytes] = ()) -> bytes:
     tag by C{<peeled id> TAB <name>^{} LF}.
 
     @param gitDir: the repository's git directory.
-    @param hidden: hideRefs patterns (see L{hideRefPatterns}); refs they hide
+    @param hidden: hideRefs patterns (L{Policy.hiddenRefs}); refs they hide
         are left out, as upload-pack leaves them out of its advertisement.
     """
     lines = []
@@ -519,9 +487,9 @@ def serveFile(
     @return: L{NOT_DONE_YET}.
     """
     if fileClass.cacheForever:
-        setCacheForeverHeaders(request, clock.seconds())
+        setCacheForever(request, int(clock.seconds()))
     else:
-        setNoCacheHeaders(request)
+        setNoCache(request)
     request.setHeader(b"Last-Modified", http.datetimeToString(int(served.mtime)))
     request.setHeader(b"ETag", served.etag)
 
@@ -566,3 +534,61 @@ def serveFile(
         return NOT_DONE_YET
     FileRangeProducer(request, served, offset, length).start()
     return NOT_DONE_YET
+
+
+# The route handlers (see gitserve.web.ROUTES). Each checks http.getanyfile
+# first, as every dumb handler in http-backend does, so a switched-off
+# repository answers 403 even for files it does not have.
+
+
+def getHead(
+    server: GitServer, request: IRequest, repository: Repository, suffix: Sequence[str]
+) -> bytes:
+    """C{GET HEAD}: generated, C{text/plain}, and (as in http-backend) no cache headers."""
+    server.policy.checkGetAnyFile(repository)
+    return sendGenerated(request, TEXT_PLAIN, generateHead(repository.gitDir))
+
+
+def getDumbInfoRefs(
+    server: GitServer, request: IRequest, repository: Repository, suffix: Sequence[str]
+) -> bytes:
+    """C{GET info/refs} without C{service=}: the ref list, generated now, never cached."""
+    server.policy.checkGetAnyFile(repository)
+    setNoCache(request)
+    text = generateInfoRefs(repository.gitDir, server.policy.hiddenRefs(repository))
+    return sendGenerated(request, TEXT_PLAIN, text)
+
+
+def getInfoPacks(
+    server: GitServer, request: IRequest, repository: Repository, suffix: Sequence[str]
+) -> bytes:
+    """C{GET objects/info/packs}: the packs present now, never cached."""
+    server.policy.checkGetAnyFile(repository)
+    setNoCache(request)
+    return sendGenerated(request, TEXT_PLAIN_UTF8, generateInfoPacks(repository.gitDir))
+
+
+def fileHandler(
+    fileClass: FileClass,
+) -> Callable[[GitServer, IRequest, Repository, Sequence[str]], object]:
+    """
+    The handler for one class of file: the matched route suffix (hex digits
+    and fixed names only) is the file's path inside the git directory.
+    """
+
+    def getFile(
+        server: GitServer, request: IRequest, repository: Repository, suffix: Sequence[str]
+    ) -> object:
+        server.policy.checkGetAnyFile(repository)
+        served = openServedFile(server.root, repository.gitDir.joinpath(*suffix))
+        if served is None:
+            raise NotFound()
+        return serveFile(request, served, fileClass, server.clock)
+
+    return getFile
+
+
+getTextFile = fileHandler(TEXT_FILE)
+getLooseObject = fileHandler(LOOSE_OBJECT)
+getPackFile = fileHandler(PACK_FILE)
+getIdxFile = fileHandler(IDX_FILE)

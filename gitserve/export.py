@@ -37,12 +37,8 @@ from dulwich.object_store import MissingObjectFinder
 from dulwich.pack import write_pack_from_container, write_pack_index
 from dulwich.repo import Repo
 
-from gitserve.dumb import (
-    formatInfoPacks,
-    generateInfoRefs,
-    hideRefPatterns,
-    listPacks,
-)
+from gitserve.dumb import formatInfoPacks, generateInfoRefs, listPacks
+from gitserve.policy import Policy
 from gitserve.repository import ConfigCache, Repository
 
 LOCK_NAME = "gitserve-export.lock"
@@ -221,12 +217,8 @@ def export(
     with repo:
         gitDir = Path(repo.controldir()).resolve()
         # Refs hidden from fetches in SRC are not published either.
-        config = ConfigCache()
         repository = Repository(gitDir=gitDir, name=str(src))
-        hidden = hideRefPatterns(
-            config.getAll(repository, "transfer", "hideRefs")
-            + config.getAll(repository, "uploadpack", "hideRefs")
-        )
+        hidden = Policy(configs=ConfigCache()).hiddenRefs(repository)
         with exportLock(dest):
             infoRefs = generateInfoRefs(gitDir, hidden)
             wanted = parseInfoRefs(infoRefs)

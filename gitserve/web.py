@@ -22,6 +22,7 @@ from twisted.web.http import HTTPChannel, parse_qs
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from gitserve import dumb
 from gitserve.body import BodyLost, RequestBody
 from gitserve.errors import (
     BadRequest,
@@ -305,11 +306,14 @@ def _serviceParameter(request: Request) -> Service | None:
 
 def getInfoRefs(
     server: GitServer, request: Request, repository: Repository, suffix: Sequence[str]
-) -> Deferred[None]:
-    """C{GET info/refs?service=...}: the smart advertisement, from git itself."""
+) -> Deferred[None] | bytes:
+    """
+    C{GET info/refs?service=...}: the smart advertisement, from git itself;
+    without C{service=}, the dumb ref list.
+    """
     service = _serviceParameter(request)
     if service is None:
-        raise NotFound("Dumb HTTP is not served")
+        return dumb.getDumbInfoRefs(server, request, repository, suffix)
     gitProtocol = gitProtocolOf(request)
 
     def start(user: str | None) -> None:
@@ -395,8 +399,17 @@ def postReceivePack(
 
 # The route table, in http-backend.c's order. Methods other than the ones
 # listed get 405.
+_GET = (b"GET", b"HEAD")
+_PACK_NAME = r"pack-(?:[0-9a-f]{40}|[0-9a-f]{64})"
 ROUTES: list[Route] = [
-    route((b"GET", b"HEAD"), "info", "refs")(getInfoRefs),
+    route(_GET, "HEAD")(dumb.getHead),
+    route(_GET, "info", "refs")(getInfoRefs),
+    route(_GET, "objects", "info", "alternates")(dumb.getTextFile),
+    route(_GET, "objects", "info", "http-alternates")(dumb.getTextFile),
+    route(_GET, "objects", "info", "packs")(dumb.getInfoPacks),
+    route(_GET, "objects", "[0-9a-f]{2}", "[0-9a-f]{38}|[0-9a-f]{62}")(dumb.getLooseObject),
+    route(_GET, "objects", "pack", _PACK_NAME + r"\.pack")(dumb.getPackFile),
+    route(_GET, "objects", "pack", _PACK_NAME + r"\.idx")(dumb.getIdxFile),
     route((b"POST",), "git-upload-pack")(postUploadPack),
     route((b"POST",), "git-receive-pack")(postReceivePack),
 ]

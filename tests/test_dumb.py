@@ -23,7 +23,6 @@ from gitserve.dumb import (
     generateHead,
     generateInfoPacks,
     generateInfoRefs,
-    hideRefPatterns,
     isNotModified,
     isRefHidden,
     listPacks,
@@ -31,23 +30,22 @@ from gitserve.dumb import (
     parseRange,
     serveFile,
 )
+from gitserve.errors import Forbidden
+from gitserve.policy import Policy
+from gitserve.repository import ConfigCache, Repository
 
-from .gitrepos import GitRunner, mixedRepository
+from .conftest import GitClient
+from .gitrepos import mixedRepository
 
 
 @pytest.fixture
-def git(tmp_path: Path) -> GitRunner:
-    return GitRunner(tmp_path / "home")
-
-
-@pytest.fixture
-def repo(git: GitRunner, tmp_path: Path) -> Path:
+def repo(git: GitClient, tmp_path: Path) -> Path:
     return mixedRepository(git, tmp_path)
 
 
-def updateServerInfo(git: GitRunner, repo: Path) -> tuple[bytes, bytes]:
+def updateServerInfo(git: GitClient, repo: Path) -> tuple[bytes, bytes]:
     """What git itself writes for the repository, read back and removed again."""
-    git("update-server-info", cwd=repo)
+    git.run("update-server-info", cwd=repo)
     refs = (repo / "info" / "refs").read_bytes()
     packs = (repo / "objects" / "info" / "packs").read_bytes()
     (repo / "info" / "refs").unlink()
@@ -58,7 +56,7 @@ def updateServerInfo(git: GitRunner, repo: Path) -> tuple[bytes, bytes]:
 # info/refs
 
 
-def test_infoRefsIdenticalToUpdateServerInfo(git: GitRunner, repo: Path) -> None:
+def test_infoRefsIdenticalToUpdateServerInfo(git: GitClient, repo: Path) -> None:
     """info/refs is byte for byte what update-server-info writes (tags peeled, HEAD left out)."""
     generated = generateInfoRefs(repo)
     expected, _ = updateServerInfo(git, repo)
@@ -76,11 +74,11 @@ def test_infoRefsWritesNothing(repo: Path) -> None:
     assert sorted(p.relative_to(repo) for p in repo.rglob("*")) == before
 
 
-def test_infoRefsLeavesOutHiddenRefs(git: GitRunner, repo: Path) -> None:
+def test_infoRefsLeavesOutHiddenRefs(git: GitClient, repo: Path) -> None:
     """Refs hidden by hideRefs patterns are left out, with their peeled lines."""
-    git("update-ref", "refs/hidden/secret", "refs/tags/v1", cwd=repo)
-    git("update-ref", "refs/hidden/shown", "refs/heads/main", cwd=repo)
-    text = generateInfoRefs(repo, hideRefPatterns([b"refs/hidden/", b"!refs/hidden/shown"]))
+    git.run("update-ref", "refs/hidden/secret", "refs/tags/v1", cwd=repo)
+    git.run("update-ref", "refs/hidden/shown", "refs/heads/main", cwd=repo)
+    text = generateInfoRefs(repo, [b"refs/hidden", b"!refs/hidden/shown"])
     assert b"refs/hidden/secret" not in text
     assert b"\trefs/hidden/shown\n" in text
     assert b"\trefs/heads/main\n" in text
@@ -114,9 +112,28 @@ def test_isRefHidden(refname: bytes, patterns: list[bytes], hidden: bool) -> Non
     assert isRefHidden(refname, patterns) is hidden
 
 
-def test_hideRefPatternsDropTrailingSlashes() -> None:
-    """A trailing slash in a hideRefs value does not change what it hides."""
-    assert hideRefPatterns([b"refs/hidden/", b"refs/x//", b"/"]) == [b"refs/hidden", b"refs/x"]
+def test_policyHiddenRefs(git: GitClient, repo: Path) -> None:
+    """Policy reads transfer.hideRefs then uploadpack.hideRefs, trailing slashes dropped."""
+    git.run("config", "--add", "transfer.hideRefs", "refs/hidden/", cwd=repo)
+    git.run("config", "--add", "uploadpack.hideRefs", "refs/x//", cwd=repo)
+    git.run("config", "--add", "receivepack.hideRefs", "refs/pushonly", cwd=repo)
+    policy = Policy(configs=ConfigCache())
+    repository = Repository(gitDir=repo, name="repo")
+    assert policy.hiddenRefs(repository) == [b"refs/hidden", b"refs/x"]
+
+
+@pytest.mark.parametrize("value, forbidden", [(None, False), ("true", False), ("false", True)])
+def test_policyGetAnyFile(git: GitClient, repo: Path, value: str | None, forbidden: bool) -> None:
+    """http.getanyfile is on unless set false; off, every dumb answer is a 403."""
+    if value is not None:
+        git.run("config", "http.getanyfile", value, cwd=repo)
+    policy = Policy(configs=ConfigCache())
+    repository = Repository(gitDir=repo, name="repo")
+    if forbidden:
+        with pytest.raises(Forbidden):
+            policy.checkGetAnyFile(repository)
+    else:
+        policy.checkGetAnyFile(repository)
 
 
 # HEAD
@@ -127,23 +144,23 @@ def test_headSymbolic(repo: Path) -> None:
     assert generateHead(repo) == b"ref: refs/heads/main\n"
 
 
-def test_headDetached(git: GitRunner, repo: Path) -> None:
+def test_headDetached(git: GitClient, repo: Path) -> None:
     """A detached HEAD is its object id."""
-    commit = git("rev-parse", "refs/heads/side", cwd=repo).strip()
+    commit = git.output("rev-parse", "refs/heads/side", cwd=repo).strip()
     (repo / "HEAD").write_text(commit + "\n")
     assert generateHead(repo) == commit.encode() + b"\n"
 
 
-def test_headUnborn(git: GitRunner, tmp_path: Path) -> None:
+def test_headUnborn(git: GitClient, tmp_path: Path) -> None:
     """An unborn HEAD sends nothing, as http-backend's head_ref_namespaced() does."""
-    git("init", "-q", "--bare", "-b", "main", str(tmp_path / "empty.git"))
+    git.run("init", "-q", "--bare", "-b", "main", str(tmp_path / "empty.git"))
     assert generateHead(tmp_path / "empty.git") == b""
 
 
 # objects/info/packs
 
 
-def test_infoPacksIdenticalToUpdateServerInfo(git: GitRunner, repo: Path) -> None:
+def test_infoPacksIdenticalToUpdateServerInfo(git: GitClient, repo: Path) -> None:
     """With one pack, objects/info/packs is byte for byte update-server-info's."""
     generated = generateInfoPacks(repo)
     _, expected = updateServerInfo(git, repo)
@@ -151,9 +168,9 @@ def test_infoPacksIdenticalToUpdateServerInfo(git: GitRunner, repo: Path) -> Non
     assert generated.startswith(b"P pack-") and generated.endswith(b".pack\n\n")
 
 
-def test_infoPacksSamePacksAsUpdateServerInfo(git: GitRunner, repo: Path) -> None:
+def test_infoPacksSamePacksAsUpdateServerInfo(git: GitClient, repo: Path) -> None:
     """With several packs, the same packs as update-server-info, newest first."""
-    git("repack", "-q", cwd=repo)  # packs the loose objects into a second pack
+    git.run("repack", "-q", cwd=repo)  # packs the loose objects into a second pack
     packs = listPacks(repo / "objects")
     assert len(packs) == 2
     newest = max(packs, key=lambda name: (repo / "objects" / "pack" / name).stat().st_mtime_ns)
@@ -179,9 +196,9 @@ def test_infoPacksLeavesOutUnfinishedPacks(repo: Path) -> None:
     assert generateInfoPacks(repo) == b"P %s\n\n" % real.encode()
 
 
-def test_infoPacksWithoutPacks(git: GitRunner, tmp_path: Path) -> None:
+def test_infoPacksWithoutPacks(git: GitClient, tmp_path: Path) -> None:
     """A repository without packs lists none (just the closing blank line)."""
-    git("init", "-q", "--bare", str(tmp_path / "empty.git"))
+    git.run("init", "-q", "--bare", str(tmp_path / "empty.git"))
     assert generateInfoPacks(tmp_path / "empty.git") == b"\n"
 
 

@@ -14,16 +14,12 @@ import pytest
 from gitserve.dumb import generateInfoRefs, listPacks
 from gitserve.export import LOCK_NAME, export, main, parseInfoRefs
 
-from .gitrepos import GitRunner, mixedRepository
+from .conftest import GitClient
+from .gitrepos import mixedRepository
 
 
 @pytest.fixture
-def git(tmp_path: Path) -> GitRunner:
-    return GitRunner(tmp_path / "home")
-
-
-@pytest.fixture
-def repo(git: GitRunner, tmp_path: Path) -> Path:
+def repo(git: GitClient, tmp_path: Path) -> Path:
     return mixedRepository(git, tmp_path)
 
 
@@ -35,13 +31,13 @@ def snapshot(directory: Path) -> dict[str, tuple[int, int]]:
     }
 
 
-def packObjectCount(git: GitRunner, idx: Path) -> int:
+def packObjectCount(git: GitClient, idx: Path) -> int:
     """How many objects a pack holds, as git itself counts them (verifying the pack)."""
-    out = git("verify-pack", "-v", str(idx))
+    out = git.output("verify-pack", "-v", str(idx))
     return sum(1 for line in out.splitlines() if re.match(r"^[0-9a-f]{40} ", line))
 
 
-def test_exportWritesDumbLayout(git: GitRunner, repo: Path, tmp_path: Path) -> None:
+def test_exportWritesDumbLayout(git: GitClient, repo: Path, tmp_path: Path) -> None:
     """DEST gets HEAD, info/refs, objects/info/packs and a valid pack holding every object."""
     dest = tmp_path / "dest"
     result = export(repo, dest)
@@ -50,7 +46,9 @@ def test_exportWritesDumbLayout(git: GitRunner, repo: Path, tmp_path: Path) -> N
     (pack,) = listPacks(dest / "objects")
     assert result.pack == pack
     assert (dest / "objects" / "info" / "packs").read_bytes() == b"P %s\n\n" % pack.encode()
-    allObjects = git("cat-file", "--batch-all-objects", "--batch-check", cwd=repo).splitlines()
+    allObjects = git.output(
+        "cat-file", "--batch-all-objects", "--batch-check", cwd=repo
+    ).splitlines()
     idx = dest / "objects" / "pack" / pack.replace(".pack", ".idx")
     assert packObjectCount(git, idx) == len(allObjects) == result.objects
     assert not (dest / LOCK_NAME).exists()
@@ -63,7 +61,7 @@ def test_exportLeavesSourceUntouched(repo: Path, tmp_path: Path) -> None:
     assert snapshot(repo) == before
 
 
-def test_exportIsIncremental(git: GitRunner, repo: Path, tmp_path: Path) -> None:
+def test_exportIsIncremental(git: GitClient, repo: Path, tmp_path: Path) -> None:
     """A re-run packs only what new refs add and keeps old packs; a no-op run writes nothing."""
     dest = tmp_path / "dest"
     first = export(repo, dest)
@@ -74,18 +72,18 @@ def test_exportIsIncremental(git: GitRunner, repo: Path, tmp_path: Path) -> None
 
     work = tmp_path / "work"
     git.commit(work, "c.txt", "third\n")
-    git("push", "-q", "origin", "main", cwd=work)
+    git.run("push", "-q", "origin", "main", cwd=work)
     second = export(repo, dest)
     # One commit, its tree, one new blob.
     assert second.objects == 3
     assert set(listPacks(dest / "objects")) == {first.pack, second.pack}
     idx = dest / "objects" / "pack" / second.pack.replace(".pack", ".idx")
     assert packObjectCount(git, idx) == 3
-    newMain = git("rev-parse", "refs/heads/main", cwd=repo).strip().encode()
+    newMain = git.output("rev-parse", "refs/heads/main", cwd=repo).strip().encode()
     assert parseInfoRefs((dest / "info" / "refs").read_bytes())[b"refs/heads/main"] == newMain
 
 
-def test_exportOrderKeepsReadersConsistent(git: GitRunner, repo: Path, tmp_path: Path) -> None:
+def test_exportOrderKeepsReadersConsistent(git: GitClient, repo: Path, tmp_path: Path) -> None:
     """Files land pack, idx, objects/info/packs, info/refs, HEAD; each pack before it is named."""
     dest = tmp_path / "dest"
     landed: list[Path] = []
@@ -107,14 +105,14 @@ def test_exportOrderKeepsReadersConsistent(git: GitRunner, repo: Path, tmp_path:
     assert names[2:] == ["objects/info/packs", "info/refs", "HEAD"]
 
 
-def test_interruptedExportLeavesOldRefs(git: GitRunner, repo: Path, tmp_path: Path) -> None:
+def test_interruptedExportLeavesOldRefs(git: GitClient, repo: Path, tmp_path: Path) -> None:
     """A crash after the new pack, before info/refs, leaves the old refs; a re-run finishes."""
     dest = tmp_path / "dest"
     export(repo, dest)
     oldRefs = (dest / "info" / "refs").read_bytes()
     work = tmp_path / "work"
     git.commit(work, "c.txt", "third\n")
-    git("push", "-q", "origin", "main", cwd=work)
+    git.run("push", "-q", "origin", "main", cwd=work)
 
     def crashBeforeRefs(path: Path) -> None:
         if path == Path("objects", "info", "packs"):
@@ -132,10 +130,10 @@ def test_interruptedExportLeavesOldRefs(git: GitRunner, repo: Path, tmp_path: Pa
     assert (dest / "info" / "refs").read_bytes() == generateInfoRefs(repo)
 
 
-def test_exportLeavesOutHiddenRefs(git: GitRunner, repo: Path, tmp_path: Path) -> None:
+def test_exportLeavesOutHiddenRefs(git: GitClient, repo: Path, tmp_path: Path) -> None:
     """Refs SRC hides from fetches (transfer.hideRefs) are not published."""
-    git("update-ref", "refs/hidden/secret", "refs/heads/side", cwd=repo)
-    git("config", "transfer.hideRefs", "refs/hidden", cwd=repo)
+    git.run("update-ref", "refs/hidden/secret", "refs/heads/side", cwd=repo)
+    git.run("config", "transfer.hideRefs", "refs/hidden", cwd=repo)
     export(repo, tmp_path / "dest")
     assert b"refs/hidden" not in (tmp_path / "dest" / "info" / "refs").read_bytes()
 
@@ -202,7 +200,7 @@ def staticServer(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 @pytest.mark.parametrize("smart", ["0", "1"])
 def test_exportRoundTripsThroughStaticServer(
-    git: GitRunner, repo: Path, tmp_path: Path, staticServer: tuple[str, Path], smart: str
+    git: GitClient, repo: Path, tmp_path: Path, staticServer: tuple[str, Path], smart: str
 ) -> None:
     """An export on a plain static server clones and fetches with real git; fsck is clean."""
     url, served = staticServer
@@ -210,17 +208,19 @@ def test_exportRoundTripsThroughStaticServer(
     clone = tmp_path / "clone"
     # With GIT_SMART_HTTP=1 git asks for smart first and falls back to dumb
     # on the static server's plain answer, as it would in the field.
-    git("clone", "-q", f"{url}/mirror.git", str(clone), GIT_SMART_HTTP=smart)
-    git("fsck", "--strict", cwd=clone)
-    assert git("rev-parse", "origin/main", cwd=clone) == git("rev-parse", "main", cwd=repo)
-    assert git("tag", cwd=clone).split() == ["light", "v1", "v1-again", "v2"]
+    git.run("clone", "-q", f"{url}/mirror.git", str(clone), env={"GIT_SMART_HTTP": smart})
+    git.run("fsck", "--strict", cwd=clone)
+    assert git.output("rev-parse", "origin/main", cwd=clone) == git.output(
+        "rev-parse", "main", cwd=repo
+    )
+    assert git.output("tag", cwd=clone).split() == ["light", "v1", "v1-again", "v2"]
 
     work = tmp_path / "work"
     newHead = git.commit(work, "c.txt", "third\n")
-    git("push", "-q", "origin", "main", cwd=work)
+    git.run("push", "-q", "origin", "main", cwd=work)
     export(repo, served / "mirror.git")
-    git("fetch", "-q", "origin", cwd=clone, GIT_SMART_HTTP=smart)
-    git("fsck", "--strict", cwd=clone)
-    assert git("rev-parse", "origin/main", cwd=clone).strip() == newHead
+    git.run("fetch", "-q", "origin", cwd=clone, env={"GIT_SMART_HTTP": smart})
+    git.run("fsck", "--strict", cwd=clone)
+    assert git.output("rev-parse", "origin/main", cwd=clone).strip() == newHead
     assert (clone / "c.txt").exists() is False  # fetched, not merged
-    assert git("show", "origin/main:c.txt", cwd=clone) == "third\n"
+    assert git.output("show", "origin/main:c.txt", cwd=clone) == "third"
