@@ -112,8 +112,18 @@ class FakeProcessReactor(MemoryReactorClock):
         super().__init__()
         self.spawned: list[FakeProcessTransport] = []
 
-    def spawnProcess(self, processProtocol, executable, args=(), env=None, path=None,
-                     uid=None, gid=None, usePTY=0, childFDs=None):  # noqa: D102
+    def spawnProcess(
+        self,
+        processProtocol,
+        executable,
+        args=(),
+        env=None,
+        path=None,
+        uid=None,
+        gid=None,
+        usePTY=0,
+        childFDs=None,
+    ):  # noqa: D102
         transport = FakeProcessTransport(processProtocol, list(args), dict(env or {}), path)
         self.spawned.append(transport)
         processProtocol.makeConnection(transport)
@@ -212,8 +222,13 @@ class SiteHarness:
     def send(self, data: bytes) -> None:
         self.channel.dataReceived(data)
 
-    def request(self, method: bytes, path: bytes, headers: dict[bytes, bytes] | None = None,
-                body: bytes | None = None) -> None:
+    def request(
+        self,
+        method: bytes,
+        path: bytes,
+        headers: dict[bytes, bytes] | None = None,
+        body: bytes | None = None,
+    ) -> None:
         """Send a request; with C{body}, a Content-Length is added."""
         lines = [b"%s %s HTTP/1.1" % (method, path), b"Host: example"]
         allHeaders = dict(headers or {})
