@@ -384,3 +384,23 @@ def test_disconnect_after_exit_leaves_nothing_scheduled(site: SiteHarness) -> No
     child.exit(0)
     pending = [call.func for call in site.reactor.getDelayedCalls() if call.active()]
     assert child.protocol._kill not in pending
+
+
+def test_git_ending_mid_push_drops_the_rest_of_the_body(root: Path) -> None:
+    """When receive-pack dies while the body still streams, the client gets git's answer."""
+    site = SiteHarness(root, anonymousPush=True)
+    site.send(
+        b"POST /project.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/x-git-receive-pack-request\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    )
+    child = site.child
+    child.protocol.errReceived(b"fatal: protocol error: bad line length character: hell\n")
+    child.exit(128)
+    assert child.stdinProducer is None
+    site.send(b"5\r\nworld\r\n0\r\n\r\n")
+    response = site.response()
+    assert parsePktLines(response.body) == [
+        b"ERR fatal: protocol error: bad line length character: hell\n"
+    ]
+    assert not site.transport.disconnecting
