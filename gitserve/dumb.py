@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from dulwich.objects import Tag
 from dulwich.refs import check_ref_format
 from dulwich.repo import Repo
-from twisted.internet.interfaces import IPullProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.iweb import IRequest
@@ -55,9 +55,11 @@ log = Logger()
 TEXT_PLAIN = b"text/plain"
 TEXT_PLAIN_UTF8 = b"text/plain; charset=utf-8"
 
-# How much of a file one resumeProducing() reads: the transport's own write
-# buffer size, so memory per download stays at one chunk.
+# How much of a file one read takes: the transport's own write buffer size,
+# so memory per download stays near one chunk. A reactor turn sends at most
+# CHUNKS_PER_TURN of them, so one fast download cannot starve other clients.
 CHUNK_SIZE = 2**16
+CHUNKS_PER_TURN = 4
 
 # A pack in objects/pack that git itself would list: the index is written
 # last when git creates a pack (the .pack is renamed into place first), so an
@@ -414,62 +416,98 @@ def _ifRangeAllows(ifRange: bytes | None, served: ServedFile) -> bool:
         return False
 
 
-@implementer(IPullProducer)
+@implementer(IPushProducer)
 class FileRangeProducer:
     """
-    Write C{length} bytes of a file from C{offset} to a request, one chunk
-    each time the transport asks for more, then finish the request.
+    Write C{length} bytes of a file from C{offset} to a request, then finish
+    the request.
 
-    A pull producer: the transport calls L{resumeProducing} only when its
-    buffer has drained, so a slow client holds one chunk, not the file.
+    A streaming producer paced by the connection: each reactor turn writes up
+    to L{CHUNKS_PER_TURN} chunks, and stops as soon as the transport says its
+    buffer is full (L{pauseProducing}, called from inside C{write}); it goes
+    on when the transport has drained. A slow client therefore holds about
+    one chunk of the file in memory, never the file. The turns are scheduled
+    on the injected clock (Twisted's own pull-producer adapter would use the
+    global cooperator instead).
+
     Unlike Twisted's static producers (which spin on a short read), a file
     that turns out shorter than its announced length (truncated under us)
     closes the connection, so the client sees an error rather than a short
     "successful" download.
     """
 
-    def __init__(self, request: IRequest, served: ServedFile, offset: int, length: int) -> None:
+    def __init__(
+        self,
+        request: IRequest,
+        served: ServedFile,
+        offset: int,
+        length: int,
+        clock: IReactorTime,
+    ) -> None:
         self._request: IRequest | None = request
         self._served = served
         self._offset = offset
         self._remaining = length
+        self._clock = clock
+        self._paused = False
+        self._call: IDelayedCall | None = None
 
     def start(self) -> None:
-        """Register with the request; the transport starts pulling."""
+        """Register with the request and schedule the first chunks."""
         assert self._request is not None
         self._served.fileObject.seek(self._offset)
         self._request.notifyFinish().addErrback(lambda _: self.stopProducing())
-        self._request.registerProducer(self, False)
+        self._request.registerProducer(self, True)
+        self._schedule()
 
-    def resumeProducing(self) -> None:
-        """Send the next chunk, or finish once the range is sent."""
-        request = self._request
-        if request is None:
-            return
-        if self._remaining > 0:
+    def _schedule(self) -> None:
+        if self._request is not None and not self._paused and self._call is None:
+            self._call = self._clock.callLater(0, self._produce)
+
+    def _produce(self) -> None:
+        """Send chunks until paused, done, or this turn's share is sent."""
+        self._call = None
+        for _ in range(CHUNKS_PER_TURN):
+            request = self._request
+            if request is None or self._paused:
+                return
             data = self._served.fileObject.read(min(CHUNK_SIZE, self._remaining))
             if not data:
-                log.error(
-                    "File shrank while being served; aborting the response",
-                )
-                request.unregisterProducer()
+                log.error("File shrank while being served; closing the connection")
                 self.stopProducing()
+                request.unregisterProducer()
                 # Content-Length promised more: closing now makes the client
                 # report a truncated transfer instead of accepting it.
                 request.loseConnection()
                 return
             self._remaining -= len(data)
-            # write() may re-enter resumeProducing for a fast transport.
+            # write() may call pauseProducing() before it returns.
             request.write(data)
-        if self._remaining == 0 and self._request is not None:
-            self._request = None
-            request.unregisterProducer()
-            request.finish()
-            self._served.close()
+            if self._remaining == 0:
+                self.stopProducing()
+                request.unregisterProducer()
+                request.finish()
+                return
+        self._schedule()
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer is full: stop until it asks again."""
+        self._paused = True
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+
+    def resumeProducing(self) -> None:
+        """The transport drained: go on."""
+        self._paused = False
+        self._schedule()
 
     def stopProducing(self) -> None:
         """The client went away (or we are done): drop the request, close the file."""
         self._request = None
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
         self._served.close()
 
 
@@ -532,7 +570,7 @@ def serveFile(
         request.write(b"")
         request.finish()
         return NOT_DONE_YET
-    FileRangeProducer(request, served, offset, length).start()
+    FileRangeProducer(request, served, offset, length, clock).start()
     return NOT_DONE_YET
 
 

@@ -147,8 +147,10 @@ def makeService(options: Options) -> IService:
     log = Logger()
     gitPath = shutil.which("git", path=os.environ.get("PATH"))
     if gitPath is None:
-        log.warn("no git binary on PATH: smart HTTP (clone, fetch, push) will fail")
-        gitPath = "git"
+        log.warn(
+            "no git binary on PATH: fetches are served over the dumb protocol only, "
+            "and pushes will fail"
+        )
     configs = ConfigCache()
     server = GitServer(
         root=options["root"],
@@ -157,7 +159,12 @@ def makeService(options: Options) -> IService:
             anonymousPush=options["anonymous-push"],
             requireExportOk=options["require-export-ok"],
         ),
-        backend=GitBackend(reactor=reactor, gitPath=gitPath, environ=dict(os.environ)),
+        backend=GitBackend(
+            reactor=reactor,
+            gitPath=gitPath or "git",
+            environ=dict(os.environ),
+            available=gitPath is not None,
+        ),
         clock=reactor,
         configs=configs,
         maxPushSize=options["max-push-size"],

@@ -312,7 +312,10 @@ def getInfoRefs(
     without C{service=}, the dumb ref list.
     """
     service = _serviceParameter(request)
-    if service is None:
+    if service is None or (service is Service.UPLOAD_PACK and not server.backend.available):
+        # Without a git binary there is no upload-pack: the plain ref list
+        # makes the client fall back to the dumb protocol by itself, as it
+        # does against a static file server.
         return dumb.getDumbInfoRefs(server, request, repository, suffix)
     gitProtocol = gitProtocolOf(request)
 

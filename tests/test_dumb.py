@@ -14,6 +14,7 @@ from twisted.web.test.requesthelper import DummyChannel
 
 from gitserve.dumb import (
     CHUNK_SIZE,
+    CHUNKS_PER_TURN,
     IDX_FILE,
     LOOSE_OBJECT,
     PACK_FILE,
@@ -331,17 +332,29 @@ def makeRequest(method: bytes = b"GET", **headers: bytes) -> Request:
     return request
 
 
-def drain(request: Request) -> None:
-    """Pull from the registered producer the way a transport does, until it is done."""
+def drain(request: Request, clock: Clock) -> None:
+    """Let the clock run the registered streaming producer's turns until it is done."""
     transport = request.testTransport
     assert transport.producers, "no producer was registered"
     producer, streaming = transport.producers[-1]
-    assert streaming is False
+    assert streaming is True
     for _ in range(10000):
         if request.finished or request._disconnected:
             return
-        producer.resumeProducing()
+        clock.advance(0)
     raise AssertionError("producer never finished")
+
+
+def runTurn(clock: Clock) -> None:
+    """
+    Run the calls due now, as one reactor iteration does: calls they schedule
+    wait for the next turn (Clock.advance would run those at once too).
+    """
+    for call in [c for c in clock.getDelayedCalls() if c.getTime() <= clock.seconds()]:
+        if call.active():
+            func, args, kw = call.func, call.args, call.kw
+            call.cancel()
+            func(*args, **kw)
 
 
 def parseResponse(request: Request) -> tuple[int, dict[bytes, bytes], bytes]:
@@ -367,7 +380,7 @@ def serve(tmp_path: Path, request: Request, content: bytes, fileClass=PACK_FILE)
     result = serveFile(request, served, fileClass, clock)
     assert result is NOT_DONE_YET
     if not request.finished:
-        drain(request)
+        drain(request, clock)
     return served
 
 
@@ -412,24 +425,48 @@ def test_serveTextFileNoCache(tmp_path: Path) -> None:
     assert headers[b"last-modified"] == b"Tue, 14 Nov 2023 22:13:20 GMT"
 
 
-def test_producerSendsOneChunkPerPull(tmp_path: Path) -> None:
-    """The file is streamed: each pull writes at most one chunk, never the whole file."""
+def test_producerStreamsInBoundedTurns(tmp_path: Path) -> None:
+    """Each reactor turn sends at most CHUNKS_PER_TURN chunks: never the whole file at once."""
     path = tmp_path / "big"
-    path.write_bytes(b"x" * (5 * CHUNK_SIZE))
+    path.write_bytes(b"x" * (10 * CHUNK_SIZE))
     served = openServedFile(tmp_path, path)
     assert served is not None
     request = makeRequest()
-    serveFile(request, served, PACK_FILE, Clock())
+    clock = Clock()
+    serveFile(request, served, PACK_FILE, clock)
     written = request.testTransport.written
-    producer, _ = request.testTransport.producers[-1]
-    producer.resumeProducing()
-    afterOne = len(written.getvalue())
-    producer.resumeProducing()
-    assert len(written.getvalue()) - afterOne == CHUNK_SIZE
+    assert written.getvalue() == b""  # nothing before the reactor turns
+    runTurn(clock)
+    firstTurn = len(written.getvalue())
+    runTurn(clock)
+    assert len(written.getvalue()) - firstTurn == CHUNKS_PER_TURN * CHUNK_SIZE
     assert not request.finished
-    drain(request)
+    drain(request, clock)
     assert request.finished
     assert served.fileObject.closed
+    assert clock.getDelayedCalls() == []
+
+
+def test_producerHonoursPause(tmp_path: Path) -> None:
+    """A transport that pauses the producer (full buffer) gets nothing until it resumes."""
+    path = tmp_path / "big"
+    path.write_bytes(b"x" * (10 * CHUNK_SIZE))
+    served = openServedFile(tmp_path, path)
+    assert served is not None
+    request = makeRequest()
+    clock = Clock()
+    serveFile(request, served, PACK_FILE, clock)
+    producer, _ = request.testTransport.producers[-1]
+    runTurn(clock)
+    producer.pauseProducing()
+    sent = len(request.testTransport.written.getvalue())
+    for _ in range(5):
+        clock.advance(0)
+    assert len(request.testTransport.written.getvalue()) == sent
+    assert clock.getDelayedCalls() == []
+    producer.resumeProducing()
+    drain(request, clock)
+    assert request.finished
 
 
 def test_notModifiedByETag(tmp_path: Path) -> None:
@@ -514,31 +551,34 @@ def test_headRequestSendsNoBody(tmp_path: Path) -> None:
 def test_clientGoneClosesFile(tmp_path: Path) -> None:
     """A client that disconnects mid-download stops the producer and closes the file."""
     path = tmp_path / "big"
-    path.write_bytes(b"x" * (4 * CHUNK_SIZE))
+    path.write_bytes(b"x" * (10 * CHUNK_SIZE))
     served = openServedFile(tmp_path, path)
     assert served is not None
     request = makeRequest()
-    serveFile(request, served, PACK_FILE, Clock())
-    producer, _ = request.testTransport.producers[-1]
-    producer.resumeProducing()
+    clock = Clock()
+    serveFile(request, served, PACK_FILE, clock)
+    runTurn(clock)
+    sent = len(request.testTransport.written.getvalue())
+    assert sent < 10 * CHUNK_SIZE
     request.connectionLost(ConnectionError("gone"))
     assert served.fileObject.closed
-    producer.resumeProducing()  # a late pull is harmless
-    assert not request.finished
+    assert clock.getDelayedCalls() == []
+    clock.advance(1)
+    assert len(request.testTransport.written.getvalue()) == sent
 
 
 def test_truncatedFileClosesConnection(tmp_path: Path) -> None:
     """A file that shrinks while being served ends the connection short of Content-Length."""
     path = tmp_path / "big"
-    path.write_bytes(b"x" * (3 * CHUNK_SIZE))
+    path.write_bytes(b"x" * (10 * CHUNK_SIZE))
     served = openServedFile(tmp_path, path)
     assert served is not None
     request = makeRequest()
-    serveFile(request, served, PACK_FILE, Clock())
+    clock = Clock()
+    serveFile(request, served, PACK_FILE, clock)
     os.truncate(path, CHUNK_SIZE)
-    producer, _ = request.testTransport.producers[-1]
     for _ in range(5):
-        producer.resumeProducing()
+        clock.advance(0)
     assert request.testTransport.disconnected
     assert not request.finished
     assert served.fileObject.closed
@@ -553,6 +593,7 @@ def test_rangeProducerStopsAtRangeEnd(tmp_path: Path) -> None:
     request = makeRequest()
     request.setResponseCode(http.PARTIAL_CONTENT)
     request.setHeader(b"Content-Length", b"%d" % (CHUNK_SIZE + 3))
-    FileRangeProducer(request, served, 7, CHUNK_SIZE + 3).start()
-    drain(request)
+    clock = Clock()
+    FileRangeProducer(request, served, 7, CHUNK_SIZE + 3, clock).start()
+    drain(request, clock)
     assert parseResponse(request)[2] == (bytes(range(256)) * 1024)[7 : 7 + CHUNK_SIZE + 3]

@@ -288,12 +288,19 @@ def test_uploadpackFalseKeepsDumb(
 def test_dumbWithoutGitBinary(
     git: GitClient, serve, root: Path, mixed: Path, tmp_path: Path
 ) -> None:
-    """With no git binary on the daemon's PATH, dumb serving (native) still clones."""
-    environ = {k: v for k, v in os.environ.items() if k not in ("PATH",)}
+    """With no git binary on the daemon's PATH, clones still work, natively over dumb HTTP."""
+    environ = {k: v for k, v in os.environ.items() if k != "PATH"}
     environ["PATH"] = str(tmp_path / "no-git-here")
     daemon = serve(root, env=environ)
-    git.run("clone", "-q", daemon.url("mixed.git"), str(tmp_path / "clone"), env=DUMB)
-    git.run("fsck", "--strict", "--no-dangling", cwd=tmp_path / "clone")
+    git.run("clone", "-q", daemon.url("mixed.git"), str(tmp_path / "dumb"), env=DUMB)
+    git.run("fsck", "--strict", "--no-dangling", cwd=tmp_path / "dumb")
+    # A client that asks for smart first gets the plain ref list and falls
+    # back to dumb by itself, as it does against a static file server.
+    git.run("clone", "-q", daemon.url("mixed.git"), str(tmp_path / "plain"))
+    git.run("fsck", "--strict", "--no-dangling", cwd=tmp_path / "plain")
+    assert git.output("rev-parse", "origin/main", cwd=tmp_path / "plain") == git.output(
+        "rev-parse", "main", cwd=mixed
+    )
 
 
 def test_hiddenRefAbsentFromInfoRefs(git: GitClient, serve, root: Path, mixed: Path) -> None:
