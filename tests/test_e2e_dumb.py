@@ -5,11 +5,14 @@ git client, compared header by header with `git http-backend` itself.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import os
 import re
 import shutil
+import socket
 import subprocess
+import time
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
@@ -338,3 +341,32 @@ def test_symlinkOutOfRootIsNeverServed(
         status, _, body = fetchFrom(daemon, path)
         assert status == 404, path
         assert b"not for clients" not in body
+
+
+def test_slowReaderKeepsServerMemoryFlat(serve, root: Path, mixed: Path) -> None:
+    """A client that stops reading a large pack costs the daemon no memory; it completes later."""
+    content = os.urandom(48 * 1024 * 1024)
+    name = "pack-" + "e" * 40 + ".pack"
+    (mixed / "objects" / "pack" / name).write_bytes(content)
+    daemon = serve(root)
+    baseline = daemon.rss()
+    sock = socket.create_connection((daemon.host, daemon.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.sendall(b"GET /mixed.git/objects/pack/%s HTTP/1.1\r\nHost: x\r\n\r\n" % name.encode())
+    received = sock.recv(64 * 1024)
+    peak = baseline
+    for _ in range(12):
+        time.sleep(0.25)
+        peak = max(peak, daemon.rss())
+    assert peak - baseline < 16 * 1024 * 1024, (baseline, peak)
+    sock.settimeout(60)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert b"Content-Length: %d" % len(content) in head
+    digest = hashlib.sha256(body)
+    total = len(body)
+    while total < len(content) and (chunk := sock.recv(1024 * 1024)):
+        digest.update(chunk)
+        total += len(chunk)
+    sock.close()
+    assert total == len(content)
+    assert digest.digest() == hashlib.sha256(content).digest()
