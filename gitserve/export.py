@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, TypeVar
 
 from dulwich.object_store import MissingObjectFinder
 from dulwich.pack import write_pack_from_container, write_pack_index
@@ -42,6 +43,8 @@ from gitserve.policy import Policy
 from gitserve.repository import ConfigCache, Repository
 
 LOCK_NAME = "gitserve-export.lock"
+
+T = TypeVar("T")
 
 
 class ExportError(Exception):
@@ -76,10 +79,37 @@ def parseInfoRefs(text: bytes) -> dict[bytes, bytes]:
     return refs
 
 
+def _writeThenRename(
+    directory: Path, prefix: str, write: Callable[[BinaryIO], T], finalName: Callable[[T], str]
+) -> T:
+    """
+    Write a file under a temporary name in C{directory}, sync it, and rename
+    it to C{finalName(result)}: a reader sees no file or the whole file,
+    never part of one. The final name may depend on what was written (a
+    pack is named after its checksum).
+
+    @return: what C{write} returned.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            result = write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        # Static hosts serve what the file mode lets them read.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, directory / finalName(result))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return result
+
+
 def writeAtomically(path: Path, data: bytes) -> bool:
     """
     Replace C{path} with C{data} so a reader sees the old file or the new one,
-    never a mixture: write a temporary file beside it, sync, rename.
+    never a mixture.
 
     @return: whether the file changed (an identical file is left alone, so a
         re-run that changes nothing changes no timestamps either).
@@ -90,18 +120,7 @@ def writeAtomically(path: Path, data: bytes) -> bool:
     except OSError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + "_", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        # Static hosts serve what the file mode lets them read.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    _writeThenRename(path.parent, path.name + "_", lambda f: f.write(data), lambda _: path.name)
     return True
 
 
@@ -148,39 +167,24 @@ def _writePack(repo: Repo, objectIds: Sequence[tuple[bytes, object]], packDir: P
     @return: the pack's file name, C{pack-<checksum>.pack} as git names packs.
     """
     packDir.mkdir(parents=True, exist_ok=True)
-    fd, tmpPack = tempfile.mkstemp(prefix="tmp_pack_", dir=packDir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # other_haves stays empty: only deltas whose base goes into this
-            # same pack are reused, so the pack is never thin.
-            entries, checksum = write_pack_from_container(
-                f.write,
-                repo.object_store,
-                objectIds,
-                object_format=repo.object_format,
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        base = "pack-" + checksum.hex()
-        os.chmod(tmpPack, 0o644)
-        os.replace(tmpPack, packDir / (base + ".pack"))
-    except BaseException:
-        if os.path.exists(tmpPack):
-            os.unlink(tmpPack)
-        raise
+    # other_haves stays empty: only deltas whose base goes into this same
+    # pack are reused, so the pack is never thin.
+    entries, checksum = _writeThenRename(
+        packDir,
+        "tmp_pack_",
+        lambda f: write_pack_from_container(
+            f.write, repo.object_store, objectIds, object_format=repo.object_format
+        ),
+        lambda result: f"pack-{result[1].hex()}.pack",
+    )
+    base = "pack-" + checksum.hex()
     index = sorted((sha, offset, crc) for sha, (offset, crc) in entries.items())
-    fd, tmpIdx = tempfile.mkstemp(prefix="tmp_idx_", dir=packDir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_pack_index(f, index, checksum, version=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmpIdx, 0o644)
-        os.replace(tmpIdx, packDir / (base + ".idx"))
-    except BaseException:
-        if os.path.exists(tmpIdx):
-            os.unlink(tmpIdx)
-        raise
+    _writeThenRename(
+        packDir,
+        "tmp_idx_",
+        lambda f: write_pack_index(f, index, checksum, version=2),
+        lambda _: base + ".idx",
+    )
     _syncDirectory(packDir)
     return base + ".pack"
 

@@ -20,6 +20,7 @@ from gitserve.dumb import (
     PACK_FILE,
     TEXT_FILE,
     FileRangeProducer,
+    ServedFile,
     Unsatisfiable,
     generateHead,
     generateInfoPacks,
@@ -425,15 +426,21 @@ def test_serveTextFileNoCache(tmp_path: Path) -> None:
     assert headers[b"last-modified"] == b"Tue, 14 Nov 2023 22:13:20 GMT"
 
 
-def test_producerStreamsInBoundedTurns(tmp_path: Path) -> None:
-    """Each reactor turn sends at most CHUNKS_PER_TURN chunks: never the whole file at once."""
+def startServing(tmp_path: Path, chunks: int = 10) -> tuple[Request, ServedFile, Clock]:
+    """A GET of a file of C{chunks} chunks, its producer registered and not yet run."""
     path = tmp_path / "big"
-    path.write_bytes(b"x" * (10 * CHUNK_SIZE))
+    path.write_bytes(b"x" * (chunks * CHUNK_SIZE))
     served = openServedFile(tmp_path, path)
     assert served is not None
     request = makeRequest()
     clock = Clock()
     serveFile(request, served, PACK_FILE, clock)
+    return request, served, clock
+
+
+def test_producerStreamsInBoundedTurns(tmp_path: Path) -> None:
+    """Each reactor turn sends at most CHUNKS_PER_TURN chunks: never the whole file at once."""
+    request, served, clock = startServing(tmp_path)
     written = request.testTransport.written
     assert written.getvalue() == b""  # nothing before the reactor turns
     runTurn(clock)
@@ -449,13 +456,7 @@ def test_producerStreamsInBoundedTurns(tmp_path: Path) -> None:
 
 def test_producerHonoursPause(tmp_path: Path) -> None:
     """A transport that pauses the producer (full buffer) gets nothing until it resumes."""
-    path = tmp_path / "big"
-    path.write_bytes(b"x" * (10 * CHUNK_SIZE))
-    served = openServedFile(tmp_path, path)
-    assert served is not None
-    request = makeRequest()
-    clock = Clock()
-    serveFile(request, served, PACK_FILE, clock)
+    request, served, clock = startServing(tmp_path)
     producer, _ = request.testTransport.producers[-1]
     runTurn(clock)
     producer.pauseProducing()
@@ -550,13 +551,7 @@ def test_headRequestSendsNoBody(tmp_path: Path) -> None:
 
 def test_clientGoneClosesFile(tmp_path: Path) -> None:
     """A client that disconnects mid-download stops the producer and closes the file."""
-    path = tmp_path / "big"
-    path.write_bytes(b"x" * (10 * CHUNK_SIZE))
-    served = openServedFile(tmp_path, path)
-    assert served is not None
-    request = makeRequest()
-    clock = Clock()
-    serveFile(request, served, PACK_FILE, clock)
+    request, served, clock = startServing(tmp_path)
     runTurn(clock)
     sent = len(request.testTransport.written.getvalue())
     assert sent < 10 * CHUNK_SIZE
@@ -569,14 +564,8 @@ def test_clientGoneClosesFile(tmp_path: Path) -> None:
 
 def test_truncatedFileClosesConnection(tmp_path: Path) -> None:
     """A file that shrinks while being served ends the connection short of Content-Length."""
-    path = tmp_path / "big"
-    path.write_bytes(b"x" * (10 * CHUNK_SIZE))
-    served = openServedFile(tmp_path, path)
-    assert served is not None
-    request = makeRequest()
-    clock = Clock()
-    serveFile(request, served, PACK_FILE, clock)
-    os.truncate(path, CHUNK_SIZE)
+    request, served, clock = startServing(tmp_path)
+    os.truncate(tmp_path / "big", CHUNK_SIZE)
     for _ in range(5):
         clock.advance(0)
     assert request.testTransport.disconnected

@@ -119,14 +119,18 @@ def test_dumbCloneWithoutUpdateServerInfo(
     assertNoServerInfo(mixed)
 
 
+def cloneDumb(git: GitClient, daemon: Daemon, tmp_path: Path) -> tuple[Path, Path]:
+    """A dumb clone of mixed.git, and the worktree that pushes to it."""
+    clone = tmp_path / "clone"
+    git.run("clone", "-q", daemon.url("mixed.git"), str(clone), env=DUMB)
+    return clone, tmp_path / "build" / "work"
+
+
 def test_incrementalDumbFetch(
     git: GitClient, serve, root: Path, mixed: Path, tmp_path: Path
 ) -> None:
     """After new pushes (loose objects, a new tag), a dumb fetch brings exactly them."""
-    daemon = serve(root)
-    clone = tmp_path / "clone"
-    git.run("clone", "-q", daemon.url("mixed.git"), str(clone), env=DUMB)
-    work = tmp_path / "build" / "work"
+    clone, work = cloneDumb(git, serve(root), tmp_path)
     newHead = git.commit(work, "c.txt", "third\n")
     git.run("tag", "-a", "v3", "-m", "version 3", cwd=work)
     git.run("push", "-q", "origin", "main", "v3", cwd=work)
@@ -141,10 +145,7 @@ def test_interruptedPackDownloadResumes(
     git: GitClient, serve, root: Path, mixed: Path, tmp_path: Path
 ) -> None:
     """git's own resume of a half-downloaded pack (.pack.temp) gets a 206 and completes."""
-    daemon = serve(root)
-    clone = tmp_path / "clone"
-    git.run("clone", "-q", daemon.url("mixed.git"), str(clone), env=DUMB)
-    work = tmp_path / "build" / "work"
+    clone, work = cloneDumb(git, serve(root), tmp_path)
     for i in range(3):
         git.commit(work, f"big{i}.bin", os.urandom(200_000).hex())
     git.run("push", "-q", "origin", "main", cwd=work)
