@@ -33,14 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from dulwich.objects import Tag
-from dulwich.refs import check_ref_format
+from dulwich.objects import ObjectID, Tag
+from dulwich.refs import Ref, check_ref_format
 from dulwich.repo import Repo
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.web import http
-from twisted.web.iweb import IRequest
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from gitserve.errors import NotFound
@@ -89,7 +88,7 @@ PACK_FILE = FileClass(b"application/x-git-packed-objects", cacheForever=True)
 IDX_FILE = FileClass(b"application/x-git-packed-objects-toc", cacheForever=True)
 
 
-def sendGenerated(request: IRequest, contentType: bytes, body: bytes) -> bytes:
+def sendGenerated(request: Request, contentType: bytes, body: bytes) -> bytes:
     """
     Label a generated text answer (C{send_strbuf()} in http-backend) and hand
     the body back for C{render} to return: Twisted adds the
@@ -141,7 +140,7 @@ def _peel(repo: Repo, sha: bytes) -> bytes | None | _Missing:
     """
     store = repo.object_store
     try:
-        typeNum, raw = store.get_raw(sha)
+        typeNum, raw = store.get_raw(ObjectID(sha))
     except KeyError:
         return _MISSING
     if typeNum != Tag.type_num:
@@ -154,7 +153,7 @@ def _peel(repo: Repo, sha: bytes) -> bytes | None | _Missing:
             return None
         sha = firstLine[len(b"object ") :]
         try:
-            typeNum, raw = store.get_raw(sha)
+            typeNum, raw = store.get_raw(ObjectID(sha))
         except KeyError:
             return None
     return sha
@@ -203,7 +202,7 @@ def generateHead(gitDir: Path) -> bytes:
     """
     with Repo(str(gitDir)) as repo:
         try:
-            chain, sha = repo.refs.follow(b"HEAD")
+            chain, sha = repo.refs.follow(Ref(b"HEAD"))
         except (KeyError, ValueError):
             return b""
     if sha is None:
@@ -438,13 +437,13 @@ class FileRangeProducer:
 
     def __init__(
         self,
-        request: IRequest,
+        request: Request,
         served: ServedFile,
         offset: int,
         length: int,
         clock: IReactorTime,
     ) -> None:
-        self._request: IRequest | None = request
+        self._request: Request | None = request
         self._served = served
         self._offset = offset
         self._remaining = length
@@ -512,7 +511,7 @@ class FileRangeProducer:
 
 
 def serveFile(
-    request: IRequest, served: ServedFile, fileClass: FileClass, clock: IReactorTime
+    request: Request, served: ServedFile, fileClass: FileClass, clock: IReactorTime
 ) -> object:
     """
     Answer a GET (or HEAD) with an opened file: headers for its class, a 304
@@ -580,7 +579,7 @@ def serveFile(
 
 
 def getHead(
-    server: GitServer, request: IRequest, repository: Repository, suffix: Sequence[str]
+    server: GitServer, request: Request, repository: Repository, suffix: Sequence[str]
 ) -> bytes:
     """C{GET HEAD}: generated, C{text/plain}, and (as in http-backend) no cache headers."""
     server.policy.checkGetAnyFile(repository)
@@ -588,7 +587,7 @@ def getHead(
 
 
 def getDumbInfoRefs(
-    server: GitServer, request: IRequest, repository: Repository, suffix: Sequence[str]
+    server: GitServer, request: Request, repository: Repository, suffix: Sequence[str]
 ) -> bytes:
     """C{GET info/refs} without C{service=}: the ref list, generated now, never cached."""
     server.policy.checkGetAnyFile(repository)
@@ -598,7 +597,7 @@ def getDumbInfoRefs(
 
 
 def getInfoPacks(
-    server: GitServer, request: IRequest, repository: Repository, suffix: Sequence[str]
+    server: GitServer, request: Request, repository: Repository, suffix: Sequence[str]
 ) -> bytes:
     """C{GET objects/info/packs}: the packs present now, never cached."""
     server.policy.checkGetAnyFile(repository)
@@ -608,14 +607,14 @@ def getInfoPacks(
 
 def fileHandler(
     fileClass: FileClass,
-) -> Callable[[GitServer, IRequest, Repository, Sequence[str]], object]:
+) -> Callable[[GitServer, Request, Repository, Sequence[str]], object]:
     """
     The handler for one class of file: the matched route suffix (hex digits
     and fixed names only) is the file's path inside the git directory.
     """
 
     def getFile(
-        server: GitServer, request: IRequest, repository: Repository, suffix: Sequence[str]
+        server: GitServer, request: Request, repository: Repository, suffix: Sequence[str]
     ) -> object:
         server.policy.checkGetAnyFile(repository)
         served = openServedFile(server.root, repository.gitDir.joinpath(*suffix))

@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from dulwich.object_store import MissingObjectFinder
-from dulwich.pack import write_pack_from_container, write_pack_index
+from dulwich.objects import ObjectID
+from dulwich.pack import PackHint, write_pack_from_container, write_pack_index
+from dulwich.refs import Ref
 from dulwich.repo import Repo
 
 from gitserve.dumb import formatInfoPacks, generateInfoRefs, listPacks
@@ -156,7 +158,9 @@ def exportLock(dest: Path) -> Iterator[None]:
         lock.unlink(missing_ok=True)
 
 
-def _writePack(repo: Repo, objectIds: Sequence[tuple[bytes, object]], packDir: Path) -> str:
+def _writePack(
+    repo: Repo, objectIds: Sequence[tuple[ObjectID, PackHint | None]], packDir: Path
+) -> str:
     """
     Write one self-contained pack (and its v2 index) of C{objectIds}.
 
@@ -195,7 +199,7 @@ def _headText(repo: Repo) -> bytes:
     branch is unborn, so a clone still learns the default branch), or the
     detached object id.
     """
-    raw = repo.refs.read_ref(b"HEAD")
+    raw = repo.refs.read_ref(Ref(b"HEAD"))
     if raw is None:
         raise ExportError("the repository has no HEAD")
     return raw.strip() + b"\n"
@@ -233,10 +237,12 @@ def export(
             # What DEST's current info/refs names is in DEST with all it
             # reaches (it was written last, after the packs). Refs SRC no
             # longer has the objects for are simply not used as a base.
-            haves = {sha for sha in already.values() if sha in repo.object_store}
-            wants = set(wanted.values()) - haves
+            haves = {
+                ObjectID(sha) for sha in already.values() if ObjectID(sha) in repo.object_store
+            }
+            wants = {ObjectID(sha) for sha in wanted.values()} - haves
             packName = None
-            objectIds: list = []
+            objectIds: list[tuple[ObjectID, PackHint | None]] = []
             if wants:
                 finder = MissingObjectFinder(repo.object_store, haves=haves, wants=wants)
                 objectIds = list(finder)

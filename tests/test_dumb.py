@@ -329,7 +329,7 @@ def makeRequest(method: bytes = b"GET", **headers: bytes) -> Request:
     request.method = method
     request.clientproto = b"HTTP/1.1"
     for name, value in headers.items():
-        request.requestHeaders.setRawHeaders(name.replace("_", "-"), [value])
+        request.requestHeaders.setRawHeaders(name.replace("_", "-").encode(), [value])
     return request
 
 
