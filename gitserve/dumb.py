@@ -34,7 +34,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from dulwich.objects import ObjectID, Tag
-from dulwich.refs import Ref, check_ref_format
+from dulwich.refs import (
+    PackedRefsException,
+    Ref,
+    read_packed_refs_with_peeled,
+)
 from dulwich.repo import Repo
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
@@ -121,6 +125,18 @@ def isRefHidden(refname: bytes, patterns: Sequence[bytes]) -> bool:
     return False
 
 
+# git's check_refname_format() rules as one search (dulwich's checker, run
+# per ref, was most of the time info/refs took with thousands of refs):
+# control characters, space and ~^:?*[\, "..", "@{", empty components, a
+# component starting with "." or ending with ".lock", a trailing "/" or ".".
+_BAD_REFNAME = re.compile(rb"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|(?:^|/)\.|\.lock(?:/|$)|[/.]$")
+
+
+def isValidRefName(name: bytes) -> bool:
+    """Whether git would accept C{name} (under C{refs/}) as a ref name."""
+    return name.startswith(b"refs/") and _BAD_REFNAME.search(name) is None
+
+
 class _Missing:
     """The ref's own object is absent: git skips such a ref entirely."""
 
@@ -159,12 +175,34 @@ def _peel(repo: Repo, sha: bytes) -> bytes | None | _Missing:
     return sha
 
 
+def _fullyPeeledPackedRefs(gitDir: Path) -> dict[bytes, tuple[bytes, bytes | None]]:
+    """
+    What C{packed-refs} already says about peeling, when git wrote it with
+    the C{fully-peeled} trait: C{{name: (id, peeled id or None)}}, where
+    L{None} means "not a tag". Without that trait (very old git) a ref
+    without a C{^} line may still be a tag, so nothing is trusted.
+    """
+    try:
+        with open(gitDir / "packed-refs", "rb") as f:
+            header = f.readline()
+            if not (header.startswith(b"# pack-refs with:") and b" fully-peeled" in header):
+                return {}
+            return {name: (sha, peeled) for sha, name, peeled in read_packed_refs_with_peeled(f)}
+    except (OSError, PackedRefsException):
+        return {}
+
+
 def generateInfoRefs(gitDir: Path, hidden: Sequence[bytes] = ()) -> bytes:
     """
     The dumb protocol's ref list, identical to the C{info/refs} that
     C{git update-server-info} writes: every ref under C{refs/} in byte order
     (HEAD itself left out), C{<id> TAB <name> LF}, followed for an annotated
     tag by C{<peeled id> TAB <name>^{} LF}.
+
+    Objects are read only where C{packed-refs} cannot say what a ref peels
+    to (loose refs, or a packed ref a loose one now overrides), and each
+    object at most once: a repository with thousands of tags answers in
+    milliseconds, not one object read per ref.
 
     @param gitDir: the repository's git directory.
     @param hidden: hideRefs patterns (L{Policy.hiddenRefs}); refs they hide
@@ -173,10 +211,13 @@ def generateInfoRefs(gitDir: Path, hidden: Sequence[bytes] = ()) -> bytes:
     lines = []
     with Repo(str(gitDir)) as repo:
         refs = repo.refs
+        store = repo.object_store
+        packed = _fullyPeeledPackedRefs(gitDir)
+        peels: dict[bytes, bytes | None | _Missing] = {}
         for name in sorted(refs.allkeys()):
             # git's ref iteration skips names it would refuse to create
             # (foo.lock leftovers, "..", control characters).
-            if not name.startswith(b"refs/") or not check_ref_format(name):
+            if not isValidRefName(name):
                 continue
             if isRefHidden(name, hidden):
                 continue
@@ -185,7 +226,14 @@ def generateInfoRefs(gitDir: Path, hidden: Sequence[bytes] = ()) -> bytes:
             except KeyError:
                 # A symbolic ref whose target is gone: git skips broken refs.
                 continue
-            peeled = _peel(repo, sha)
+            known = packed.get(name)
+            if sha not in peels:
+                if known is not None and known[0] == sha:
+                    # http-backend still insists the object exists.
+                    peels[sha] = known[1] if ObjectID(sha) in store else _MISSING
+                else:
+                    peels[sha] = _peel(repo, sha)
+            peeled = peels[sha]
             if isinstance(peeled, _Missing):
                 continue
             lines.append(b"%s\t%s\n" % (sha, name))

@@ -7,6 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from dulwich.refs import Ref, check_ref_format
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.web import http
 from twisted.web.server import NOT_DONE_YET, Request
@@ -27,6 +30,7 @@ from gitserve.dumb import (
     generateInfoRefs,
     isNotModified,
     isRefHidden,
+    isValidRefName,
     listPacks,
     openServedFile,
     parseRange,
@@ -586,3 +590,36 @@ def test_rangeProducerStopsAtRangeEnd(tmp_path: Path) -> None:
     FileRangeProducer(request, served, 7, CHUNK_SIZE + 3, clock).start()
     drain(request, clock)
     assert parseResponse(request)[2] == (bytes(range(256)) * 1024)[7 : 7 + CHUNK_SIZE + 3]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b"a",
+                b"b",
+                b".",
+                b"/",
+                b"@",
+                b"{",
+                b"lock",
+                b" ",
+                b"~",
+                b"\\",
+                b"*",
+                b"[",
+                b":",
+                b"\x00",
+                b"\x7f",
+                b"-",
+                b"\xc3\xa9",
+            ]
+        ),
+        max_size=12,
+    )
+)
+def test_isValidRefNameAgreesWithDulwich(parts: list[bytes]) -> None:
+    """The fast ref-name check gives dulwich's (git's) verdict on names under refs/."""
+    name = b"refs/" + b"".join(parts)
+    assert isValidRefName(name) is check_ref_format(Ref(name))
