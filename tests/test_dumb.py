@@ -71,6 +71,21 @@ def test_infoRefsIdenticalToUpdateServerInfo(git: GitClient, repo: Path) -> None
     assert b"\tHEAD\n" not in generated
 
 
+def test_infoRefsWithoutFullyPeeledTrait(git: GitClient, repo: Path) -> None:
+    """A packed-refs from an old git (no fully-peeled trait) still gives git's exact output."""
+    packedRefs = repo / "packed-refs"
+    lines = packedRefs.read_bytes().split(b"\n")
+    assert b"fully-peeled" in lines[0]
+    # Old git peeled only tags and said so with "peeled" alone; drop the ^ lines too,
+    # so only reading the objects can find the tags.
+    kept = [b"# pack-refs with: peeled "] + [ln for ln in lines[1:] if not ln.startswith(b"^")]
+    packedRefs.write_bytes(b"\n".join(kept))
+    generated = generateInfoRefs(repo)
+    expected, _ = updateServerInfo(git, repo)
+    assert generated == expected
+    assert b"refs/tags/v1^{}" in generated
+
+
 def test_infoRefsWritesNothing(repo: Path) -> None:
     """Generating info/refs leaves no info/refs (or anything else) behind."""
     before = sorted(p.relative_to(repo) for p in repo.rglob("*"))
