@@ -10,10 +10,11 @@ Two kinds of answer live here:
     sends), so a repository nobody ran update-server-info in is dumb-clonable
     and the answer is never stale;
   - I{files} streamed from disk (loose objects, packs, their indexes and the
-    C{objects/info/*alternates} text files) through a pull producer, never read
-    whole into memory, with C{ETag}/C{Last-Modified} validators, conditional
-    requests (304) and a single C{Range} (206) so that an interrupted dumb
-    fetch of a large pack resumes instead of restarting.
+    C{objects/info/*alternates} text files) through a producer paced by the
+    connection, never read whole into memory, with C{ETag}/C{Last-Modified}
+    validators, conditional requests (304) and a single C{Range} (206) so
+    that an interrupted dumb fetch of a large pack resumes instead of
+    restarting.
 
 Header values mirror C{http-backend.c}: C{hdr_nocache()} for refs and text
 files, C{hdr_cache_forever()} for objects, packs and indexes. Where
