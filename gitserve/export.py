@@ -216,13 +216,18 @@ def export(
     @param landed: told each file's path (relative to DEST) once it is in
         place, in order: the C{--verbose} listing, and the order uploads
         to a remote host must follow.
-    @raise ExportError: SRC is not a repository, or DEST is locked.
+    @raise ExportError: SRC is not a repository or is shallow, or DEST is
+        locked.
     """
     try:
         repo = Repo(str(src))
     except Exception as e:  # dulwich raises NotGitRepository and OSErrors
         raise ExportError(f"{src} is not a git repository: {e}") from None
     with repo:
+        if repo.get_shallow():
+            # The dumb protocol walks every parent; a shallow copy would
+            # publish history whose ancestors no reader could ever fetch.
+            raise ExportError(f"{src} is a shallow clone: export a complete repository")
         gitDir = Path(repo.controldir()).resolve()
         # Refs hidden from fetches in SRC are not published either.
         repository = Repository(gitDir=gitDir, name=str(src))

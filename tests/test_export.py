@@ -155,6 +155,15 @@ def test_exportRefusesNonRepository(tmp_path: Path, capsys) -> None:
     assert "is not a git repository" in capsys.readouterr().err
 
 
+def test_exportRefusesShallowSource(git: GitClient, repo: Path, tmp_path: Path, capsys) -> None:
+    """A shallow SRC is refused: dumb readers would miss the cut-off ancestors."""
+    shallow = tmp_path / "shallow.git"
+    git.run("clone", "-q", "--bare", "--depth=1", f"file://{repo}", str(shallow))
+    assert main([str(shallow), str(tmp_path / "dest")]) == 1
+    assert "shallow" in capsys.readouterr().err
+    assert not (tmp_path / "dest" / "info" / "refs").exists()
+
+
 def test_mainPrintsSummary(repo: Path, tmp_path: Path, capsys) -> None:
     """The console script reports refs and objects; --verbose names each file in order."""
     assert main(["-v", str(repo), str(tmp_path / "dest")]) == 0
