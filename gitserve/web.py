@@ -79,6 +79,27 @@ class GitChannel(HTTPChannel):
         if isinstance(request, GitRequest):
             request.headersReceived(command, path, version)
 
+    def _send100Continue(self) -> None:
+        # Twisted says "100 Continue" as soon as the headers are in. A
+        # streamed POST says it when its body is first read instead, so that
+        # a refusal decided from the headers reaches the client before it
+        # sends a byte of the body.
+        request = self.requests[-1]
+        if isinstance(request, GitRequest) and self._command == b"POST":
+            request.continueWanted = True
+        else:
+            super()._send100Continue()
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        # HTTPChannel resumes reading whenever its own writes drain. A body
+        # that holds the network paused (git's stdin is backed up) keeps it
+        # paused, or a push would be read faster than git takes it.
+        request = self.requests[-1] if self.requests else None
+        if isinstance(request, GitRequest) and request.body is not None:
+            if request.body.holdsNetwork():
+                self.transport.pauseProducing()
+
 
 class GitRequest(Request):
     """
@@ -89,6 +110,8 @@ class GitRequest(Request):
     """
 
     body: RequestBody | None = None
+    continueWanted = False
+    _continueSent = False
     _finishPending = False
 
     def headersReceived(self, command: bytes, path: bytes, version: bytes) -> None:
@@ -99,6 +122,7 @@ class GitRequest(Request):
             self.channel.transport,
             limit=MAX_PUSH_SIZE,
             contentEncoding=self.requestHeaders.getRawHeaders(b"Content-Encoding", [None])[-1],
+            onFirstRead=self._sendContinue if self.continueWanted else None,
         )
         # What Request.requestReceived() does before process(), minus the form
         # parsing: git bodies are never forms.
@@ -106,6 +130,12 @@ class GitRequest(Request):
         self.path, _, query = self.uri.partition(b"?")
         self.args = parse_qs(query, 1) if query else {}
         self.process()
+
+    def _sendContinue(self) -> None:
+        """The deferred answer to C{Expect: 100-continue}: the body is wanted now."""
+        if not self.startedWriting and not self._disconnected:
+            self._continueSent = True
+            self.channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.body is not None:
@@ -129,6 +159,12 @@ class GitRequest(Request):
         """
         if self.body is not None and not self.body.complete and not self._disconnected:
             self._finishPending = True
+            if self.continueWanted and not self._continueSent:
+                # The client waits for a "100 Continue" that never comes and
+                # sends no body: closing after the answer ends the exchange.
+                self.body.discard(0, lambda: None)
+                self.channel.transport.loseConnection()
+                return
             self.body.discard(DISCARD_LIMIT, self.channel.transport.loseConnection)
             return
         super().finish()
