@@ -22,6 +22,7 @@ from twisted.web.http import HTTPChannel, parse_qs
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from gitserve.advertisement import VERSION_2, CapabilityCache
 from gitserve.body import BodyLost, RequestBody
 from gitserve.errors import (
     BadRequest,
@@ -34,6 +35,7 @@ from gitserve.errors import (
     UnsupportedMediaType,
     renderError,
 )
+from gitserve.headers import setNoCache
 from gitserve.pktline import FLUSH, ProtocolError, parsePktLines, pktLine
 from gitserve.policy import Policy, Service
 from gitserve.repository import ConfigCache, Repository, resolveRepository
@@ -260,6 +262,7 @@ class GitServer:
     configs: ConfigCache = field(default_factory=ConfigCache)
     maxPushSize: int = MAX_PUSH_SIZE
     authenticate: Callable[[Request], Deferred[str | None]] | None = None
+    capabilities: CapabilityCache | None = None
 
     def userFor(self, request: Request) -> Deferred[str | None]:
         """The authenticated user of C{request}, L{None} when anonymous."""
@@ -295,8 +298,7 @@ class GitServer:
         advertise: bool,
     ) -> GitProcessProtocol:
         """Start git for C{request}; the protocol answers it from here on."""
-        kind = b"advertisement" if advertise else b"result"
-        contentType = b"application/x-%s-%s" % (service.value.encode("ascii"), kind)
+        contentType = contentTypeOf(service, advertise)
         preamble = b""
         if advertise and not (service is Service.UPLOAD_PACK and protocolVersion(gitProtocol) >= 2):
             # http-backend's "# service=" announcement, which protocol v2
@@ -318,6 +320,12 @@ class GitServer:
             protocol, service, repository, self.caller(request, user, gitProtocol), advertise
         )
         return protocol
+
+
+def contentTypeOf(service: Service, advertise: bool) -> bytes:
+    """The Content-Type of a smart answer, as http-backend sends it."""
+    kind = b"advertisement" if advertise else b"result"
+    return b"application/x-%s-%s" % (service.value.encode("ascii"), kind)
 
 
 # The handlers ---------------------------------------------------------------
@@ -350,7 +358,33 @@ def getInfoRefs(
 
     def start(user: str | None) -> None:
         server.policy.checkService(repository, service, user)
+        cache = server.capabilities
+        if cache is None or service is not Service.UPLOAD_PACK or gitProtocol != VERSION_2:
+            protocol = server.runGit(
+                request, repository, service, user, gitProtocol, advertise=True
+            )
+            protocol.transport.closeStdin()
+            return
+        # Protocol v2: capabilities only, the same for every request until an
+        # input changes (see gitserve.advertisement).
+        key = cache.key(repository)
+        answer = cache.get(repository, key)
+        if answer is not None:
+            request.setResponseCode(200)
+            request.setHeader(b"Content-Type", contentTypeOf(service, advertise=True))
+            setNoCache(request)
+            request.setHeader(b"Content-Length", b"%d" % len(answer))
+            request.write(answer)
+            request.finish()
+            return
         protocol = server.runGit(request, repository, service, user, gitProtocol, advertise=True)
+        protocol.output = bytearray()
+
+        def keep(exitCode: int | None) -> None:
+            if exitCode == 0 and protocol.failure is None and protocol.output is not None:
+                cache.put(repository, key, bytes(protocol.output))
+
+        protocol.done.addCallback(keep)
         protocol.transport.closeStdin()
 
     return server.userFor(request).addCallback(start)
