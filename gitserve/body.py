@@ -359,6 +359,6 @@ class RequestBody:
         The consumer is gone (git closed its stdin): what is left of the
         body is dropped, and whoever answers the request ends it.
         """
-        self._consumer = None
+        self._detach()
         self._discarding = True
         self._decoder = Identity()

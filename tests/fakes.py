@@ -1,107 +1,84 @@
 """
-Fakes shared by the unit tests: a git child without a process, a reactor that
-"spawns" it, and an HTTP connection without a socket.
-
-Each fake keeps the behaviour the code under test relies on (a pipe that
-pauses its producer past a high-water mark, a process that ends once), and
-records what happened so tests assert outcomes.
+Fakes for unit tests: a reactor that records spawned git children instead of
+running them, and a real GitSite driven over a StringTransport.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
-from twisted.internet.interfaces import (
-    IProcessProtocol,
-    IProcessTransport,
-    IPushProducer,
-    IReactorProcess,
-)
-from twisted.internet.testing import StringTransport
+from twisted.internet.interfaces import IProcessTransport, IPushProducer, IReactorProcess
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
-from twisted.web.server import Site
 from zope.interface import implementer
 
-# What a pipe holds before it pauses its producer (Twisted's FileDescriptor
-# uses 64 KiB too).
-PIPE_HIGH_WATER = 64 * 1024
+from gitserve.policy import Policy
+from gitserve.repository import ConfigCache
+from gitserve.service import GitBackend
+from gitserve.web import GitChannel, GitServer, GitSite, RootResource
+
+CLIENT = IPv4Address("TCP", "192.0.2.7", 40000)
+
+
+# What a pipe to a child holds before Twisted's process writer pauses its
+# producer (FileDescriptor.bufferSize).
+PIPE_CAPACITY = 64 * 1024
 
 
 @implementer(IProcessTransport)
-class FakeProcess:
+class FakeProcessTransport:
     """
-    A git child's transport: stdin is a pipe the test drains by hand, and the
-    child's output and exit are driven by the test.
+    Stands in for a git child: records stdin, signals and pausing; the test
+    plays git by calling the protocol's outReceived/processEnded.
 
-    Like Twisted's process writer, stdin pauses a registered streaming
-    producer once more than L{PIPE_HIGH_WATER} bytes wait in it, and resumes
-    it when the child has read them all.
-
-    @ivar stdin: every byte written to the child's stdin, in order.
-    @ivar unread: how many of them the child has not read yet.
+    @ivar pipeCapacity: when set, stdin behaves like Twisted's process
+        writer: past this many unread bytes it pauses its producer, and it
+        resumes it once the child read them all (L{readStdin}). L{None}
+        leaves pausing to the test.
+    @ivar unread: bytes written to stdin that the child has not read yet.
     """
 
-    pid = 4242
+    pipeCapacity: int | None = None
 
-    def __init__(
-        self,
-        protocol: IProcessProtocol,
-        args: Sequence[str],
-        env: Mapping[str, str],
-        path: str | None,
-    ) -> None:
+    def __init__(self, protocol: object, args: list[str], env: dict[str, str], path: str) -> None:
         self.protocol = protocol
-        self.args = list(args)
-        self.env = dict(env)
+        self.args = args
+        self.env = env
         self.path = path
+        self.pid = 4242
         self.stdin = bytearray()
         self.unread = 0
         self.largestUnread = 0
+        self.stdinPaused = False
         self.stdinClosed = False
-        self.producer: IPushProducer | None = None
-        self.producerPaused = False
         self.signals: list[str] = []
-        self.readingPaused = False
         self.ended = False
+        self.paused = False
+        self.stdinProducer: IPushProducer | None = None
 
-    # IProcessTransport: stdin ---------------------------------------------
-
+    # What the protocol uses
     def write(self, data: bytes) -> None:
-        assert not self.stdinClosed, "write to a closed stdin"
+        assert not self.stdinClosed, "write after closeStdin"
         self.stdin += data
         self.unread += len(data)
         self.largestUnread = max(self.largestUnread, self.unread)
-        if self.producer is not None and self.unread > PIPE_HIGH_WATER and not self.producerPaused:
-            self.producerPaused = True
-            self.producer.pauseProducing()
+        if (
+            self.pipeCapacity is not None
+            and self.unread > self.pipeCapacity
+            and self.stdinProducer is not None
+            and not self.stdinPaused
+        ):
+            self.stdinPaused = True
+            self.stdinProducer.pauseProducing()
 
-    def writeSequence(self, data: Sequence[bytes]) -> None:
-        for piece in data:
-            self.write(piece)
-
-    def writeToChild(self, childFD: int, data: bytes) -> None:
-        assert childFD == 0
-        self.write(data)
-
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
-        assert streaming, "git's stdin is fed by push producers only"
-        assert self.producer is None, "two producers on one stdin"
-        self.producer = producer
-        self.producerPaused = False
-
-    def unregisterProducer(self) -> None:
-        self.producer = None
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.write(b"".join(data))
 
     def closeStdin(self) -> None:
         self.stdinClosed = True
-
-    def closeChildFD(self, descriptor: int) -> None:
-        if descriptor == 0:
-            self.closeStdin()
 
     def closeStdout(self) -> None:
         pass
@@ -109,95 +86,211 @@ class FakeProcess:
     def closeStderr(self) -> None:
         pass
 
-    def loseConnection(self) -> None:
-        self.closeStdin()
+    def closeChildFD(self, descriptor: int) -> None:
+        pass
 
-    # IProcessTransport: the child's output, paused by the request ----------
+    def writeToChild(self, childFD: int, data: bytes) -> None:
+        self.write(data)
+
+    def loseConnection(self) -> None:
+        self.stdinClosed = True
+
+    def signalProcess(self, signalID: str) -> None:
+        if self.ended:
+            raise ProcessExitedAlready()
+        self.signals.append(signalID)
 
     def pauseProducing(self) -> None:
-        self.readingPaused = True
+        self.paused = True
 
     def resumeProducing(self) -> None:
-        self.readingPaused = False
+        self.paused = False
 
     def stopProducing(self) -> None:
         self.signalProcess("KILL")
 
-    def signalProcess(self, signalID: str | int) -> None:
-        if self.ended:
-            raise ProcessExitedAlready()
-        self.signals.append(str(signalID))
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        assert self.stdinProducer is None, "two stdin producers"
+        assert streaming, "git's stdin is fed by push producers only"
+        self.stdinProducer = producer
+        self.stdinPaused = False
 
-    def getPeer(self) -> Any:
+    def unregisterProducer(self) -> None:
+        self.stdinProducer = None
+
+    def getPeer(self) -> object:
         return None
 
-    def getHost(self) -> Any:
+    def getHost(self) -> object:
         return None
 
-    # Driven by the test ------------------------------------------------------
-
+    # What the test uses, playing git
     def readStdin(self, size: int | None = None) -> None:
-        """The child reads C{size} bytes (all by default) from its stdin."""
+        """The child reads C{size} bytes (all by default) of its stdin."""
         self.unread -= self.unread if size is None else min(size, self.unread)
-        if self.unread == 0 and self.producer is not None and self.producerPaused:
-            self.producerPaused = False
-            self.producer.resumeProducing()
+        if self.unread == 0 and self.stdinPaused and self.stdinProducer is not None:
+            self.stdinPaused = False
+            self.stdinProducer.resumeProducing()
 
     def closeStdinFromChild(self) -> None:
-        """The child closed its end of stdin (it exited early, say)."""
+        """The child closed its end of stdin: the writer stops its producer."""
         self.stdinClosed = True
-        producer, self.producer = self.producer, None
+        producer, self.stdinProducer = self.stdinProducer, None
         if producer is not None:
             producer.stopProducing()
 
-    def output(self, data: bytes) -> None:
-        """The child writes C{data} to stdout."""
-        self.protocol.childDataReceived(1, data)
-
-    def error(self, data: bytes) -> None:
-        """The child writes C{data} to stderr."""
-        self.protocol.childDataReceived(2, data)
-
     def exit(self, code: int = 0) -> None:
-        """The child ends with C{code}."""
+        """End the child with C{code}, as the reactor would report it."""
         self.ended = True
         reason = ProcessDone(0) if code == 0 else ProcessTerminated(exitCode=code)
-        self.protocol.processEnded(Failure(reason))
+        self.protocol.processEnded(Failure(reason))  # type: ignore[attr-defined]
 
 
 @implementer(IReactorProcess)
-@dataclass
-class FakeProcessReactor:
-    """A reactor that "spawns" L{FakeProcess}es and keeps them for the test."""
+class FakeProcessReactor(MemoryReactorClock):
+    """A clock and memory reactor that records spawnProcess calls."""
 
-    processes: list[FakeProcess] = field(default_factory=list)
+    def __init__(self, pipeCapacity: int | None = None) -> None:
+        """@param pipeCapacity: the L{FakeProcessTransport.pipeCapacity} of every child."""
+        super().__init__()
+        self.spawned: list[FakeProcessTransport] = []
+        self.pipeCapacity = pipeCapacity
 
     def spawnProcess(
         self,
-        processProtocol: IProcessProtocol,
-        executable: bytes | str,
-        args: Sequence[bytes | str],
-        env: Mapping[bytes | str, bytes | str] | None = None,
-        path: bytes | str | None = None,
-        uid: int | None = None,
-        gid: int | None = None,
-        usePTY: bool = False,
-        childFDs: Mapping[int, int | str] | None = None,
-    ) -> FakeProcess:
-        process = FakeProcess(processProtocol, args, env or {}, path)  # type: ignore[arg-type]
-        self.processes.append(process)
-        processProtocol.makeConnection(process)
-        return process
+        processProtocol,
+        executable,
+        args=(),
+        env=None,
+        path=None,
+        uid=None,
+        gid=None,
+        usePTY=0,
+        childFDs=None,
+    ):  # noqa: D102
+        transport = FakeProcessTransport(processProtocol, list(args), dict(env or {}), path)
+        transport.pipeCapacity = self.pipeCapacity
+        self.spawned.append(transport)
+        processProtocol.makeConnection(transport)
+        return transport
 
 
-def connect(site: Site, peer: str = "127.0.0.1") -> tuple[Any, StringTransport]:
+def makeRepository(path: Path, config: str = "") -> Path:
+    """The smallest directory resolution accepts as a git directory."""
+    (path / "objects").mkdir(parents=True)
+    (path / "refs").mkdir()
+    (path / "HEAD").write_text("ref: refs/heads/main\n")
+    (path / "config").write_text("[core]\n\tbare = true\n" + config)
+    return path
+
+
+@dataclass
+class Response:
+    """A parsed HTTP response."""
+
+    status: int
+    headers: dict[bytes, list[bytes]]
+    body: bytes
+
+    def header(self, name: bytes) -> bytes | None:
+        values = self.headers.get(name.lower())
+        return values[-1] if values else None
+
+
+def parseResponses(data: bytes) -> list[Response]:
+    """Every complete response in C{data} (Content-Length or chunked bodies)."""
+    responses = []
+    while data:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if not sep:
+            break
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ")[1])
+        headers: dict[bytes, list[bytes]] = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers.setdefault(name.strip().lower(), []).append(value.strip())
+        if status == 100:
+            data = rest
+            continue
+        body = b""
+        if b"content-length" in headers:
+            length = int(headers[b"content-length"][-1])
+            body, data = rest[:length], rest[length:]
+        elif headers.get(b"transfer-encoding") == [b"chunked"]:
+            while True:
+                sizeLine, _, rest = rest.partition(b"\r\n")
+                size = int(sizeLine, 16)
+                if size == 0:
+                    rest = rest[2:]
+                    break
+                body += rest[:size]
+                rest = rest[size + 2 :]
+            data = rest
+        else:
+            body, data = rest, b""
+        responses.append(Response(status, headers, body))
+    return responses
+
+
+@dataclass
+class SiteHarness:
     """
-    One client connection to C{site}, without a socket: feed the returned
-    channel with C{dataReceived}, read the answer from the transport, whose
-    C{producerState} shows whether the server is reading.
+    The real GitSite over a StringTransport, with a fake process reactor:
+    raw request bytes in, parsed responses and recorded children out.
     """
-    address = IPv4Address("TCP", peer, 40000)
-    channel = site.buildProtocol(address)
-    transport = StringTransport(peerAddress=address)
-    channel.makeConnection(transport)
-    return channel, transport
+
+    root: Path
+    anonymousPush: bool = False
+    requireExportOk: bool = False
+    environ: dict[str, str] = field(default_factory=lambda: {"PATH": "/usr/bin", "HOME": "/home/g"})
+    reactor: FakeProcessReactor = field(default_factory=FakeProcessReactor)
+
+    def __post_init__(self) -> None:
+        configs = ConfigCache()
+        self.server = GitServer(
+            root=self.root.resolve(),
+            policy=Policy(configs, self.anonymousPush, self.requireExportOk),
+            backend=GitBackend(self.reactor, "/usr/bin/git", self.environ),
+            clock=self.reactor,
+            configs=configs,
+        )
+        self.site = GitSite(RootResource(self.server), reactor=self.reactor)
+        self.connect()
+
+    def connect(self) -> None:
+        """Open a new client connection (the previous one is left as it is)."""
+        self.channel: GitChannel = self.site.buildProtocol(CLIENT)
+        self.transport = StringTransport(peerAddress=CLIENT)
+        self.channel.makeConnection(self.transport)
+
+    def send(self, data: bytes) -> None:
+        self.channel.dataReceived(data)
+
+    def request(
+        self,
+        method: bytes,
+        path: bytes,
+        headers: dict[bytes, bytes] | None = None,
+        body: bytes | None = None,
+    ) -> None:
+        """Send a request; with C{body}, a Content-Length is added."""
+        lines = [b"%s %s HTTP/1.1" % (method, path), b"Host: example"]
+        allHeaders = dict(headers or {})
+        if body is not None and b"Transfer-Encoding" not in allHeaders:
+            allHeaders.setdefault(b"Content-Length", b"%d" % len(body))
+        lines += [b"%s: %s" % item for item in allHeaders.items()]
+        self.send(b"\r\n".join(lines) + b"\r\n\r\n" + (body or b""))
+
+    def responses(self) -> list[Response]:
+        return parseResponses(self.transport.value())
+
+    def response(self) -> Response:
+        responses = self.responses()
+        assert len(responses) == 1, responses
+        return responses[0]
+
+    @property
+    def child(self) -> FakeProcessTransport:
+        assert len(self.reactor.spawned) == 1, self.reactor.spawned
+        return self.reactor.spawned[0]

@@ -14,7 +14,7 @@ import pytest
 from gitserve.advertisement import CapabilityCache, cacheable
 from gitserve.pktline import FLUSH, pktLine
 from gitserve.repository import Repository
-from tests.test_push_stream import Harness, makeRepository
+from tests.fakes import SiteHarness, makeRepository
 
 ANSWER = (
     pktLine(b"version 2\n")
@@ -48,7 +48,7 @@ def setup(tmp_path: Path) -> tuple[CapabilityCache, Repository, Path]:
     """A cache with a private HOME and system config, and one repository."""
     home = tmp_path / "home"
     home.mkdir()
-    gitDir = makeRepository(tmp_path / "srv", "repo.git")
+    gitDir = makeRepository(tmp_path / "srv" / "repo.git")
     age(gitDir / "config")
     age(gitDir / "HEAD")
     gitBinary = write(tmp_path / "bin" / "git", "not really git")
@@ -179,35 +179,35 @@ def test_cacheableAnswers(answer: bytes, expected: bool) -> None:
     assert cacheable(answer) is expected
 
 
-def fastHarness(tmp_path: Path) -> Harness:
-    """A harness whose server has the capability cache (fake git, private config)."""
-    gitDir = makeRepository(tmp_path, "repo.git")
+def fastSite(tmp_path: Path) -> SiteHarness:
+    """A site whose server has the capability cache (fake git, private config)."""
+    gitDir = makeRepository(tmp_path / "repo.git")
     age(gitDir / "config")
     age(gitDir / "HEAD")
-    harness = Harness(tmp_path)
+    site = SiteHarness(tmp_path)
     gitBinary = write(tmp_path / "fake-git", "")
-    harness.server.capabilities = CapabilityCache(
+    site.server.capabilities = CapabilityCache(
         gitPath=str(gitBinary),
         environment={"PATH": "/usr/bin", "GIT_CONFIG_NOSYSTEM": "1"},
     )
-    return harness
+    return site
 
 
 def test_fastPathServesGitsAnswerWithoutSpawning(tmp_path: Path) -> None:
     """The second v2 advertisement is git's first answer, byte for byte, with no git run."""
-    harness = fastHarness(tmp_path)
-    harness.send(V2_REQUEST)
-    [process] = harness.reactor.processes
+    site = fastSite(tmp_path)
+    site.send(V2_REQUEST)
+    [process] = site.reactor.spawned
     assert "--advertise-refs" in process.args and process.env["GIT_PROTOCOL"] == "version=2"
-    process.output(ANSWER)
+    process.protocol.outReceived(ANSWER)
     process.exit(0)
-    first = harness.transport.value()
+    first = site.transport.value()
     assert first.startswith(b"HTTP/1.1 200 OK")
-    harness.transport.clear()
+    site.transport.clear()
 
-    harness.send(V2_REQUEST)
-    assert len(harness.reactor.processes) == 1, "git ran again"
-    second = harness.transport.value()
+    site.send(V2_REQUEST)
+    assert len(site.reactor.spawned) == 1, "git ran again"
+    second = site.transport.value()
     head, _, body = second.partition(b"\r\n\r\n")
     assert body == ANSWER
     for header in (
@@ -232,19 +232,19 @@ def test_fastPathServesGitsAnswerWithoutSpawning(tmp_path: Path) -> None:
 )
 def test_otherAdvertisementsAlwaysRunGit(tmp_path: Path, request_: bytes) -> None:
     """Only the exact v2 request is answered from the cache."""
-    harness = fastHarness(tmp_path)
+    site = fastSite(tmp_path)
     for expected in (1, 2):
-        harness.send(request_)
-        assert len(harness.reactor.processes) == expected
-        harness.reactor.processes[-1].output(ANSWER)
-        harness.reactor.processes[-1].exit(0)
+        site.send(request_)
+        assert len(site.reactor.spawned) == expected
+        site.reactor.spawned[-1].protocol.outReceived(ANSWER)
+        site.reactor.spawned[-1].exit(0)
 
 
 def test_failedGitIsNotKept(tmp_path: Path) -> None:
     """A git that failed is asked again next time, and its error is never replayed."""
-    harness = fastHarness(tmp_path)
-    harness.send(V2_REQUEST)
-    harness.reactor.processes[0].error(b"fatal: detected dubious ownership\n")
-    harness.reactor.processes[0].exit(128)
-    harness.send(V2_REQUEST)
-    assert len(harness.reactor.processes) == 2
+    site = fastSite(tmp_path)
+    site.send(V2_REQUEST)
+    site.reactor.spawned[0].protocol.errReceived(b"fatal: detected dubious ownership\n")
+    site.reactor.spawned[0].exit(128)
+    site.send(V2_REQUEST)
+    assert len(site.reactor.spawned) == 2
