@@ -19,9 +19,10 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from gitserve.advertisement import CapabilityCache
 from gitserve.policy import Policy
 from gitserve.repository import ConfigCache
-from gitserve.service import GitBackend
+from gitserve.service import Caller, GitBackend
 from gitserve.web import MAX_PUSH_SIZE, GitServer, GitSite, RootResource
 
 DEFAULT_LISTEN = "tcp:8080"
@@ -146,12 +147,17 @@ def makeService(options: Options) -> IService:
 
     log = Logger()
     gitPath = shutil.which("git", path=os.environ.get("PATH"))
+    available = gitPath is not None
     if gitPath is None:
         log.warn(
             "no git binary on PATH: fetches are served over the dumb protocol only, "
             "and pushes will fail"
         )
+        gitPath = "git"
     configs = ConfigCache()
+    backend = GitBackend(
+        reactor=reactor, gitPath=gitPath, environ=dict(os.environ), available=available
+    )
     server = GitServer(
         root=options["root"],
         policy=Policy(
@@ -159,15 +165,13 @@ def makeService(options: Options) -> IService:
             anonymousPush=options["anonymous-push"],
             requireExportOk=options["require-export-ok"],
         ),
-        backend=GitBackend(
-            reactor=reactor,
-            gitPath=gitPath or "git",
-            environ=dict(os.environ),
-            available=gitPath is not None,
-        ),
+        backend=backend,
         clock=reactor,
         configs=configs,
         maxPushSize=options["max-push-size"],
+        capabilities=CapabilityCache(
+            gitPath=gitPath, environment=backend.environment(Caller(remoteAddr=""))
+        ),
     )
     site = GitSite(RootResource(server))
     top = MultiService()
