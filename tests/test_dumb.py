@@ -71,6 +71,20 @@ def test_infoRefsIdenticalToUpdateServerInfo(git: GitClient, repo: Path) -> None
     assert b"\tHEAD\n" not in generated
 
 
+def test_sha256IdenticalToUpdateServerInfo(git: GitClient, tmp_path: Path) -> None:
+    """In a sha256 repository, info/refs and objects/info/packs match update-server-info too."""
+    work = tmp_path / "work256"
+    git.run("init", "-q", "--object-format=sha256", str(work))
+    git.commit(work, "a.txt", "first\n")
+    git.run("tag", "-a", "v1", "-m", "v1", cwd=work)
+    git.run("gc", "-q", cwd=work)
+    git.commit(work, "b.txt", "second\n")
+    gitDir = work / ".git"
+    refs, packs = generateInfoRefs(gitDir), generateInfoPacks(gitDir)
+    assert (refs, packs) == updateServerInfo(git, gitDir)
+    assert len(refs.split(b"\t", 1)[0]) == 64
+
+
 def test_infoRefsWithoutFullyPeeledTrait(git: GitClient, repo: Path) -> None:
     """A packed-refs from an old git (no fully-peeled trait) still gives git's exact output."""
     packedRefs = repo / "packed-refs"

@@ -371,3 +371,25 @@ def test_slowReaderKeepsServerMemoryFlat(serve, root: Path, mixed: Path) -> None
     sock.close()
     assert total == len(content)
     assert digest.digest() == hashlib.sha256(content).digest()
+
+
+def test_sha256RepositoryDumbClone(git: GitClient, serve, root: Path, tmp_path: Path) -> None:
+    """A sha256 repository (64-hex packs, 62-hex loose objects) dumb-clones; fsck is clean."""
+    work = tmp_path / "work256"
+    git.run("init", "-q", "--object-format=sha256", str(work))
+    first = git.commit(work, "a.txt", "first\n")
+    git.run("tag", "-a", "v1", "-m", "v1", cwd=work)
+    git.run("clone", "-q", "--bare", str(work), str(root / "s256.git"))
+    git.run("repack", "-a", "-d", "-q", cwd=root / "s256.git")
+    git.commit(work, "b.txt", "second\n")
+    git.run("push", "-q", str(root / "s256.git"), "main", cwd=work)
+    loose = looseObjects(root / "s256.git")
+    assert loose and all(len(p.rsplit("/", 1)[1]) == 62 for p in loose)
+    daemon = serve(root)
+    clone = tmp_path / "clone256"
+    git.run("clone", "-q", daemon.url("s256.git"), str(clone), env=DUMB)
+    git.run("fsck", "--strict", "--no-dangling", cwd=clone)
+    assert git.output("rev-parse", "origin/main", cwd=clone) == git.output(
+        "rev-parse", "HEAD", cwd=work
+    )
+    assert git.output("rev-parse", "v1^{}", cwd=clone) == first
