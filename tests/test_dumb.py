@@ -222,6 +222,11 @@ def test_infoPacksLeavesOutUnfinishedPacks(repo: Path) -> None:
     (real,) = listPacks(repo / "objects")
     (packDir / "tmp_pack_abc123").write_bytes(b"PACK")
     (packDir / "tmp_idx_abc123").write_bytes(b"idx")
+    # git repack's in-progress names (pack-objects writes .tmp-<pid>-pack-*).
+    shutil.copy(packDir / real, packDir / (".tmp-123-pack-" + "e" * 40 + ".pack"))
+    shutil.copy(
+        packDir / real.replace(".pack", ".idx"), packDir / (".tmp-123-pack-" + "e" * 40 + ".idx")
+    )
     (packDir / ("pack-" + "a" * 40 + ".pack")).write_bytes(b"PACK")  # no .idx yet
     (packDir / ("pack-" + "b" * 40 + ".idx")).write_bytes(b"idx")  # its pack is gone
     quarantine = repo / "objects" / "incoming-XyZ" / "pack"
