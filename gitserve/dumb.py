@@ -41,6 +41,7 @@ from dulwich.refs import (
     read_packed_refs_with_peeled,
 )
 from dulwich.repo import Repo
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.web import http
@@ -637,12 +638,30 @@ def getHead(
 
 def getDumbInfoRefs(
     server: GitServer, request: Request, repository: Repository, suffix: Sequence[str]
-) -> bytes:
-    """C{GET info/refs} without C{service=}: the ref list, generated now, never cached."""
+) -> Deferred[None]:
+    """
+    C{GET info/refs} without C{service=}: the ref list, generated now, never
+    cached. Reading thousands of refs and their objects takes a while, so it
+    runs through C{server.runBlocking} (a thread, in the daemon), and the
+    reactor keeps serving other clients meanwhile.
+    """
     server.policy.checkGetAnyFile(repository)
-    setNoCache(request)
-    text = generateInfoRefs(repository.gitDir, server.policy.hiddenRefs(repository))
-    return sendGenerated(request, TEXT_PLAIN, text)
+    hidden = server.policy.hiddenRefs(repository)
+    gone: list[bool] = []
+    request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+    def send(body: bytes) -> None:
+        if gone:
+            # The client left while the refs were being read.
+            return
+        setNoCache(request)
+        request.setHeader(b"Content-Type", TEXT_PLAIN)
+        request.setHeader(b"Content-Length", b"%d" % (len(body),))
+        request.write(body)
+        request.finish()
+
+    work = server.runBlocking(lambda: generateInfoRefs(repository.gitDir, hidden))
+    return work.addCallback(send)
 
 
 def getInfoPacks(

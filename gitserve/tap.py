@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IReactorCore, IStreamServerEndpoint
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -172,6 +174,7 @@ def makeService(options: Options) -> IService:
         capabilities=CapabilityCache(
             gitPath=gitPath, environment=backend.environment(Caller(remoteAddr=""))
         ),
+        runBlocking=partial(deferToThreadPool, reactor, reactor.getThreadPool()),
     )
     site = GitSite(RootResource(server))
     top = MultiService()

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -254,6 +254,9 @@ class GitServer:
     @ivar authenticate: maps a request to its user (L{None} for anonymous);
         the default, with no authentication configured, makes everyone
         anonymous.
+    @ivar runBlocking: runs a blocking, thread-safe computation (the dumb
+        C{info/refs} of a repository with many refs) off the reactor thread;
+        the default runs it inline, which is what unit tests want.
     """
 
     root: Any  # pathlib.Path, resolved
@@ -264,6 +267,7 @@ class GitServer:
     maxPushSize: int = MAX_PUSH_SIZE
     authenticate: Callable[[Request], Deferred[str | None]] | None = None
     capabilities: CapabilityCache | None = None
+    runBlocking: Callable[[Callable[[], Any]], Deferred[Any]] = maybeDeferred
 
     def userFor(self, request: Request) -> Deferred[str | None]:
         """The authenticated user of C{request}, L{None} when anonymous."""
@@ -350,7 +354,7 @@ def _serviceParameter(request: Request) -> Service | None:
 
 def getInfoRefs(
     server: GitServer, request: Request, repository: Repository, suffix: Sequence[str]
-) -> Deferred[None] | bytes:
+) -> Deferred[None]:
     """
     C{GET info/refs?service=...}: the smart advertisement, from git itself;
     without C{service=}, the dumb ref list.

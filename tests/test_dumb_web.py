@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 
 from tests.conftest import GitClient
 from tests.fakes import SiteHarness
@@ -121,3 +126,44 @@ def test_withoutGitUploadPackFallsBackToDumb(site: SiteHarness) -> None:
     assert response.header(b"content-type") == b"text/plain"
     assert b"\trefs/heads/main\n" in response.body
     assert site.reactor.spawned == []
+
+
+class HeldWork:
+    """A runBlocking that holds each computation until the test releases it."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Callable[[], Any], Deferred[Any]]] = []
+
+    def __call__(self, work: Callable[[], Any]) -> Deferred[Any]:
+        result: Deferred[Any] = Deferred()
+        self.pending.append((work, result))
+        return result
+
+    def release(self) -> None:
+        for work, result in self.pending:
+            result.callback(work())
+        self.pending.clear()
+
+
+def test_infoRefsIsGeneratedOffTheReactor(site: SiteHarness) -> None:
+    """info/refs goes through runBlocking; the answer is written when the work is done."""
+    held = HeldWork()
+    site.server.runBlocking = held
+    site.request(b"GET", b"/project.git/info/refs")
+    assert site.responses() == []
+    assert len(held.pending) == 1
+    held.release()
+    response = site.response()
+    assert response.status == 200
+    assert b"\trefs/heads/main\n" in response.body
+    assert response.header(b"cache-control") == b"no-cache, max-age=0, must-revalidate"
+
+
+def test_clientGoneWhileRefsAreReadGetsNothing(site: SiteHarness) -> None:
+    """A client that leaves while info/refs is being generated gets nothing written."""
+    held = HeldWork()
+    site.server.runBlocking = held
+    site.request(b"GET", b"/project.git/info/refs")
+    site.channel.connectionLost(Failure(ConnectionDone()))
+    held.release()
+    assert site.responses() == []
