@@ -27,9 +27,13 @@ setup(
             "pytest>=7.4",
             "pytest-timeout>=2.1",
             "hypothesis>=6.80",
+            # The packaging test builds without isolation (no network needed).
+            "wheel",
         ],
     },
     entry_points={
-        "console_scripts": [],
+        "console_scripts": [
+            "gitserve-export = gitserve.export:main",
+        ],
     },
 )

@@ -69,12 +69,15 @@ class GitBackend:
     @ivar gitPath: the git binary, found once at start-up.
     @ivar environ: the daemon's environment; only L{INHERITED_ENVIRONMENT}
         of it reaches a child.
+    @ivar available: false when no git binary was found: fetches then fall
+        back to the native dumb protocol (see L{gitserve.web.getInfoRefs}).
     """
 
     reactor: IReactorProcess
     gitPath: str
     environ: Mapping[str, str] = field(default_factory=dict)
     killGrace: float = KILL_GRACE
+    available: bool = True
 
     def environment(self, caller: Caller) -> dict[str, str]:
         """
@@ -147,6 +150,8 @@ class GitProcessProtocol(ProcessProtocol):
         announcement of a v0 advertisement).
     @ivar done: fires with the exit code once the child has ended and the
         request is answered.
+    @ivar output: set to a L{bytearray} to keep a copy of what git writes to
+        stdout (an advertisement to cache); L{None} keeps nothing.
     """
 
     log = Logger()
@@ -175,6 +180,8 @@ class GitProcessProtocol(ProcessProtocol):
         self.began = clock.seconds()
         self.done: Deferred[int | None] = Deferred()
         self.failure: Failure | None = None
+        self.output: bytearray | None = None
+        self.body: RequestBody | None = None
         self._killCall: IDelayedCall | None = None
         request.notifyFinish().addErrback(self._requestLost)
 
@@ -204,6 +211,7 @@ class GitProcessProtocol(ProcessProtocol):
             self.failure = failure
             self.terminate()
 
+        self.body = body
         body.streamTo(self.transport).addCallbacks(finished, failed)
 
     # The child's side ------------------------------------------------------
@@ -212,6 +220,8 @@ class GitProcessProtocol(ProcessProtocol):
         self.request.registerProducer(self.transport, True)
 
     def outReceived(self, data: bytes) -> None:
+        if self.output is not None:
+            self.output += data
         if self.requestGone:
             return
         if not self.started:
@@ -229,6 +239,10 @@ class GitProcessProtocol(ProcessProtocol):
 
     def processEnded(self, reason: Failure) -> None:
         self.childEnded = True
+        if self.body is not None and not self.body.complete:
+            # git stopped reading before the body ended (it failed, or was
+            # ended): what is left of the body has nowhere to go.
+            self.body.stopProducing()
         if self._killCall is not None and self._killCall.active():
             self._killCall.cancel()
         exitCode = 0 if reason.check(ProcessDone) else getattr(reason.value, "exitCode", None)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -22,6 +22,8 @@ from twisted.web.http import HTTPChannel, parse_qs
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from gitserve import dumb
+from gitserve.advertisement import VERSION_2, CapabilityCache
 from gitserve.body import BodyLost, RequestBody
 from gitserve.errors import (
     BadRequest,
@@ -34,6 +36,7 @@ from gitserve.errors import (
     UnsupportedMediaType,
     renderError,
 )
+from gitserve.headers import setNoCache
 from gitserve.pktline import FLUSH, ProtocolError, parsePktLines, pktLine
 from gitserve.policy import Policy, Service
 from gitserve.repository import ConfigCache, Repository, resolveRepository
@@ -79,6 +82,27 @@ class GitChannel(HTTPChannel):
         if isinstance(request, GitRequest):
             request.headersReceived(command, path, version)
 
+    def _send100Continue(self) -> None:
+        # Twisted says "100 Continue" as soon as the headers are in. A
+        # streamed POST says it when its body is first read instead, so that
+        # a refusal decided from the headers reaches the client before it
+        # sends a byte of the body.
+        request = self.requests[-1]
+        if isinstance(request, GitRequest) and self._command == b"POST":
+            request.continueWanted = True
+        else:
+            super()._send100Continue()
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        # HTTPChannel resumes reading whenever its own writes drain. A body
+        # that holds the network paused (git's stdin is backed up) keeps it
+        # paused, or a push would be read faster than git takes it.
+        request = self.requests[-1] if self.requests else None
+        if isinstance(request, GitRequest) and request.body is not None:
+            if request.body.holdsNetwork():
+                self.transport.pauseProducing()
+
 
 class GitRequest(Request):
     """
@@ -89,6 +113,8 @@ class GitRequest(Request):
     """
 
     body: RequestBody | None = None
+    continueWanted = False
+    _continueSent = False
     _finishPending = False
 
     def headersReceived(self, command: bytes, path: bytes, version: bytes) -> None:
@@ -99,6 +125,7 @@ class GitRequest(Request):
             self.channel.transport,
             limit=MAX_PUSH_SIZE,
             contentEncoding=self.requestHeaders.getRawHeaders(b"Content-Encoding", [None])[-1],
+            onFirstRead=self._sendContinue if self.continueWanted else None,
         )
         # What Request.requestReceived() does before process(), minus the form
         # parsing: git bodies are never forms.
@@ -106,6 +133,12 @@ class GitRequest(Request):
         self.path, _, query = self.uri.partition(b"?")
         self.args = parse_qs(query, 1) if query else {}
         self.process()
+
+    def _sendContinue(self) -> None:
+        """The deferred answer to C{Expect: 100-continue}: the body is wanted now."""
+        if not self.startedWriting and not self._disconnected:
+            self._continueSent = True
+            self.channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.body is not None:
@@ -129,6 +162,12 @@ class GitRequest(Request):
         """
         if self.body is not None and not self.body.complete and not self._disconnected:
             self._finishPending = True
+            if self.continueWanted and not self._continueSent:
+                # The client waits for a "100 Continue" that never comes and
+                # sends no body: closing after the answer ends the exchange.
+                self.body.discard(0, lambda: None)
+                self.channel.transport.loseConnection()
+                return
             self.body.discard(DISCARD_LIMIT, self.channel.transport.loseConnection)
             return
         super().finish()
@@ -215,6 +254,9 @@ class GitServer:
     @ivar authenticate: maps a request to its user (L{None} for anonymous);
         the default, with no authentication configured, makes everyone
         anonymous.
+    @ivar runBlocking: runs a blocking, thread-safe computation (the dumb
+        C{info/refs} of a repository with many refs) off the reactor thread;
+        the default runs it inline, which is what unit tests want.
     """
 
     root: Any  # pathlib.Path, resolved
@@ -224,6 +266,8 @@ class GitServer:
     configs: ConfigCache = field(default_factory=ConfigCache)
     maxPushSize: int = MAX_PUSH_SIZE
     authenticate: Callable[[Request], Deferred[str | None]] | None = None
+    capabilities: CapabilityCache | None = None
+    runBlocking: Callable[[Callable[[], Any]], Deferred[Any]] = maybeDeferred
 
     def userFor(self, request: Request) -> Deferred[str | None]:
         """The authenticated user of C{request}, L{None} when anonymous."""
@@ -259,8 +303,7 @@ class GitServer:
         advertise: bool,
     ) -> GitProcessProtocol:
         """Start git for C{request}; the protocol answers it from here on."""
-        kind = b"advertisement" if advertise else b"result"
-        contentType = b"application/x-%s-%s" % (service.value.encode("ascii"), kind)
+        contentType = contentTypeOf(service, advertise)
         preamble = b""
         if advertise and not (service is Service.UPLOAD_PACK and protocolVersion(gitProtocol) >= 2):
             # http-backend's "# service=" announcement, which protocol v2
@@ -282,6 +325,12 @@ class GitServer:
             protocol, service, repository, self.caller(request, user, gitProtocol), advertise
         )
         return protocol
+
+
+def contentTypeOf(service: Service, advertise: bool) -> bytes:
+    """The Content-Type of a smart answer, as http-backend sends it."""
+    kind = b"advertisement" if advertise else b"result"
+    return b"application/x-%s-%s" % (service.value.encode("ascii"), kind)
 
 
 # The handlers ---------------------------------------------------------------
@@ -306,15 +355,47 @@ def _serviceParameter(request: Request) -> Service | None:
 def getInfoRefs(
     server: GitServer, request: Request, repository: Repository, suffix: Sequence[str]
 ) -> Deferred[None]:
-    """C{GET info/refs?service=...}: the smart advertisement, from git itself."""
+    """
+    C{GET info/refs?service=...}: the smart advertisement, from git itself;
+    without C{service=}, the dumb ref list.
+    """
     service = _serviceParameter(request)
-    if service is None:
-        raise NotFound("Dumb HTTP is not served")
+    if service is None or (service is Service.UPLOAD_PACK and not server.backend.available):
+        # Without a git binary there is no upload-pack: the plain ref list
+        # makes the client fall back to the dumb protocol by itself, as it
+        # does against a static file server.
+        return dumb.getDumbInfoRefs(server, request, repository, suffix)
     gitProtocol = gitProtocolOf(request)
 
     def start(user: str | None) -> None:
         server.policy.checkService(repository, service, user)
+        cache = server.capabilities
+        if cache is None or service is not Service.UPLOAD_PACK or gitProtocol != VERSION_2:
+            protocol = server.runGit(
+                request, repository, service, user, gitProtocol, advertise=True
+            )
+            protocol.transport.closeStdin()
+            return
+        # Protocol v2: capabilities only, the same for every request until an
+        # input changes (see gitserve.advertisement).
+        key = cache.key(repository)
+        answer = cache.get(repository, key)
+        if answer is not None:
+            request.setResponseCode(200)
+            request.setHeader(b"Content-Type", contentTypeOf(service, advertise=True))
+            setNoCache(request)
+            request.setHeader(b"Content-Length", b"%d" % len(answer))
+            request.write(answer)
+            request.finish()
+            return
         protocol = server.runGit(request, repository, service, user, gitProtocol, advertise=True)
+        protocol.output = bytearray()
+
+        def keep(exitCode: int | None) -> None:
+            if exitCode == 0 and protocol.failure is None and protocol.output is not None:
+                cache.put(repository, key, bytes(protocol.output))
+
+        protocol.done.addCallback(keep)
         protocol.transport.closeStdin()
 
     return server.userFor(request).addCallback(start)
@@ -395,8 +476,17 @@ def postReceivePack(
 
 # The route table, in http-backend.c's order. Methods other than the ones
 # listed get 405.
+_GET = (b"GET", b"HEAD")
+_PACK_NAME = r"pack-(?:[0-9a-f]{40}|[0-9a-f]{64})"
 ROUTES: list[Route] = [
-    route((b"GET", b"HEAD"), "info", "refs")(getInfoRefs),
+    route(_GET, "HEAD")(dumb.getHead),
+    route(_GET, "info", "refs")(getInfoRefs),
+    route(_GET, "objects", "info", "alternates")(dumb.getTextFile),
+    route(_GET, "objects", "info", "http-alternates")(dumb.getTextFile),
+    route(_GET, "objects", "info", "packs")(dumb.getInfoPacks),
+    route(_GET, "objects", "[0-9a-f]{2}", "[0-9a-f]{38}|[0-9a-f]{62}")(dumb.getLooseObject),
+    route(_GET, "objects", "pack", _PACK_NAME + r"\.pack")(dumb.getPackFile),
+    route(_GET, "objects", "pack", _PACK_NAME + r"\.idx")(dumb.getIdxFile),
     route((b"POST",), "git-upload-pack")(postUploadPack),
     route((b"POST",), "git-receive-pack")(postReceivePack),
 ]
@@ -422,7 +512,8 @@ class RootResource(Resource):
 
     def __init__(self, server: GitServer) -> None:
         super().__init__()
-        self.server = server
+        # Not "server": twisted.web's Resource already has an attribute of that name.
+        self.gitServer = server
 
     def render(self, request: Request) -> bytes | int:
         try:
@@ -448,17 +539,17 @@ class RootResource(Resource):
             raise NotFound()
         chosen, tail, repositorySegments = matched
         repository = resolveRepository(
-            self.server.root, [s.encode("utf-8") for s in repositorySegments]
+            self.gitServer.root, [s.encode("utf-8") for s in repositorySegments]
         )
         if repository is None:
             raise NotFound()
-        self.server.policy.checkVisible(repository)
+        self.gitServer.policy.checkVisible(repository)
         if request.method not in chosen.methods:
             raise MethodNotAllowed()
-        return chosen.handler(self.server, request, repository, tail)
+        return chosen.handler(self.gitServer, request, repository, tail)
 
     def _refuse(self, request: Request, error: HTTPError) -> bytes:
-        error = self.server.refusalFor(error)
+        error = self.gitServer.refusalFor(error)
         self.log.info(
             "refused {method} {uri}: {code} {message}",
             method=request.method.decode("latin-1"),

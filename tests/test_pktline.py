@@ -21,7 +21,11 @@ def test_round_trip() -> None:
     """Framed payloads and control packets parse back to themselves, in order."""
     stream = pktLine(b"command=ls-refs\n") + b"0001" + pktLine(b"peel\n") + b"0000" + b"0002"
     assert parsePktLines(stream) == [
-        b"command=ls-refs\n", DELIM_PKT, b"peel\n", FLUSH_PKT, RESPONSE_END_PKT,
+        b"command=ls-refs\n",
+        DELIM_PKT,
+        b"peel\n",
+        FLUSH_PKT,
+        RESPONSE_END_PKT,
     ]
     assert parsePktLines(stream)[1] is DELIM_PKT
 
@@ -35,9 +39,18 @@ def test_pieces_of_any_size() -> None:
     assert packets == [b"want x\n", FLUSH_PKT, b"done\n"]
 
 
-@pytest.mark.parametrize("stream", [
-    b"-001", b"+00a", b" 01f", b"00_4", b"0x10", b"0003", b"fff1" + b"x" * 65600,
-])
+@pytest.mark.parametrize(
+    "stream",
+    [
+        b"-001",
+        b"+00a",
+        b" 01f",
+        b"00_4",
+        b"0x10",
+        b"0003",
+        b"fff1" + b"x" * 65600,
+    ],
+)
 def test_malformed_lengths(stream: bytes) -> None:
     """Signs, underscores, spaces, the reserved length 3 and oversize lengths are errors."""
     with pytest.raises(ProtocolError):

@@ -31,16 +31,19 @@ def root(tmp_path: Path) -> Path:
     return served.resolve()
 
 
-@pytest.mark.parametrize("segments, gitDir", [
-    ([b"bare.git"], "bare.git"),
-    ([b"bare"], "bare.git"),
-    ([b"team", b"app"], "team/app.git"),
-    ([b"team", b"app.git"], "team/app.git"),
-    ([b"work"], "work/.git"),
-    ([b"work", b".git"], "work/.git"),
-    ([b"alias.git"], "bare.git"),
-    ([b"linked"], "bare.git"),
-])
+@pytest.mark.parametrize(
+    "segments, gitDir",
+    [
+        ([b"bare.git"], "bare.git"),
+        ([b"bare"], "bare.git"),
+        ([b"team", b"app"], "team/app.git"),
+        ([b"team", b"app.git"], "team/app.git"),
+        ([b"work"], "work/.git"),
+        ([b"work", b".git"], "work/.git"),
+        ([b"alias.git"], "bare.git"),
+        ([b"linked"], "bare.git"),
+    ],
+)
 def test_git_suffix_rules(root: Path, segments: list[bytes], gitDir: str) -> None:
     """Names resolve as git's enter_repo() does: foo, foo.git, foo/.git, gitfiles, links inside."""
     repository = resolveRepository(root, segments)
@@ -48,34 +51,37 @@ def test_git_suffix_rules(root: Path, segments: list[bytes], gitDir: str) -> Non
     assert repository.gitDir == root / gitDir
 
 
-@pytest.mark.parametrize("segments", [
-    [],
-    [b".."],
-    [b"..", b"srv", b"bare.git"],
-    [b"team", b"..", b"bare.git"],
-    [b"."],
-    [b".", b"bare.git"],
-    [b""],
-    [b"", b"bare.git"],
-    [b"bare.git", b""],
-    [b"team/app.git"],
-    [b"team\\app.git"],
-    [b"bare.git\x00"],
-    [b"bare.git\n"],
-    [b"bare.git\r"],
-    [b"-option.git"],
-    [b"-option"],
-    [b"escape.git"],
-    [b"escape"],
-    [b"sub"],
-    [b"/etc"],
-    [b"team"],
-    [b"missing.git"],
-    [b"\xff.git"],
-    [b"bare.git", b"objects"],
-])
+@pytest.mark.parametrize(
+    "segments",
+    [
+        [],
+        [b".."],
+        [b"..", b"srv", b"bare.git"],
+        [b"team", b"..", b"bare.git"],
+        [b"."],
+        [b".", b"bare.git"],
+        [b""],
+        [b"", b"bare.git"],
+        [b"bare.git", b""],
+        [b"team/app.git"],
+        [b"team\\app.git"],
+        [b"bare.git\x00"],
+        [b"bare.git\n"],
+        [b"bare.git\r"],
+        [b"-option.git"],
+        [b"-option"],
+        [b"escape.git"],
+        [b"escape"],
+        [b"sub"],
+        [b"/etc"],
+        [b"team"],
+        [b"missing.git"],
+        [b"\xff.git"],
+        [b"bare.git", b"objects"],
+    ],
+)
 def test_hostile_paths_resolve_to_nothing(root: Path, segments: list[bytes]) -> None:
-    """Traversal, smuggled separators, control characters, options and escapes find no repository."""
+    """Traversal, smuggled separators, control chars, options and escapes find nothing."""
     assert resolveRepository(root, segments) is None
 
 
@@ -87,11 +93,23 @@ def test_symlinked_root_is_followed(tmp_path: Path) -> None:
     assert repository is not None and repository.name == "r"
 
 
-@pytest.mark.parametrize("value, expected", [
-    (None, True), (b"true", True), (b"Yes", True), (b"on", True), (b"1", True), (b"42", True),
-    (b"false", False), (b"no", False), (b"OFF", False), (b"0", False), (b"", False),
-    (b"maybe", None),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (None, True),
+        (b"true", True),
+        (b"Yes", True),
+        (b"on", True),
+        (b"1", True),
+        (b"42", True),
+        (b"false", False),
+        (b"no", False),
+        (b"OFF", False),
+        (b"0", False),
+        (b"", False),
+        (b"maybe", None),
+    ],
+)
 def test_git_booleans(value: bytes | None, expected: bool | None) -> None:
     """Config booleans follow git's spellings, which dulwich's parser does not all accept."""
     assert parseGitBoolean(value) == expected

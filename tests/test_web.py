@@ -6,8 +6,8 @@ import gzip
 from pathlib import Path
 
 import pytest
-from twisted.python.failure import Failure
 from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 
 from gitserve.pktline import FLUSH, parsePktLines, pktLine
 from gitserve.web import DISCARD_LIMIT, MAX_REQUEST_BUFFER
@@ -40,11 +40,15 @@ def assertNoCache(response) -> None:
 
 
 def test_v0_advertisement(site: SiteHarness, root: Path) -> None:
-    """info/refs runs upload-pack --advertise-refs on the resolved path and adds the service preamble."""
+    """info/refs runs upload-pack --advertise-refs on the real path, after the preamble."""
     site.request(b"GET", b"/project/info/refs?service=git-upload-pack")
     child = site.child
     assert child.args == [
-        "/usr/bin/git", "upload-pack", "--strict", "--stateless-rpc", "--advertise-refs",
+        "/usr/bin/git",
+        "upload-pack",
+        "--strict",
+        "--stateless-rpc",
+        "--advertise-refs",
         str((root / "project.git").resolve()),
     ]
     assert child.stdinClosed
@@ -59,8 +63,9 @@ def test_v0_advertisement(site: SiteHarness, root: Path) -> None:
 
 def test_v2_advertisement_has_no_preamble(site: SiteHarness) -> None:
     """With Git-Protocol: version=2 the preamble is dropped and GIT_PROTOCOL reaches git."""
-    site.request(b"GET", b"/project.git/info/refs?service=git-upload-pack",
-                 {b"Git-Protocol": b"version=2"})
+    site.request(
+        b"GET", b"/project.git/info/refs?service=git-upload-pack", {b"Git-Protocol": b"version=2"}
+    )
     assert site.child.env["GIT_PROTOCOL"] == "version=2"
     site.child.protocol.outReceived(b"000eversion 2\n0000")
     site.child.exit(0)
@@ -69,12 +74,21 @@ def test_v2_advertisement_has_no_preamble(site: SiteHarness) -> None:
 
 def test_child_environment_is_an_allowlist(root: Path) -> None:
     """git sees PATH, HOME and the http-backend variables, nothing else of the daemon's env."""
-    site = SiteHarness(root, environ={
-        "PATH": "/usr/bin", "HOME": "/home/g", "GIT_DIR": "/etc", "LD_PRELOAD": "x.so",
-        "GIT_CONFIG_PARAMETERS": "'core.x'='y'",
-    })
-    site.request(b"GET", b"/project.git/info/refs?service=git-upload-pack",
-                 {b"User-Agent": b"git/2.39.5\x01"})
+    site = SiteHarness(
+        root,
+        environ={
+            "PATH": "/usr/bin",
+            "HOME": "/home/g",
+            "GIT_DIR": "/etc",
+            "LD_PRELOAD": "x.so",
+            "GIT_CONFIG_PARAMETERS": "'core.x'='y'",
+        },
+    )
+    site.request(
+        b"GET",
+        b"/project.git/info/refs?service=git-upload-pack",
+        {b"User-Agent": b"git/2.39.5\x01"},
+    )
     assert site.child.env == {
         "PATH": "/usr/bin",
         "HOME": "/home/g",
@@ -85,28 +99,40 @@ def test_child_environment_is_an_allowlist(root: Path) -> None:
     }
 
 
-@pytest.mark.parametrize("header", [
-    b"version=2\x00", b"version=2 x", b"version=2;rm", b"a" * 300, b":version=2", b"",
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"version=2\x00",
+        b"version=2 x",
+        b"version=2;rm",
+        b"a" * 300,
+        b":version=2",
+        b"",
+    ],
+)
 def test_invalid_git_protocol_is_refused(site: SiteHarness, header: bytes) -> None:
     """A malformed Git-Protocol header gets 400 and never reaches git."""
-    site.request(b"GET", b"/project.git/info/refs?service=git-upload-pack",
-                 {b"Git-Protocol": header})
+    site.request(
+        b"GET", b"/project.git/info/refs?service=git-upload-pack", {b"Git-Protocol": header}
+    )
     assert site.response().status == 400
     assert site.reactor.spawned == []
 
 
-@pytest.mark.parametrize("method, path, status", [
-    (b"GET", b"/missing.git/info/refs?service=git-upload-pack", 404),
-    (b"GET", b"/project.git/info/refs?service=git-frobnicate", 403),
-    (b"GET", b"/project.git/info/refs?service=git-upload-pack&service=git-receive-pack", 403),
-    (b"GET", b"/project.git/git-upload-pack", 405),
-    (b"PUT", b"/project.git/info/refs?service=git-upload-pack", 405),
-    (b"GET", b"/project.git/../project.git/info/refs?service=git-upload-pack", 404),
-    (b"GET", b"/project.git/nothing-here", 404),
-    (b"GET", b"/info/refs?service=git-upload-pack", 404),
-    (b"POST", b"/missing.git/git-upload-pack", 404),
-])
+@pytest.mark.parametrize(
+    "method, path, status",
+    [
+        (b"GET", b"/missing.git/info/refs?service=git-upload-pack", 404),
+        (b"GET", b"/project.git/info/refs?service=git-frobnicate", 403),
+        (b"GET", b"/project.git/info/refs?service=git-upload-pack&service=git-receive-pack", 403),
+        (b"GET", b"/project.git/git-upload-pack", 405),
+        (b"PUT", b"/project.git/info/refs?service=git-upload-pack", 405),
+        (b"GET", b"/project.git/../project.git/info/refs?service=git-upload-pack", 404),
+        (b"GET", b"/project.git/nothing-here", 404),
+        (b"GET", b"/info/refs?service=git-upload-pack", 404),
+        (b"POST", b"/missing.git/git-upload-pack", 404),
+    ],
+)
 def test_status_codes(site: SiteHarness, method: bytes, path: bytes, status: int) -> None:
     """Routing answers like http-backend, with a no-cache text/plain message and no git run."""
     site.request(method, path)
@@ -146,8 +172,9 @@ def test_export_ok_required(root: Path) -> None:
 
 def test_wrong_content_type_is_415(site: SiteHarness) -> None:
     """A POST with another Content-Type is refused before git starts."""
-    site.request(b"POST", b"/project.git/git-upload-pack",
-                 {b"Content-Type": b"text/plain"}, NEGOTIATION)
+    site.request(
+        b"POST", b"/project.git/git-upload-pack", {b"Content-Type": b"text/plain"}, NEGOTIATION
+    )
     assert site.response().status == 415
     assert site.reactor.spawned == []
 
@@ -357,3 +384,23 @@ def test_disconnect_after_exit_leaves_nothing_scheduled(site: SiteHarness) -> No
     child.exit(0)
     pending = [call.func for call in site.reactor.getDelayedCalls() if call.active()]
     assert child.protocol._kill not in pending
+
+
+def test_git_ending_mid_push_drops_the_rest_of_the_body(root: Path) -> None:
+    """When receive-pack dies while the body still streams, the client gets git's answer."""
+    site = SiteHarness(root, anonymousPush=True)
+    site.send(
+        b"POST /project.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/x-git-receive-pack-request\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    )
+    child = site.child
+    child.protocol.errReceived(b"fatal: protocol error: bad line length character: hell\n")
+    child.exit(128)
+    assert child.stdinProducer is None
+    site.send(b"5\r\nworld\r\n0\r\n\r\n")
+    response = site.response()
+    assert parsePktLines(response.body) == [
+        b"ERR fatal: protocol error: bad line length character: hell\n"
+    ]
+    assert not site.transport.disconnecting
