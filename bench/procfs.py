@@ -129,12 +129,14 @@ def writtenFiles(pid: int) -> dict[str, int]:
     return found
 
 
-def largestFileUnder(directory: Path) -> tuple[str, int]:
-    """The largest file below C{directory} and its size, or C{("", 0)}."""
+def largestFileUnder(directory: Path, ignore: Iterable[str] = ()) -> tuple[str, int]:
+    """The largest file below C{directory} but not in C{ignore}, and its size, or C{("", 0)}."""
     best = ("", 0)
     for parent, _, files in os.walk(directory):
         for name in files:
             path = os.path.join(parent, name)
+            if path in ignore:
+                continue
             try:
                 size = os.stat(path).st_size
             except OSError:
@@ -222,7 +224,7 @@ class Sampler:
                     if size > result.largestTempFile[1] and path not in self._ignore:
                         result.largestTempFile = (path, size)
             if self._tmpDir is not None:
-                path, size = largestFileUnder(self._tmpDir)
+                path, size = largestFileUnder(self._tmpDir, self._ignore)
                 if size > result.largestTempFile[1]:
                     result.largestTempFile = (path, size)
         result.samples += 1

@@ -450,7 +450,7 @@ def _samplerFor(server: Server | None, watchFiles: bool = False) -> procfs.Sampl
     tmpDir = None
     if isinstance(server, GitserveServer):
         tmpDir = server.tmpDir
-        ignore = {str(server.log)}
+        ignore = server.logFiles()
     return procfs.Sampler(server.memoryKiB, server.serverPids, watchFiles=watchFiles,
                           tmpDir=tmpDir, ignore=ignore)
 

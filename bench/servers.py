@@ -131,6 +131,7 @@ class GitserveServer(Server):
         self.workDir = workDir / "gitserve"
         self.tmpDir = self.workDir / "tmp"
         self.log = self.workDir / "twistd.log"
+        self.stderrLog = self.workDir / "stderr.log"
         self.extraArgs = extraArgs if extraArgs is not None else ["--anonymous-push"]
         self.port = 0
         self._process: subprocess.Popen | None = None
@@ -162,7 +163,7 @@ class GitserveServer(Server):
         # The twistd script execs the interpreter, so this pid is the server's.
         self._process = subprocess.Popen(
             args, env=env, cwd=self.workDir, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=open(self.workDir / "stderr.log", "wb"),
+            stdout=subprocess.DEVNULL, stderr=open(self.stderrLog, "wb"),
         )
         waitForHTTP(self.url("tiny.git") + "/info/refs?service=git-upload-pack",
                     self._process, self.log)
@@ -182,6 +183,10 @@ class GitserveServer(Server):
 
     def serverPids(self) -> list[int]:
         return [self.pid]
+
+    def logFiles(self) -> set[str]:
+        """The files the server writes on purpose: not temporary files."""
+        return {str(self.log), str(self.stderrLog)}
 
     def memoryKiB(self) -> int:
         # One process: its RSS is what it costs.
