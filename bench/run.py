@@ -778,6 +778,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(corpus, dict(sorted(servers.items())), FLOOR in columns, reps, heavyReps,
                       wrkSeconds, log)
         rows: list[Row] = []
+        loadBefore = os.getloadavg()[0]
         started = time.monotonic()
         profiles: list[Path] = []
         for workload in args.only.split(","):
@@ -790,6 +791,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 rows += RUNNERS[workload](bench)
         elapsed = time.monotonic() - started
+        loadAfter = os.getloadavg()[0]
     except (MissingDependency, WorkloadFailed) as error:
         log(f"error: {error}")
         return 1
@@ -800,9 +802,12 @@ def main(argv: list[str] | None = None) -> int:
     machine = machineDescription()
     print(formatTable(rows, bench.failures))
     print(f"\n`{command.strip()}` on {machine}; {elapsed:.0f} s of workloads, "
-          f"{reps} (light) / {heavyReps} (heavy) repetitions, medians.")
+          f"{reps} (light) / {heavyReps} (heavy) repetitions, medians; 1-minute load average "
+          f"{loadBefore:.1f} before, {loadAfter:.1f} after (other work on the machine skews "
+          f"every column).")
     results = {
         "command": command.strip(), "machine": machine, "sizes": asdict(sizes),
+        "load": [loadBefore, loadAfter],
         "rows": [asdict(row) | {"ratio": row.ratio(), "met": row.met()} for row in rows],
         "failures": bench.failures,
     }
