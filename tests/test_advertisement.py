@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -117,8 +118,10 @@ def test_perRequestEnvironmentIsNotKeyed(setup) -> None:
     """Who asks (address, user, agent) does not change git's advertisement, so not the key."""
     cache, repository, _ = setup
     key = cache.key(repository)
-    cache.environment = {**cache.environment, "REMOTE_ADDR": "10.0.0.9", "REMOTE_USER": "bob"}
-    assert cache.key(repository) == key
+    other = replace(
+        cache, environment={**cache.environment, "REMOTE_ADDR": "10.0.0.9", "REMOTE_USER": "bob"}
+    )
+    assert other.key(repository) == key
 
 
 @pytest.mark.parametrize(
@@ -134,7 +137,9 @@ def test_unkeyableInputsAreNeverCached(setup, why: str) -> None:
             '[includeIf "onbranch:main"]\n\tpath = branch.inc\n',
         )
     elif why == "unknown environment":
-        cache.environment = {**cache.environment, "GIT_CONFIG_PARAMETERS": "'a.b'='c'"}
+        cache = replace(
+            cache, environment={**cache.environment, "GIT_CONFIG_PARAMETERS": "'a.b'='c'"}
+        )
     elif why == "linked worktree":
         write(repository.gitDir / "commondir", "../..\n")
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -243,3 +244,23 @@ def test_pushLargerThanLimitWhileStreaming(tmp_path: Path) -> None:
     assert process.signals == ["TERM"]
     process.exit(143)
     assert site.transport.value().startswith(b"HTTP/1.1 413 ")
+
+
+def test_uploadPackGzipBombStopsAtTheCap(tmp_path: Path) -> None:
+    """A gzip negotiation inflating past its cap is refused, with memory bounded by the cap."""
+    site = makeSite(tmp_path, "[http]\n\tmaxRequestBuffer = 1m\n")
+    compressed = gzip.compress(b"0" * (16 * 1024 * 1024))
+    tracemalloc.start()
+    try:
+        site.send(
+            b"POST /repo.git/git-upload-pack HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/x-git-upload-pack-request\r\n"
+            b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(compressed)
+        )
+        site.send(compressed)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert site.reactor.spawned == []
+    assert site.transport.value().startswith(b"HTTP/1.1 413 ")
+    assert peak < 8 * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB while refusing"
