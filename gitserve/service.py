@@ -124,12 +124,16 @@ class GitBackend:
     ) -> IProcessTransport:
         """Start git for one request, driven by C{protocol}."""
         args = self.argv(service, repository, advertise)
+        # No working directory: git enters the repository named by its
+        # absolute path itself (and hooks run there), and without a chdir
+        # Twisted starts the child with posix_spawn instead of fork(), which
+        # would copy the daemon's page tables and stall the reactor for every
+        # request.
         return self.reactor.spawnProcess(
             protocol,
             self.gitPath,
             args,
             env=self.environment(caller),
-            path=str(repository.gitDir),
         )
 
 

@@ -264,3 +264,10 @@ def test_uploadPackGzipBombStopsAtTheCap(tmp_path: Path) -> None:
     assert site.reactor.spawned == []
     assert site.transport.value().startswith(b"HTTP/1.1 413 ")
     assert peak < 8 * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB while refusing"
+
+
+def test_gitIsSpawnedWithoutAWorkingDirectory(site: SiteHarness) -> None:
+    """git gets the repository as an absolute argument and no chdir, so Twisted can posix_spawn."""
+    site.send(RECEIVE_HEADERS + b"Content-Length: 4\r\n\r\n")
+    assert site.child.path is None
+    assert site.child.args[-1].startswith("/") and site.child.args[-1].endswith("repo.git")
