@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from gitserve.advertisement import CapabilityCache
 from gitserve.policy import Policy
 from gitserve.repository import ConfigCache
-from gitserve.service import Caller, GitBackend
+from gitserve.service import Caller, GitBackend, PipeReadingSpawner
 from gitserve.web import MAX_PUSH_SIZE, GitServer, GitSite, RootResource
 
 DEFAULT_LISTEN = "tcp:8080"
@@ -151,7 +151,9 @@ def makeService(options: Options) -> IService:
         log.warn("no git binary on PATH: smart HTTP (clone, fetch, push) will fail")
         gitPath = "git"
     configs = ConfigCache()
-    backend = GitBackend(reactor=reactor, gitPath=gitPath, environ=dict(os.environ))
+    backend = GitBackend(
+        reactor=PipeReadingSpawner(reactor), gitPath=gitPath, environ=dict(os.environ)
+    )
     server = GitServer(
         root=options["root"],
         policy=Policy(

@@ -13,9 +13,12 @@ from pathlib import Path
 
 import pytest
 from twisted.internet.interfaces import IProcessTransport, IReactorProcess
+from twisted.internet.main import CONNECTION_DONE
+from twisted.internet.testing import MemoryReactor
 from zope.interface.verify import verifyObject
 
 from gitserve.body import INFLATE_STEP
+from gitserve.service import PIPE_READ_SIZE, _PipeReader
 from tests.fakes import (
     PIPE_CAPACITY,
     FakeProcessReactor,
@@ -271,3 +274,29 @@ def test_gitIsSpawnedWithoutAWorkingDirectory(site: SiteHarness) -> None:
     site.send(RECEIVE_HEADERS + b"Content-Length: 4\r\n\r\n")
     assert site.child.path is None
     assert site.child.args[-1].startswith("/") and site.child.args[-1].endswith("repo.git")
+
+
+def test_gitOutputIsReadInLargePieces() -> None:
+    """git's stdout is read a pipe's capacity at a time, not Twisted's 8 KiB."""
+
+    class Collecting:
+        def __init__(self) -> None:
+            self.pieces: list[bytes] = []
+
+        def childDataReceived(self, name: int, data: bytes) -> None:
+            self.pieces.append(data)
+
+    readEnd, writeEnd = os.pipe()
+    try:
+        os.write(writeEnd, b"p" * PIPE_READ_SIZE)
+        os.close(writeEnd)
+        writeEnd = -1
+        process = Collecting()
+        reader = _PipeReader(MemoryReactor(), process, 1, readEnd)
+        assert reader.doRead() is None
+        assert [len(p) for p in process.pieces] == [PIPE_READ_SIZE]
+        assert reader.doRead() is CONNECTION_DONE
+    finally:
+        os.close(readEnd)
+        if writeEnd >= 0:
+            os.close(writeEnd)
