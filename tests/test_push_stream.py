@@ -7,6 +7,7 @@ are decided from the headers before a body byte is read.
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import tracemalloc
 from pathlib import Path
@@ -300,3 +301,14 @@ def test_gitOutputIsReadInLargePieces() -> None:
         os.close(readEnd)
         if writeEnd >= 0:
             os.close(writeEnd)
+
+
+@pytest.mark.parametrize("framing", [b"Transfer-Encoding: chunked", b"Content-Length: 500000"])
+def test_streamedPostOpensNoSpoolFile(site: SiteHarness, framing: bytes) -> None:
+    """A streamed POST gets no temporary file for its body (Twisted spools big ones to one)."""
+    site.send(RECEIVE_HEADERS + framing + b"\r\n\r\n")
+    [request] = site.channel.requests
+    assert isinstance(request.content, io.BytesIO)
+    site.send(b"5\r\nhello\r\n" if b"chunked" in framing else b"hello")
+    assert request.content.getvalue() == b""
+    assert site.child.stdin == b"hello"
