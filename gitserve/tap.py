@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IReactorCore, IStreamServerEndpoint
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -147,12 +149,19 @@ def makeService(options: Options) -> IService:
 
     log = Logger()
     gitPath = shutil.which("git", path=os.environ.get("PATH"))
+    available = gitPath is not None
     if gitPath is None:
-        log.warn("no git binary on PATH: smart HTTP (clone, fetch, push) will fail")
+        log.warn(
+            "no git binary on PATH: fetches are served over the dumb protocol only, "
+            "and pushes will fail"
+        )
         gitPath = "git"
     configs = ConfigCache()
     backend = GitBackend(
-        reactor=PipeReadingSpawner(reactor), gitPath=gitPath, environ=dict(os.environ)
+        reactor=PipeReadingSpawner(reactor),
+        gitPath=gitPath,
+        environ=dict(os.environ),
+        available=available,
     )
     server = GitServer(
         root=options["root"],
@@ -168,6 +177,7 @@ def makeService(options: Options) -> IService:
         capabilities=CapabilityCache(
             gitPath=gitPath, environment=backend.environment(Caller(remoteAddr=""))
         ),
+        runBlocking=partial(deferToThreadPool, reactor, reactor.getThreadPool()),
     )
     site = GitSite(RootResource(server))
     top = MultiService()
