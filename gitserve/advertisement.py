@@ -131,9 +131,10 @@ class ConfigClosures:
     @ivar home: the C{HOME} git runs with, for C{~/} in include paths.
     """
 
-    def __init__(self, home: str | None) -> None:
+    def __init__(self, home: str | None, maxEntries: int = 4 * MAX_ENTRIES) -> None:
         self.home = home
-        self._closures: dict[str, _Closure] = {}
+        self.maxEntries = maxEntries
+        self._closures: OrderedDict[str, _Closure] = OrderedDict()
 
     def stamps(self, path: str) -> tuple[tuple[str, Stamp], ...]:
         """
@@ -144,11 +145,15 @@ class ConfigClosures:
         """
         cached = self._closures.get(path)
         if cached is not None and all(stampOf(p) == s for p, s in cached.stamps):
+            self._closures.move_to_end(path)
             return cached.stamps
         seen: dict[str, Stamp] = {}
         self._follow(path, 0, seen)
         closure = _Closure(tuple(seen.items()))
         self._closures[path] = closure
+        self._closures.move_to_end(path)
+        while len(self._closures) > self.maxEntries:
+            self._closures.popitem(last=False)
         return closure.stamps
 
     def _follow(self, path: str, depth: int, seen: dict[str, Stamp]) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gitserve.advertisement import CapabilityCache, cacheable
+from gitserve.advertisement import CapabilityCache, ConfigClosures, cacheable, stampOf
 from gitserve.pktline import FLUSH, pktLine
 from gitserve.repository import Repository
 from tests.fakes import SiteHarness, makeRepository
@@ -253,3 +253,14 @@ def test_failedGitIsNotKept(tmp_path: Path) -> None:
     site.reactor.spawned[0].exit(128)
     site.send(V2_REQUEST)
     assert len(site.reactor.spawned) == 2
+
+
+def test_parsedConfigsAreBounded(tmp_path: Path) -> None:
+    """The parsed config files kept are bounded: a daemon serving many repositories stays small."""
+    closures = ConfigClosures(home=None, maxEntries=3)
+    paths = [write(tmp_path / f"config{i}", "[core]\n\tbare = true\n") for i in range(5)]
+    for path in paths:
+        closures.stamps(str(path))
+    assert len(closures._closures) == 3
+    # Still correct after eviction: a re-read gives the same stamps.
+    assert closures.stamps(str(paths[0])) == ((str(paths[0]), stampOf(str(paths[0]))),)
