@@ -116,11 +116,7 @@ RECEIVE_PACK_REQUEST = "application/x-git-receive-pack-request"
 
 def wantRequest(commit: str, capabilities: str = "ofs-delta no-progress") -> bytes:
     """A v0 upload-pack negotiation asking for one commit, as git sends it."""
-    return (
-        pktLine(f"want {commit} {capabilities}\n".encode())
-        + FLUSH
-        + pktLine(b"done\n")
-    )
+    return pktLine(f"want {commit} {capabilities}\n".encode()) + FLUSH + pktLine(b"done\n")
 
 
 def pushCommands(old: str, new: str, ref: str) -> bytes:

@@ -176,7 +176,9 @@ def test_controlPlainRequestIsServed(layout: Layout) -> None:
 
 def test_dashRepositoryNeverRuns(layout: Layout) -> None:
     """A repository whose name starts with '-' is refused before git could see it."""
-    exchange(layout.daemon.host, layout.daemon.port, request("GET", "/-dash.git/info/refs" + SERVICE))
+    exchange(
+        layout.daemon.host, layout.daemon.port, request("GET", "/-dash.git/info/refs" + SERVICE)
+    )
     assert not (layout.root / "pwned").exists()
     assert "repo=-dash.git" not in layout.daemon.log
 
@@ -212,5 +214,7 @@ def test_packSymlinkedOutsideIsNotServed(tmp_path: Path, git: GitClient, serve) 
         )
         assert response.status == 404, response.raw[:300]
         assert canary not in response.raw
-    info = exchange(daemon.host, daemon.port, request("GET", "/project.git/objects/info/alternates"))
+    info = exchange(
+        daemon.host, daemon.port, request("GET", "/project.git/objects/info/alternates")
+    )
     assert canary not in info.raw

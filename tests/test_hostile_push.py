@@ -142,9 +142,7 @@ def test_alternateAdvertisementIsRefused(target: PushTarget, path: str) -> None:
     assert b"x-git-receive-pack-advertisement" not in response.raw
 
 
-def test_realClientPushThroughAlternateUrlsFails(
-    target: PushTarget
-) -> None:
+def test_realClientPushThroughAlternateUrlsFails(target: PushTarget) -> None:
     """The git client pushing through bent URLs is refused and main stays put."""
     for spelling in ("/project.git", "//project.git", "/./project.git", "/project.git/"):
         result = target.git.run(
