@@ -12,7 +12,7 @@ is refused after the cap, not after the whole upload.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gitserve.errors import BadRequest, HTTPError, RequestTooLarge
+from gitserve.pktline import LeadingSectionCheck, ProtocolError
 
 # Inflate in bounded steps: a gzip bomb yields at most this much per step, so
 # the cap is checked before memory grows.
@@ -37,23 +38,23 @@ class Inflater:
         # 16 + MAX_WBITS: expect a gzip header and trailer, as git sends.
         self._decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
 
-    def inflate(self, data: bytes) -> list[bytes]:
+    def inflate(self, data: bytes) -> Iterator[bytes]:
         """
-        The inflated pieces of C{data}, each at most L{INFLATE_STEP} bytes.
+        The inflated pieces of C{data}, each at most L{INFLATE_STEP} bytes,
+        produced only as they are asked for: a consumer that stops at its
+        cap stops the inflating too, so a gzip bomb never expands past it.
 
         @raise BadRequest: the bytes are not gzip.
         """
-        pieces = []
         try:
             piece = self._decompressor.decompress(data, INFLATE_STEP)
             while piece:
-                pieces.append(piece)
+                yield piece
                 piece = self._decompressor.decompress(
                     self._decompressor.unconsumed_tail, INFLATE_STEP
                 )
         except zlib.error as e:
             raise BadRequest(f"Request body is not valid gzip: {e}") from e
-        return pieces
 
     def finish(self) -> None:
         """
@@ -99,13 +100,17 @@ class RequestBody:
     The body of one request, delivered to one consumer, with back-pressure.
 
     Until a consumer is attached, the network is paused and what already
-    arrived waits here (at most one read's worth). Then either
+    arrived waits here, still encoded (at most one read's worth). Then either
     L{readAll} collects the body (upload-pack negotiation, capped) or
     L{streamTo} writes it into a consumer such as a child's stdin, pausing
     the network whenever that consumer pauses this producer.
 
     @ivar limit: the most (inflated) bytes accepted.
+    @ivar check: when set, sees the (inflated) body as it passes; a
+        L{ProtocolError} from it fails the body as a 400.
     """
+
+    check: LeadingSectionCheck | None = None
 
     def __init__(self, network: IPushProducer, limit: int, contentEncoding: bytes | None) -> None:
         self._network = network
@@ -123,11 +128,14 @@ class RequestBody:
         self._discardLimit = 0
         self._onDiscardExceeded: Callable[[], None] | None = None
         self._decoder: Inflater | None = None
+        # Once failed, the rest of the body is never inflated or kept.
+        self._failed = False
         self._pauseNetwork()
         try:
             self._decoder = decoderFor(contentEncoding)
         except HTTPError:
             self._failure = Failure()
+            self._failed = True
 
     @property
     def complete(self) -> bool:
@@ -159,42 +167,65 @@ class RequestBody:
                 exceeded, self._onDiscardExceeded = self._onDiscardExceeded, None
                 exceeded()
             return
-        if self._failure is not None:
+        if self._failed:
             return
+        if self._consumer is None:
+            # Kept as it came (still compressed): inflating before anyone
+            # reads would let one gzip read grow to the whole limit here.
+            self._pending.append(data)
+            self._pauseNetwork()
+            return
+        self._deliver(data)
+
+    def _deliver(self, data: bytes) -> None:
+        """Inflate, cap, check and hand on one piece of wire data."""
+        pieces: Iterable[bytes] = self._decoder.inflate(data) if self._decoder else [data]
         try:
-            pieces = self._decoder.inflate(data) if self._decoder else [data]
+            for piece in pieces:
+                self._received += len(piece)
+                if self._received > self.limit:
+                    self._fail(
+                        Failure(
+                            RequestTooLarge(f"Request body exceeds the limit of {self.limit} bytes")
+                        )
+                    )
+                    return
+                if not self._checked(piece) or self._consumer is None:
+                    return
+                self._consumer.write(piece)
         except HTTPError:
             self._fail(Failure())
-            return
-        for piece in pieces:
-            self._received += len(piece)
-            if self._received > self.limit:
-                self._fail(
-                    Failure(
-                        RequestTooLarge(f"Request body exceeds the limit of {self.limit} bytes")
-                    )
-                )
-                return
-            if self._consumer is not None:
-                self._consumer.write(piece)
-            else:
-                self._pending.append(piece)
-        if self._consumer is None:
-            self._pauseNetwork()
 
     def allReceived(self) -> None:
         """The client finished sending."""
         self._complete = True
-        if self._failure is not None or self._discarding:
-            return
+        if self._consumer is not None and not self._failed and not self._discarding:
+            self._end()
+
+    def _end(self) -> None:
+        """The whole body went through: check its end, then report success."""
         if self._decoder is not None:
             try:
                 self._decoder.finish()
             except HTTPError:
                 self._fail(Failure())
                 return
-        if self._done is not None and self._consumer is not None:
+        if self._checked(None):
             self._finish()
+
+    def _checked(self, piece: bytes | None) -> bool:
+        """Run L{check} on a piece (L{None}: the end); False when it failed the body."""
+        if self.check is None:
+            return True
+        try:
+            if piece is None:
+                self.check.close()
+            else:
+                self.check.feed(piece)
+        except ProtocolError as e:
+            self._fail(Failure(BadRequest(f"protocol error: {e}")))
+            return False
+        return True
 
     def connectionLost(self) -> None:
         """The client went away."""
@@ -218,10 +249,6 @@ class RequestBody:
             L{BodyLost}.
         """
         self._done = Deferred()
-        if self._failure is None and self._received > self.limit:
-            self._failure = Failure(
-                RequestTooLarge(f"Request body exceeds the limit of {self.limit} bytes")
-            )
         if self._failure is not None:
             failure, self._failure = self._failure, None
             self._done.errback(failure)
@@ -229,10 +256,14 @@ class RequestBody:
         self._consumer = consumer
         consumer.registerProducer(self, True)
         pending, self._pending = self._pending, []
-        for piece in pending:
-            consumer.write(piece)
+        for data in pending:
+            if self._failed:
+                return self._done
+            self._deliver(data)
+        if self._failed:
+            return self._done
         if self._complete:
-            self._finish()
+            self._end()
         elif not self._pausedByConsumer:
             self._resumeNetwork()
         return self._done
@@ -263,16 +294,19 @@ class RequestBody:
             done.callback(None)
 
     def _fail(self, failure: Failure) -> None:
+        self._failed = True
         self._detach()
         self._pending = []
+        # Stop reading first: whoever handles the failure decides whether to
+        # discard the rest or to drop the connection, and may do so at once,
+        # inside the errback below (pausing after it undid a discard() and
+        # left the connection stalled until Twisted's timeout).
+        self._pauseNetwork()
         done, self._done = self._done, None
         if done is not None:
             done.errback(failure)
         else:
             self._failure = failure
-        # Stop reading: whoever handles the failure decides whether to
-        # discard the rest or to drop the connection.
-        self._pauseNetwork()
 
     # IPushProducer, for the consumer --------------------------------------
 

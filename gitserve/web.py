@@ -34,7 +34,7 @@ from gitserve.errors import (
     UnsupportedMediaType,
     renderError,
 )
-from gitserve.pktline import FLUSH, ProtocolError, parsePktLines, pktLine
+from gitserve.pktline import FLUSH, LeadingSectionCheck, ProtocolError, parsePktLines, pktLine
 from gitserve.policy import Policy, Service
 from gitserve.repository import ConfigCache, Repository, resolveRepository
 from gitserve.service import Caller, GitBackend, GitProcessProtocol
@@ -68,6 +68,18 @@ class GitChannel(HTTPChannel):
     temporary file). L{GitRequest} needs the moment the headers are known, to
     decide and to start git before the body comes.
     """
+
+    def headerReceived(self, line: bytes) -> bool:
+        # Security: Twisted accepts "Transfer-Encoding: identity" and then
+        # ignores it, framing the body by Content-Length (or as empty). A
+        # proxy in front may frame the same bytes otherwise, which is how
+        # requests are smuggled; git only ever sends "chunked", so anything
+        # else is refused here.
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"transfer-encoding" and value.strip().lower() != b"chunked":
+            self._respondToBadRequestAndDisconnect()
+            return False
+        return super().headerReceived(line)
 
     def allHeadersReceived(self) -> None:
         # HTTPChannel keeps the request line in these attributes until
@@ -129,6 +141,13 @@ class GitRequest(Request):
         """
         if self.body is not None and not self.body.complete and not self._disconnected:
             self._finishPending = True
+            if self.code == 413:
+                # Reading on is exactly what a 413 refuses, and a client that
+                # stopped sending on seeing it would otherwise wait out a
+                # timeout: the answer is flushed, then the connection closes.
+                self.body.discard(0, lambda: None)
+                self.channel.transport.loseConnection()
+                return
             self.body.discard(DISCARD_LIMIT, self.channel.transport.loseConnection)
             return
         super().finish()
@@ -315,7 +334,7 @@ def getInfoRefs(
     def start(user: str | None) -> None:
         server.policy.checkService(repository, service, user)
         protocol = server.runGit(request, repository, service, user, gitProtocol, advertise=True)
-        protocol.transport.closeStdin()
+        protocol.closeStdin()
 
     return server.userFor(request).addCallback(start)
 
@@ -384,6 +403,8 @@ def postReceivePack(
     gitProtocol = gitProtocolOf(request)
     assert request.body is not None
     request.body.limit = server.maxPushSize
+    # The commands are checked as they pass; the pack after them is git's.
+    request.body.check = LeadingSectionCheck()
 
     def start(user: str | None) -> None:
         server.policy.checkService(repository, service, user)

@@ -156,3 +156,70 @@ def endlessPack(objectSize: int = 5 * 1024**3, piece: int = 64 * 1024) -> Iterat
         if out:
             yield out
     yield compressor.flush()
+
+
+@dataclass
+class StreamOutcome:
+    """How far a streamed upload got before the server answered or hung up."""
+
+    sent: int
+    response: Response
+    seconds: float
+
+
+def streamUntilAnswered(
+    host: str,
+    port: int,
+    head: bytes,
+    pieces: Iterator[bytes],
+    chunked: bool = True,
+    timeout: float = 30.0,
+) -> StreamOutcome:
+    """
+    Send C{head}, then C{pieces} (as chunks when C{chunked}), for as long as
+    the server neither answers nor closes; then read its answer. A server
+    that reads everything would make this send all of C{pieces}: the caller
+    bounds them, and the test checks how little was sent.
+    """
+    import select
+
+    started = time.monotonic()
+    sent = 0
+    received = b""
+    with connect(host, port, timeout) as sock:
+        sock.sendall(head)
+        sock.setblocking(False)
+        pending = b""
+        exhausted = False
+        deadline = started + timeout
+        while time.monotonic() < deadline:
+            if not pending and not exhausted:
+                piece = next(pieces, None)
+                if piece is None:
+                    exhausted = True
+                    pending = LAST_CHUNK if chunked else b""
+                else:
+                    pending = chunk(piece) if chunked else piece
+            readable, writable, _ = select.select([sock], [sock] if pending else [], [], 0.5)
+            if readable:
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                received += data
+                if b"\r\n\r\n" in received:
+                    break
+            if writable and pending:
+                try:
+                    n = sock.send(pending)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    break
+                sent += n
+                pending = pending[n:]
+        sock.setblocking(True)
+        received += readAll(sock, timeout=5)
+    return StreamOutcome(sent, Response(received), time.monotonic() - started)
