@@ -12,10 +12,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, parse_qs
@@ -34,6 +35,7 @@ from gitserve.errors import (
     UnsupportedMediaType,
     renderError,
 )
+from gitserve.housekeeping import sweepStaleQuarantines
 from gitserve.pktline import FLUSH, LeadingSectionCheck, ProtocolError, parsePktLines, pktLine
 from gitserve.policy import Policy, Service
 from gitserve.repository import ConfigCache, Repository, resolveRepository
@@ -243,6 +245,7 @@ class GitServer:
     configs: ConfigCache = field(default_factory=ConfigCache)
     maxPushSize: int = MAX_PUSH_SIZE
     authenticate: Callable[[Request], Deferred[str | None]] | None = None
+    log: ClassVar[Logger] = Logger()
 
     def userFor(self, request: Request) -> Deferred[str | None]:
         """The authenticated user of C{request}, L{None} when anonymous."""
@@ -258,6 +261,25 @@ class GitServer:
         if isinstance(error, Unauthorized) and self.authenticate is None:
             return Forbidden(error.message)
         return error
+
+    def sweepQuarantines(self, repository: Repository) -> None:
+        """
+        Clear what dead pushes left in C{repository} (see
+        L{gitserve.housekeeping}), in a thread: it may delete a large
+        abandoned pack, and the reactor must not wait for that.
+        """
+        reactor = self.backend.reactor
+        swept = deferToThreadPool(
+            reactor, reactor.getThreadPool(), sweepStaleQuarantines, repository.gitDir
+        )
+
+        def report(removed: list[Any]) -> None:
+            for path in removed:
+                self.log.info("removed a stale push quarantine: {path}", path=str(path))
+
+        swept.addCallback(report).addErrback(
+            lambda f: self.log.failure("sweeping quarantines failed", f)
+        )
 
     def caller(self, request: Request, user: str | None, gitProtocol: bytes | None) -> Caller:
         address = request.getClientAddress()
@@ -408,6 +430,7 @@ def postReceivePack(
 
     def start(user: str | None) -> None:
         server.policy.checkService(repository, service, user)
+        server.sweepQuarantines(repository)
         protocol = server.runGit(request, repository, service, user, gitProtocol, advertise=False)
         protocol.streamStdin(request.body)
 
