@@ -17,6 +17,12 @@ import shutil
 import time
 from pathlib import Path
 
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
 QUARANTINE_PREFIX = "tmp_objdir-incoming-"
 
 # A quarantine nothing has written to for this long belongs to no live push:
@@ -64,3 +70,42 @@ def sweepStaleQuarantines(
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)
     return removed
+
+
+class QuarantineSweeper:
+    """
+    Runs L{sweepStaleQuarantines} for a repository in the reactor's thread
+    pool: it may delete a large abandoned pack, and the reactor must not wait
+    for that. One sweep per repository at a time.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: IReactorFromThreads, maxAge: float = STALE_QUARANTINE_AGE):
+        self.reactor = reactor
+        self.maxAge = maxAge
+        self._running: set[Path] = set()
+
+    def sweep(self, gitDir: Path) -> Deferred[list[Path]] | None:
+        """Start a sweep of C{gitDir} unless one is under way; its result, for tests."""
+        if gitDir in self._running:
+            return None
+        self._running.add(gitDir)
+        swept = deferToThreadPool(
+            self.reactor, self.reactor.getThreadPool(), sweepStaleQuarantines, gitDir, self.maxAge
+        )
+
+        def report(removed: list[Path]) -> list[Path]:
+            for path in removed:
+                self.log.info("removed a stale push quarantine: {path}", path=str(path))
+            return removed
+
+        def failed(failure: Failure) -> list[Path]:
+            self.log.failure(
+                "sweeping push quarantines of {gitDir} failed", failure, gitDir=str(gitDir)
+            )
+            return []
+
+        swept.addCallbacks(report, failed)
+        swept.addBoth(lambda result: (self._running.discard(gitDir), result)[1])
+        return swept

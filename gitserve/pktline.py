@@ -107,36 +107,3 @@ def parsePktLines(data: bytes) -> list[bytes]:
     packets = list(parser.feed(data))
     parser.close()
     return packets
-
-
-class LeadingSectionCheck:
-    """
-    Checks that a stream begins with well-formed pkt-lines up to its first
-    flush, then lets the rest through unread.
-
-    A push body is its commands (pkt-lines, then a flush) followed by a pack
-    that can be gigabytes: checking the commands as they stream by refuses a
-    malformed push as a protocol error of ours, before git makes its own
-    of it, without holding or parsing the pack.
-    """
-
-    def __init__(self) -> None:
-        self._parser: PktLineParser | None = PktLineParser()
-
-    def feed(self, data: bytes) -> None:
-        """
-        @raise ProtocolError: the section so far is not pkt-lines.
-        """
-        if self._parser is None:
-            return
-        for packet in self._parser.feed(data):
-            if packet is FLUSH_PKT:
-                self._parser = None
-                return
-
-    def close(self) -> None:
-        """
-        @raise ProtocolError: the stream ended before the section did.
-        """
-        if self._parser is not None:
-            raise ProtocolError("request ends before its flush-pkt")

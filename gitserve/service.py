@@ -154,6 +154,8 @@ class GitProcessProtocol(ProcessProtocol):
         announcement of a v0 advertisement).
     @ivar done: fires with the exit code once the child has ended and the
         request is answered.
+    @ivar output: set to a L{bytearray} to keep a copy of what git writes to
+        stdout (an advertisement to cache); L{None} keeps nothing.
     """
 
     log = Logger()
@@ -182,6 +184,8 @@ class GitProcessProtocol(ProcessProtocol):
         self.began = clock.seconds()
         self.done: Deferred[int | None] = Deferred()
         self.failure: Failure | None = None
+        self.output: bytearray | None = None
+        self.body: RequestBody | None = None
         self._killCall: IDelayedCall | None = None
         self._stdinOpen = True
         request.notifyFinish().addErrback(self._requestLost)
@@ -217,6 +221,7 @@ class GitProcessProtocol(ProcessProtocol):
             self.failure = failure
             self.terminate()
 
+        self.body = body
         body.streamTo(self.transport).addCallbacks(finished, failed)
 
     # The child's side ------------------------------------------------------
@@ -240,6 +245,8 @@ class GitProcessProtocol(ProcessProtocol):
         self.terminate()
 
     def outReceived(self, data: bytes) -> None:
+        if self.output is not None:
+            self.output += data
         if self.requestGone or self.failure is not None:
             # Nobody to tell, or the request failed on our side (a body over
             # its cap): git's complaint about its cut-off input must not
@@ -260,6 +267,10 @@ class GitProcessProtocol(ProcessProtocol):
 
     def processEnded(self, reason: Failure) -> None:
         self.childEnded = True
+        if self.body is not None and not self.body.complete:
+            # git stopped reading before the body ended (it failed, or was
+            # ended): what is left of the body has nowhere to go.
+            self.body.stopProducing()
         if self._killCall is not None and self._killCall.active():
             self._killCall.cancel()
         exitCode = 0 if reason.check(ProcessDone) else getattr(reason.value, "exitCode", None)

@@ -19,9 +19,11 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from gitserve.advertisement import CapabilityCache
+from gitserve.housekeeping import QuarantineSweeper
 from gitserve.policy import Policy
 from gitserve.repository import ConfigCache
-from gitserve.service import GitBackend
+from gitserve.service import Caller, GitBackend
 from gitserve.web import MAX_PUSH_SIZE, GitServer, GitSite, RootResource
 
 DEFAULT_LISTEN = "tcp:8080"
@@ -150,6 +152,7 @@ def makeService(options: Options) -> IService:
         log.warn("no git binary on PATH: smart HTTP (clone, fetch, push) will fail")
         gitPath = "git"
     configs = ConfigCache()
+    backend = GitBackend(reactor=reactor, gitPath=gitPath, environ=dict(os.environ))
     server = GitServer(
         root=options["root"],
         policy=Policy(
@@ -157,10 +160,14 @@ def makeService(options: Options) -> IService:
             anonymousPush=options["anonymous-push"],
             requireExportOk=options["require-export-ok"],
         ),
-        backend=GitBackend(reactor=reactor, gitPath=gitPath, environ=dict(os.environ)),
+        backend=backend,
         clock=reactor,
         configs=configs,
         maxPushSize=options["max-push-size"],
+        capabilities=CapabilityCache(
+            gitPath=gitPath, environment=backend.environment(Caller(remoteAddr=""))
+        ),
+        sweeper=QuarantineSweeper(reactor),
     )
     site = GitSite(RootResource(server))
     top = MultiService()

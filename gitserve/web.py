@@ -12,17 +12,17 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, parse_qs
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from gitserve.advertisement import VERSION_2, CapabilityCache
 from gitserve.body import BodyLost, RequestBody
 from gitserve.errors import (
     BadRequest,
@@ -35,8 +35,9 @@ from gitserve.errors import (
     UnsupportedMediaType,
     renderError,
 )
-from gitserve.housekeeping import sweepStaleQuarantines
-from gitserve.pktline import FLUSH, LeadingSectionCheck, ProtocolError, parsePktLines, pktLine
+from gitserve.headers import setNoCache
+from gitserve.housekeeping import QuarantineSweeper
+from gitserve.pktline import FLUSH, ProtocolError, parsePktLines, pktLine
 from gitserve.policy import Policy, Service
 from gitserve.repository import ConfigCache, Repository, resolveRepository
 from gitserve.service import Caller, GitBackend, GitProcessProtocol
@@ -93,6 +94,27 @@ class GitChannel(HTTPChannel):
         if isinstance(request, GitRequest):
             request.headersReceived(command, path, version)
 
+    def _send100Continue(self) -> None:
+        # Twisted says "100 Continue" as soon as the headers are in. A
+        # streamed POST says it when its body is first read instead, so that
+        # a refusal decided from the headers reaches the client before it
+        # sends a byte of the body.
+        request = self.requests[-1]
+        if isinstance(request, GitRequest) and self._command == b"POST":
+            request.continueWanted = True
+        else:
+            super()._send100Continue()
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        # HTTPChannel resumes reading whenever its own writes drain. A body
+        # that holds the network paused (git's stdin is backed up) keeps it
+        # paused, or a push would be read faster than git takes it.
+        request = self.requests[-1] if self.requests else None
+        if isinstance(request, GitRequest) and request.body is not None:
+            if request.body.holdsNetwork():
+                self.transport.pauseProducing()
+
 
 class GitRequest(Request):
     """
@@ -103,6 +125,8 @@ class GitRequest(Request):
     """
 
     body: RequestBody | None = None
+    continueWanted = False
+    _continueSent = False
     _finishPending = False
 
     def headersReceived(self, command: bytes, path: bytes, version: bytes) -> None:
@@ -113,6 +137,7 @@ class GitRequest(Request):
             self.channel.transport,
             limit=MAX_PUSH_SIZE,
             contentEncoding=self.requestHeaders.getRawHeaders(b"Content-Encoding", [None])[-1],
+            onFirstRead=self._sendContinue if self.continueWanted else None,
         )
         # What Request.requestReceived() does before process(), minus the form
         # parsing: git bodies are never forms.
@@ -120,6 +145,12 @@ class GitRequest(Request):
         self.path, _, query = self.uri.partition(b"?")
         self.args = parse_qs(query, 1) if query else {}
         self.process()
+
+    def _sendContinue(self) -> None:
+        """The deferred answer to C{Expect: 100-continue}: the body is wanted now."""
+        if not self.startedWriting and not self._disconnected:
+            self._continueSent = True
+            self.channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.body is not None:
@@ -143,10 +174,9 @@ class GitRequest(Request):
         """
         if self.body is not None and not self.body.complete and not self._disconnected:
             self._finishPending = True
-            if self.code == 413:
-                # Reading on is exactly what a 413 refuses, and a client that
-                # stopped sending on seeing it would otherwise wait out a
-                # timeout: the answer is flushed, then the connection closes.
+            if self.continueWanted and not self._continueSent:
+                # The client waits for a "100 Continue" that never comes and
+                # sends no body: closing after the answer ends the exchange.
                 self.body.discard(0, lambda: None)
                 self.channel.transport.loseConnection()
                 return
@@ -245,7 +275,8 @@ class GitServer:
     configs: ConfigCache = field(default_factory=ConfigCache)
     maxPushSize: int = MAX_PUSH_SIZE
     authenticate: Callable[[Request], Deferred[str | None]] | None = None
-    log: ClassVar[Logger] = Logger()
+    capabilities: CapabilityCache | None = None
+    sweeper: QuarantineSweeper | None = None
 
     def userFor(self, request: Request) -> Deferred[str | None]:
         """The authenticated user of C{request}, L{None} when anonymous."""
@@ -261,25 +292,6 @@ class GitServer:
         if isinstance(error, Unauthorized) and self.authenticate is None:
             return Forbidden(error.message)
         return error
-
-    def sweepQuarantines(self, repository: Repository) -> None:
-        """
-        Clear what dead pushes left in C{repository} (see
-        L{gitserve.housekeeping}), in a thread: it may delete a large
-        abandoned pack, and the reactor must not wait for that.
-        """
-        reactor = self.backend.reactor
-        swept = deferToThreadPool(
-            reactor, reactor.getThreadPool(), sweepStaleQuarantines, repository.gitDir
-        )
-
-        def report(removed: list[Any]) -> None:
-            for path in removed:
-                self.log.info("removed a stale push quarantine: {path}", path=str(path))
-
-        swept.addCallback(report).addErrback(
-            lambda f: self.log.failure("sweeping quarantines failed", f)
-        )
 
     def caller(self, request: Request, user: str | None, gitProtocol: bytes | None) -> Caller:
         address = request.getClientAddress()
@@ -300,8 +312,7 @@ class GitServer:
         advertise: bool,
     ) -> GitProcessProtocol:
         """Start git for C{request}; the protocol answers it from here on."""
-        kind = b"advertisement" if advertise else b"result"
-        contentType = b"application/x-%s-%s" % (service.value.encode("ascii"), kind)
+        contentType = contentTypeOf(service, advertise)
         preamble = b""
         if advertise and not (service is Service.UPLOAD_PACK and protocolVersion(gitProtocol) >= 2):
             # http-backend's "# service=" announcement, which protocol v2
@@ -323,6 +334,12 @@ class GitServer:
             protocol, service, repository, self.caller(request, user, gitProtocol), advertise
         )
         return protocol
+
+
+def contentTypeOf(service: Service, advertise: bool) -> bytes:
+    """The Content-Type of a smart answer, as http-backend sends it."""
+    kind = b"advertisement" if advertise else b"result"
+    return b"application/x-%s-%s" % (service.value.encode("ascii"), kind)
 
 
 # The handlers ---------------------------------------------------------------
@@ -355,7 +372,33 @@ def getInfoRefs(
 
     def start(user: str | None) -> None:
         server.policy.checkService(repository, service, user)
+        cache = server.capabilities
+        if cache is None or service is not Service.UPLOAD_PACK or gitProtocol != VERSION_2:
+            protocol = server.runGit(
+                request, repository, service, user, gitProtocol, advertise=True
+            )
+            protocol.transport.closeStdin()
+            return
+        # Protocol v2: capabilities only, the same for every request until an
+        # input changes (see gitserve.advertisement).
+        key = cache.key(repository)
+        answer = cache.get(repository, key)
+        if answer is not None:
+            request.setResponseCode(200)
+            request.setHeader(b"Content-Type", contentTypeOf(service, advertise=True))
+            setNoCache(request)
+            request.setHeader(b"Content-Length", b"%d" % len(answer))
+            request.write(answer)
+            request.finish()
+            return
         protocol = server.runGit(request, repository, service, user, gitProtocol, advertise=True)
+        protocol.output = bytearray()
+
+        def keep(exitCode: int | None) -> None:
+            if exitCode == 0 and protocol.failure is None and protocol.output is not None:
+                cache.put(repository, key, bytes(protocol.output))
+
+        protocol.done.addCallback(keep)
         protocol.closeStdin()
 
     return server.userFor(request).addCallback(start)
@@ -425,12 +468,11 @@ def postReceivePack(
     gitProtocol = gitProtocolOf(request)
     assert request.body is not None
     request.body.limit = server.maxPushSize
-    # The commands are checked as they pass; the pack after them is git's.
-    request.body.check = LeadingSectionCheck()
 
     def start(user: str | None) -> None:
         server.policy.checkService(repository, service, user)
-        server.sweepQuarantines(repository)
+        if server.sweeper is not None:
+            server.sweeper.sweep(repository.gitDir)
         protocol = server.runGit(request, repository, service, user, gitProtocol, advertise=False)
         protocol.streamStdin(request.body)
 
@@ -466,7 +508,8 @@ class RootResource(Resource):
 
     def __init__(self, server: GitServer) -> None:
         super().__init__()
-        self.server = server
+        # Not "server": twisted.web's Resource already has an attribute of that name.
+        self.gitServer = server
 
     def render(self, request: Request) -> bytes | int:
         try:
@@ -492,17 +535,17 @@ class RootResource(Resource):
             raise NotFound()
         chosen, tail, repositorySegments = matched
         repository = resolveRepository(
-            self.server.root, [s.encode("utf-8") for s in repositorySegments]
+            self.gitServer.root, [s.encode("utf-8") for s in repositorySegments]
         )
         if repository is None:
             raise NotFound()
-        self.server.policy.checkVisible(repository)
+        self.gitServer.policy.checkVisible(repository)
         if request.method not in chosen.methods:
             raise MethodNotAllowed()
-        return chosen.handler(self.server, request, repository, tail)
+        return chosen.handler(self.gitServer, request, repository, tail)
 
     def _refuse(self, request: Request, error: HTTPError) -> bytes:
-        error = self.server.refusalFor(error)
+        error = self.gitServer.refusalFor(error)
         self.log.info(
             "refused {method} {uri}: {code} {message}",
             method=request.method.decode("latin-1"),

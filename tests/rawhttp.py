@@ -221,5 +221,7 @@ def streamUntilAnswered(
                 sent += n
                 pending = pending[n:]
         sock.setblocking(True)
-        received += readAll(sock, timeout=5)
+        # The rest of the answer; the server may keep the connection open to
+        # drop what is still in flight, so this does not wait for a close.
+        received += readAll(sock, timeout=1)
     return StreamOutcome(sent, Response(received), time.monotonic() - started)

@@ -160,7 +160,7 @@ def test_canaryCommitIsNotServedThroughAGoodRepository(layout: Layout) -> None:
             body=wantRequest(layout.head),
         ),
     )
-    assert response.status == 200
+    assert response.status == 200, layout.daemon.log[-3000:]
     assert layout.canary not in response.raw
     assert b"not our ref" in response.body
 
