@@ -22,6 +22,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from gitserve.advertisement import CapabilityCache
+from gitserve.housekeeping import QuarantineSweeper
 from gitserve.policy import Policy
 from gitserve.repository import ConfigCache
 from gitserve.service import Caller, GitBackend, PipeReadingSpawner
@@ -178,6 +179,7 @@ def makeService(options: Options) -> IService:
             gitPath=gitPath, environment=backend.environment(Caller(remoteAddr=""))
         ),
         runBlocking=partial(deferToThreadPool, reactor, reactor.getThreadPool()),
+        sweeper=QuarantineSweeper(reactor),
     )
     site = GitSite(RootResource(server))
     top = MultiService()

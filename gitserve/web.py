@@ -38,6 +38,7 @@ from gitserve.errors import (
     renderError,
 )
 from gitserve.headers import setNoCache
+from gitserve.housekeeping import QuarantineSweeper
 from gitserve.pktline import FLUSH, ProtocolError, parsePktLines, pktLine
 from gitserve.policy import Policy, Service
 from gitserve.repository import ConfigCache, Repository, resolveRepository
@@ -72,6 +73,18 @@ class GitChannel(HTTPChannel):
     temporary file). L{GitRequest} needs the moment the headers are known, to
     decide and to start git before the body comes.
     """
+
+    def headerReceived(self, line: bytes) -> bool:
+        # Security: Twisted accepts "Transfer-Encoding: identity" and then
+        # ignores it, framing the body by Content-Length (or as empty). A
+        # proxy in front may frame the same bytes otherwise, which is how
+        # requests are smuggled; git only ever sends "chunked", so anything
+        # else is refused here.
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"transfer-encoding" and value.strip().lower() != b"chunked":
+            self._respondToBadRequestAndDisconnect()
+            return False
+        return super().headerReceived(line)
 
     def allHeadersReceived(self) -> None:
         # HTTPChannel keeps the request line in these attributes until
@@ -281,6 +294,7 @@ class GitServer:
     authenticate: Callable[[Request], Deferred[str | None]] | None = None
     capabilities: CapabilityCache | None = None
     runBlocking: Callable[[Callable[[], Any]], Deferred[Any]] = maybeDeferred
+    sweeper: QuarantineSweeper | None = None
 
     def userFor(self, request: Request) -> Deferred[str | None]:
         """The authenticated user of C{request}, L{None} when anonymous."""
@@ -409,7 +423,7 @@ def getInfoRefs(
                 cache.put(repository, key, bytes(protocol.output))
 
         protocol.done.addCallback(keep)
-        protocol.transport.closeStdin()
+        protocol.closeStdin()
 
     return server.userFor(request).addCallback(start)
 
@@ -481,6 +495,8 @@ def postReceivePack(
 
     def start(user: str | None) -> None:
         server.policy.checkService(repository, service, user)
+        if server.sweeper is not None:
+            server.sweeper.sweep(repository.gitDir)
         protocol = server.runGit(request, repository, service, user, gitProtocol, advertise=False)
         protocol.streamStdin(request.body)
 
