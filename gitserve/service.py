@@ -11,22 +11,30 @@ child left running.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import AnyStr
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.interfaces import (
     IDelayedCall,
+    IProcessProtocol,
     IProcessTransport,
+    IPushProducer,
     IReactorProcess,
     IReactorTime,
 )
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
+from twisted.internet.process import Process, ProcessReader
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
+from zope.interface import implementer
 
 from gitserve.body import RequestBody
 from gitserve.errors import HTTPError, renderError
@@ -47,7 +55,66 @@ MAX_STDERR = 64 * 1024
 # How long a child gets between SIGTERM and SIGKILL.
 KILL_GRACE = 5.0
 
+# How long a child that was still reading its request gets, after its stdin
+# is closed, to fail and clean up on its own before SIGTERM.
+TERM_GRACE = 2.0
+
 _PRINTABLE = re.compile(rb"[^\x20-\x7e]")
+
+# How much of git's output is read at once: a pipe's whole default capacity.
+# Twisted's process reader reads 8 KiB, so a 64 MiB pack took 8192 reads, each
+# a reactor turn and a wakeup of git blocked on a full pipe.
+PIPE_READ_SIZE = 64 * 1024
+
+
+class _PipeReader(ProcessReader):
+    """A child's output pipe, read L{PIPE_READ_SIZE} bytes at a time."""
+
+    def doRead(self) -> object:
+        # Twisted's fdesc.readFromFD, with the read size as the only change.
+        try:
+            output = os.read(self.fd, PIPE_READ_SIZE)
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EINTR):
+                return None
+            return CONNECTION_LOST
+        if not output:
+            return CONNECTION_DONE
+        self.dataReceived(output)
+        return None
+
+
+class _GitProcess(Process):
+    processReaderFactory = _PipeReader
+
+
+@implementer(IReactorProcess)
+class PipeReadingSpawner:
+    """
+    Spawns children on a POSIX reactor as its C{spawnProcess} does, with
+    their output read in large pieces (see L{PIPE_READ_SIZE}).
+    """
+
+    def __init__(self, reactor: IReactorProcess) -> None:
+        self.reactor = reactor
+
+    def spawnProcess(
+        self,
+        processProtocol: IProcessProtocol,
+        executable: bytes | str,
+        args: Sequence[bytes | str] = (),
+        env: Mapping[AnyStr, AnyStr] | None = None,
+        path: bytes | str | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        usePTY: bool = False,
+        childFDs: Mapping[int, int | str] | None = None,
+    ) -> IProcessTransport:
+        if usePTY:
+            raise ValueError("git is never given a terminal")
+        return _GitProcess(
+            self.reactor, executable, args, env, path, processProtocol, uid, gid, childFDs
+        )
 
 
 @dataclass(frozen=True)
@@ -127,15 +194,20 @@ class GitBackend:
     ) -> IProcessTransport:
         """Start git for one request, driven by C{protocol}."""
         args = self.argv(service, repository, advertise)
+        # No working directory: git enters the repository named by its
+        # absolute path itself (and hooks run there), and without a chdir
+        # Twisted starts the child with posix_spawn instead of fork(), which
+        # would copy the daemon's page tables and stall the reactor for every
+        # request.
         return self.reactor.spawnProcess(
             protocol,
             self.gitPath,
             args,
             env=self.environment(caller),
-            path=str(repository.gitDir),
         )
 
 
+@implementer(IPushProducer)
 class GitProcessProtocol(ProcessProtocol):
     """
     Connects one git child to one HTTP request.
@@ -183,6 +255,7 @@ class GitProcessProtocol(ProcessProtocol):
         self.output: bytearray | None = None
         self.body: RequestBody | None = None
         self._killCall: IDelayedCall | None = None
+        self._stdinOpen = True
         request.notifyFinish().addErrback(self._requestLost)
 
     # Feeding stdin ---------------------------------------------------------
@@ -191,6 +264,11 @@ class GitProcessProtocol(ProcessProtocol):
         """Give git a body that was buffered whole (upload-pack negotiation)."""
         self.bytesIn += len(data)
         self.transport.write(data)
+        self.closeStdin()
+
+    def closeStdin(self) -> None:
+        """Tell git its input is complete (or will never be)."""
+        self._stdinOpen = False
         self.transport.closeStdin()
 
     def streamStdin(self, body: RequestBody) -> None:
@@ -199,7 +277,7 @@ class GitProcessProtocol(ProcessProtocol):
         def finished(_: None) -> None:
             self.bytesIn = body.received
             if not self.childEnded:
-                self.transport.closeStdin()
+                self.closeStdin()
 
         def failed(failure: Failure) -> None:
             self.bytesIn = body.received
@@ -217,12 +295,30 @@ class GitProcessProtocol(ProcessProtocol):
     # The child's side ------------------------------------------------------
 
     def connectionMade(self) -> None:
-        self.request.registerProducer(self.transport, True)
+        # This protocol, not the process transport, is the request's
+        # producer: a Process has no stopProducing(), and a client that goes
+        # away calls exactly that (an AttributeError there used to stop the
+        # disconnect from reaching the request, leaving git running).
+        self.request.registerProducer(self, True)
+
+    # IPushProducer, for the request: a slow client pauses git's output ---------
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.terminate()
 
     def outReceived(self, data: bytes) -> None:
         if self.output is not None:
             self.output += data
-        if self.requestGone:
+        if self.requestGone or self.failure is not None:
+            # Nobody to tell, or the request failed on our side (a body over
+            # its cap): git's complaint about its cut-off input must not
+            # become the answer.
             return
         if not self.started:
             self.started = True
@@ -327,18 +423,29 @@ class GitProcessProtocol(ProcessProtocol):
             self.terminate()
 
     def terminate(self) -> None:
-        """SIGTERM now, SIGKILL after the grace period if git is still there."""
-        if self.childEnded:
+        """
+        End the child. One that was still reading its request first gets
+        EOF and L{TERM_GRACE} to fail on its own: receive-pack's helpers
+        (unpack-objects, index-pack) read the same pipe, and a SIGTERM while
+        they still write into the quarantine races receive-pack's cleanup
+        of it and leaves the directory behind. Then SIGTERM, and SIGKILL
+        after L{killGrace}.
+        """
+        if self.childEnded or self._killCall is not None:
             return
-        try:
-            self.transport.signalProcess("TERM")
-        except ProcessExitedAlready:
-            return
-        if self._killCall is None:
-            self._killCall = self.clock.callLater(self.killGrace, self._kill)
+        # Nothing reads git's output any more: let it drain instead of
+        # blocking on a paused pipe.
+        self.transport.resumeProducing()
+        if self._stdinOpen:
+            self.closeStdin()
+            self._killCall = self.clock.callLater(TERM_GRACE, self._signal, "TERM")
+        else:
+            self._signal("TERM")
 
-    def _kill(self) -> None:
+    def _signal(self, name: str) -> None:
         try:
-            self.transport.signalProcess("KILL")
+            self.transport.signalProcess(name)
         except ProcessExitedAlready:
-            pass
+            return
+        if name == "TERM":
+            self._killCall = self.clock.callLater(self.killGrace, self._signal, "KILL")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from io import BytesIO
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -37,6 +38,7 @@ from gitserve.errors import (
     renderError,
 )
 from gitserve.headers import setNoCache
+from gitserve.housekeeping import QuarantineSweeper
 from gitserve.pktline import FLUSH, ProtocolError, parsePktLines, pktLine
 from gitserve.policy import Policy, Service
 from gitserve.repository import ConfigCache, Repository, resolveRepository
@@ -72,13 +74,27 @@ class GitChannel(HTTPChannel):
     decide and to start git before the body comes.
     """
 
+    def headerReceived(self, line: bytes) -> bool:
+        # Security: Twisted accepts "Transfer-Encoding: identity" and then
+        # ignores it, framing the body by Content-Length (or as empty). A
+        # proxy in front may frame the same bytes otherwise, which is how
+        # requests are smuggled; git only ever sends "chunked", so anything
+        # else is refused here.
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"transfer-encoding" and value.strip().lower() != b"chunked":
+            self._respondToBadRequestAndDisconnect()
+            return False
+        return super().headerReceived(line)
+
     def allHeadersReceived(self) -> None:
         # HTTPChannel keeps the request line in these attributes until
         # allContentReceived(); reading them here is the one place gitserve
         # leans on Twisted internals (tested against the pinned range).
         command, path, version = self._command, self._path, self._version
-        super().allHeadersReceived()
         request = self.requests[-1]
+        if isinstance(request, GitRequest) and command == b"POST":
+            request.streamed = True
+        super().allHeadersReceived()
         if isinstance(request, GitRequest):
             request.headersReceived(command, path, version)
 
@@ -88,7 +104,7 @@ class GitChannel(HTTPChannel):
         # a refusal decided from the headers reaches the client before it
         # sends a byte of the body.
         request = self.requests[-1]
-        if isinstance(request, GitRequest) and self._command == b"POST":
+        if isinstance(request, GitRequest) and request.streamed:
             request.continueWanted = True
         else:
             super()._send100Continue()
@@ -113,13 +129,23 @@ class GitRequest(Request):
     """
 
     body: RequestBody | None = None
+    streamed = False
     continueWanted = False
     _continueSent = False
     _finishPending = False
 
+    def gotLength(self, length: int | None) -> None:
+        if self.streamed:
+            # The body goes through L{body}, never into self.content: no
+            # temporary file to spool it to (Twisted opens one for chunked or
+            # large bodies).
+            self.content = BytesIO()
+            return
+        super().gotLength(length)
+
     def headersReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         """Render a POST now, with its body still to come."""
-        if command != b"POST":
+        if not self.streamed:
             return
         self.body = RequestBody(
             self.channel.transport,
@@ -268,6 +294,7 @@ class GitServer:
     authenticate: Callable[[Request], Deferred[str | None]] | None = None
     capabilities: CapabilityCache | None = None
     runBlocking: Callable[[Callable[[], Any]], Deferred[Any]] = maybeDeferred
+    sweeper: QuarantineSweeper | None = None
 
     def userFor(self, request: Request) -> Deferred[str | None]:
         """The authenticated user of C{request}, L{None} when anonymous."""
@@ -396,7 +423,7 @@ def getInfoRefs(
                 cache.put(repository, key, bytes(protocol.output))
 
         protocol.done.addCallback(keep)
-        protocol.transport.closeStdin()
+        protocol.closeStdin()
 
     return server.userFor(request).addCallback(start)
 
@@ -468,6 +495,8 @@ def postReceivePack(
 
     def start(user: str | None) -> None:
         server.policy.checkService(repository, service, user)
+        if server.sweeper is not None:
+            server.sweeper.sweep(repository.gitDir)
         protocol = server.runGit(request, repository, service, user, gitProtocol, advertise=False)
         protocol.streamStdin(request.body)
 
