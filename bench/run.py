@@ -68,6 +68,15 @@ class Target:
             return f"<= {self.bound:g}x floor"
         return f"<= {self.bound:g}"
 
+    def verdict(self, values: dict[str, float | None]) -> str:
+        """The target with, when a row has several, what it missed by."""
+        met = self.met(values)
+        if met is not False:
+            return self.describe()
+        ours, other = values.get(GITSERVE), values.get(FLOOR if self.kind == "floor<=" else BACKEND)
+        shown = ours if self.kind == "value<=" or not other or ours is None else ours / other
+        return f"{self.describe()} (missed: {shown:.2f})"
+
     def met(self, values: dict[str, float | None]) -> bool | None:
         """Whether C{values} meet the target, or None when a figure is missing."""
         ours = values.get(GITSERVE)
@@ -701,7 +710,7 @@ def formatTable(rows: list[Row], failures: list[str]) -> str:
             *("FAILED" if column in failed else _format(row.values.get(column), row.unit)
               for column in COLUMNS),
             "—" if ratio is None else f"{ratio:.2f}",
-            ", ".join(target.describe() for target in row.targets) or "—",
+            ", ".join(target.verdict(row.values) for target in row.targets) or "—",
             {True: "yes", False: "**NO**", None: "—"}[met],
         ))
         notes += [f"- {row.workload}: {note}" for note in row.notes]
@@ -734,6 +743,19 @@ def machineDescription() -> str:
             f"Linux {os.uname().release}; " + "; ".join(versions))
 
 
+def tableFromResults(results: dict) -> str:
+    """The table and footer of an earlier run, from what it wrote to its results file."""
+    rows = [
+        Row(row["workload"], row["unit"], row["values"],
+            [Target(**target) for target in row["targets"]], row["notes"], row["samples"])
+        for row in results["rows"]
+    ]
+    return (formatTable(rows, results.get("failures", [])) +
+            f"\n\n`{results['command']}` on {results['machine']}" + "".join(
+                f"; 1-minute load average {before:.1f} before, {after:.1f} after"
+                for before, after in [results["load"]] if "load" in results) + ".")
+
+
 # -- main ----------------------------------------------------------------------------------------
 
 
@@ -754,6 +776,8 @@ def parseArguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gitserve-args", default="--anonymous-push",
                         help="extra arguments for twistd gitserve (default: %(default)s)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--table", type=Path, metavar="RESULTS_JSON",
+                        help="print the table of an earlier run from its results file, and exit")
     parser.add_argument("--profile", action="store_true",
                         help="record gitserve with py-spy during each workload and print "
                              "where its time went (pip install py-spy)")
@@ -770,6 +794,9 @@ def parseArguments(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Set up, run the chosen workloads, print the table."""
     args = parseArguments(argv)
+    if args.table is not None:
+        print(tableFromResults(json.loads(args.table.read_text())))
+        return 0
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
