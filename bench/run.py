@@ -700,7 +700,7 @@ def formatTable(rows: list[Row], failures: list[str]) -> str:
         "| workload | gitserve | http-backend | floor | ratio gs/hb | target | met? |",
         "|---|---|---|---|---|---|---|",
     ]
-    notes = []
+    notes: dict[str, list[str]] = {}
     for row in rows:
         ratio = row.ratio()
         met = row.met()
@@ -713,10 +713,12 @@ def formatTable(rows: list[Row], failures: list[str]) -> str:
             ", ".join(target.verdict(row.values) for target in row.targets) or "—",
             {True: "yes", False: "**NO**", None: "—"}[met],
         ))
-        notes += [f"- {row.workload}: {note}" for note in row.notes]
-    notes += [f"- FAILED {failure}" for failure in failures]
-    if notes:
-        lines += ["", *dict.fromkeys(notes)]
+        for note in row.notes:
+            notes.setdefault(note, []).append(row.workload)
+    footnotes = [f"- {'; '.join(workloads)}: {note}" for note, workloads in notes.items()]
+    footnotes += [f"- FAILED {failure}" for failure in failures]
+    if footnotes:
+        lines += ["", *footnotes]
     return "\n".join(lines)
 
 
