@@ -1,0 +1,290 @@
+"""
+Request bodies as streams: inflated on the fly, capped, and paced by whoever
+consumes them.
+
+Twisted Web spools a whole body to a temporary file before a resource sees
+it. gitserve dispatches POSTs as soon as their headers arrive (see
+L{gitserve.web.GitRequest}) and reads the body through a L{RequestBody}
+instead: a push goes to git's stdin while it arrives, and a body past its cap
+is refused after the cap, not after the whole upload.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gitserve.errors import BadRequest, HTTPError, RequestTooLarge
+
+# Inflate in bounded steps: a gzip bomb yields at most this much per step, so
+# the cap is checked before memory grows.
+INFLATE_STEP = 64 * 1024
+
+
+class BodyLost(Exception):
+    """The client went away before the body was complete."""
+
+
+class Inflater:
+    """Incremental gzip decoding for C{Content-Encoding: gzip} and C{x-gzip}."""
+
+    def __init__(self) -> None:
+        # 16 + MAX_WBITS: expect a gzip header and trailer, as git sends.
+        self._decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    def inflate(self, data: bytes) -> list[bytes]:
+        """
+        The inflated pieces of C{data}, each at most L{INFLATE_STEP} bytes.
+
+        @raise BadRequest: the bytes are not gzip.
+        """
+        pieces = []
+        try:
+            piece = self._decompressor.decompress(data, INFLATE_STEP)
+            while piece:
+                pieces.append(piece)
+                piece = self._decompressor.decompress(
+                    self._decompressor.unconsumed_tail, INFLATE_STEP
+                )
+        except zlib.error as e:
+            raise BadRequest(f"Request body is not valid gzip: {e}") from e
+        return pieces
+
+    def finish(self) -> None:
+        """
+        @raise BadRequest: the gzip stream ended early.
+        """
+        if not self._decompressor.eof:
+            raise BadRequest("Request body ends inside its gzip stream")
+
+
+def decoderFor(contentEncoding: bytes | None) -> Inflater | None:
+    """
+    The decoder for a C{Content-Encoding}, L{None} for identity.
+
+    @raise BadRequest: an encoding git never sends.
+    """
+    if contentEncoding is None or contentEncoding.strip().lower() in (b"", b"identity"):
+        return None
+    if contentEncoding.strip().lower() in (b"gzip", b"x-gzip"):
+        return Inflater()
+    raise BadRequest("Unsupported Content-Encoding")
+
+
+@implementer(IConsumer)
+class _Collector:
+    """A consumer that keeps what it is given; the body's limit bounds it."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+
+@implementer(IPushProducer)
+class RequestBody:
+    """
+    The body of one request, delivered to one consumer, with back-pressure.
+
+    Until a consumer is attached, the network is paused and what already
+    arrived waits here (at most one read's worth). Then either
+    L{readAll} collects the body (upload-pack negotiation, capped) or
+    L{streamTo} writes it into a consumer such as a child's stdin, pausing
+    the network whenever that consumer pauses this producer.
+
+    @ivar limit: the most (inflated) bytes accepted.
+    """
+
+    def __init__(self, network: IPushProducer, limit: int, contentEncoding: bytes | None) -> None:
+        self._network = network
+        self.limit = limit
+        self._pending: list[bytes] = []
+        self._consumer: IConsumer | None = None
+        self._done: Deferred[None] | None = None
+        self._received = 0
+        self._complete = False
+        self._failure: Failure | None = None
+        self._pausedByConsumer = False
+        self._networkPaused = False
+        self._discarding = False
+        self._discarded = 0
+        self._discardLimit = 0
+        self._onDiscardExceeded: Callable[[], None] | None = None
+        self._decoder: Inflater | None = None
+        self._pauseNetwork()
+        try:
+            self._decoder = decoderFor(contentEncoding)
+        except HTTPError:
+            self._failure = Failure()
+
+    @property
+    def complete(self) -> bool:
+        """Whether the client sent the whole body."""
+        return self._complete
+
+    @property
+    def received(self) -> int:
+        """Bytes of body (after inflation) received so far."""
+        return self._received
+
+    def _pauseNetwork(self) -> None:
+        if not self._networkPaused:
+            self._networkPaused = True
+            self._network.pauseProducing()
+
+    def _resumeNetwork(self) -> None:
+        if self._networkPaused:
+            self._networkPaused = False
+            self._network.resumeProducing()
+
+    # Fed by the request -------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        """A piece of the body as it came off the wire (still encoded)."""
+        if self._discarding:
+            self._discarded += len(data)
+            if self._discarded > self._discardLimit and self._onDiscardExceeded is not None:
+                exceeded, self._onDiscardExceeded = self._onDiscardExceeded, None
+                exceeded()
+            return
+        if self._failure is not None:
+            return
+        try:
+            pieces = self._decoder.inflate(data) if self._decoder else [data]
+        except HTTPError:
+            self._fail(Failure())
+            return
+        for piece in pieces:
+            self._received += len(piece)
+            if self._received > self.limit:
+                self._fail(
+                    Failure(
+                        RequestTooLarge(f"Request body exceeds the limit of {self.limit} bytes")
+                    )
+                )
+                return
+            if self._consumer is not None:
+                self._consumer.write(piece)
+            else:
+                self._pending.append(piece)
+        if self._consumer is None:
+            self._pauseNetwork()
+
+    def allReceived(self) -> None:
+        """The client finished sending."""
+        self._complete = True
+        if self._failure is not None or self._discarding:
+            return
+        if self._decoder is not None:
+            try:
+                self._decoder.finish()
+            except HTTPError:
+                self._fail(Failure())
+                return
+        if self._done is not None and self._consumer is not None:
+            self._finish()
+
+    def connectionLost(self) -> None:
+        """The client went away."""
+        if not self._complete:
+            self._fail(Failure(BodyLost("client disconnected during the request body")))
+
+    # Used by the resource -----------------------------------------------
+
+    def readAll(self) -> Deferred[bytes]:
+        """The whole body, once it has arrived; fails past the limit."""
+        collector = _Collector()
+        return self.streamTo(collector).addCallback(lambda _: b"".join(collector.chunks))
+
+    def streamTo(self, consumer: IConsumer) -> Deferred[None]:
+        """
+        Write the body into C{consumer} as it arrives; this body registers
+        itself as the consumer's (streaming) producer for back-pressure.
+
+        @return: fires when the whole body was written (the consumer stays
+            registered-free afterwards), or fails with an L{HTTPError} or
+            L{BodyLost}.
+        """
+        self._done = Deferred()
+        if self._failure is None and self._received > self.limit:
+            self._failure = Failure(
+                RequestTooLarge(f"Request body exceeds the limit of {self.limit} bytes")
+            )
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            self._done.errback(failure)
+            return self._done
+        self._consumer = consumer
+        consumer.registerProducer(self, True)
+        pending, self._pending = self._pending, []
+        for piece in pending:
+            consumer.write(piece)
+        if self._complete:
+            self._finish()
+        elif not self._pausedByConsumer:
+            self._resumeNetwork()
+        return self._done
+
+    def discard(self, limit: int, onExceeded: Callable[[], None]) -> None:
+        """
+        Read and drop the rest of the body: the request was answered without
+        it, and the connection must reach the end of the body to stay in sync.
+        Past C{limit} bytes, C{onExceeded} is called (to drop the connection):
+        refusing a 5 GB upload must not mean reading 5 GB.
+        """
+        self._discarding = True
+        self._discardLimit = limit
+        self._onDiscardExceeded = onExceeded
+        self._pending = []
+        self._detach()
+        self._resumeNetwork()
+
+    def _detach(self) -> None:
+        if self._consumer is not None:
+            consumer, self._consumer = self._consumer, None
+            consumer.unregisterProducer()
+
+    def _finish(self) -> None:
+        self._detach()
+        done, self._done = self._done, None
+        if done is not None:
+            done.callback(None)
+
+    def _fail(self, failure: Failure) -> None:
+        self._detach()
+        self._pending = []
+        done, self._done = self._done, None
+        if done is not None:
+            done.errback(failure)
+        else:
+            self._failure = failure
+        # Stop reading: whoever handles the failure decides whether to
+        # discard the rest or to drop the connection.
+        self._pauseNetwork()
+
+    # IPushProducer, for the consumer --------------------------------------
+
+    def pauseProducing(self) -> None:
+        self._pausedByConsumer = True
+        self._pauseNetwork()
+
+    def resumeProducing(self) -> None:
+        self._pausedByConsumer = False
+        if self._consumer is not None and not self._complete:
+            self._resumeNetwork()
+
+    def stopProducing(self) -> None:
+        self._detach()
+        self._discarding = True

@@ -1,0 +1,258 @@
+"""
+Shared end-to-end machinery: an isolated git client and the real daemon.
+
+The daemon is started exactly as a user starts it (`twistd -n gitserve ...`),
+from this checkout (the repository root goes on PYTHONPATH, because twistd
+finds plugins by scanning sys.path, which an editable install may not cover),
+on a port the kernel picks; the test waits for its readiness line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
+READY = re.compile(r"gitserve listening on ([0-9.]+):(\d+)")
+START_TIMEOUT = 30.0
+
+
+@dataclass
+class GitClient:
+    """The real git CLI with a private config: nothing from the machine leaks in."""
+
+    home: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / ".gitconfig").write_text(
+            "[user]\n\tname = Test User\n\temail = test@example.com\n"
+            "[init]\n\tdefaultBranch = main\n"
+            "[advice]\n\tdetachedHead = false\n"
+        )
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.home),
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": str(self.home / ".gitconfig"),
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_ASKPASS": "",
+            "SSH_ASKPASS": "",
+            "LANG": "C",
+            "LC_ALL": "C",
+        }
+
+    def run(
+        self,
+        *args: str,
+        cwd: Path | None = None,
+        check: bool = True,
+        env: dict[str, str] | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run git; with C{check}, a failure shows git's own output."""
+        result = subprocess.run(
+            ["git", *args],
+            cwd=cwd,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"git {' '.join(args)} failed ({result.returncode}):\n"
+                f"{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def output(self, *args: str, cwd: Path | None = None) -> str:
+        return self.run(*args, cwd=cwd).stdout.strip()
+
+    def commit(self, worktree: Path, name: str, content: str, message: str | None = None) -> str:
+        """Write a file, commit it, return the new commit id."""
+        path = worktree / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+        self.run("add", name, cwd=worktree)
+        self.run("commit", "-q", "-m", message or f"change {name}", cwd=worktree)
+        return self.output("rev-parse", "HEAD", cwd=worktree)
+
+    def bare(self, path: Path, **config: str) -> Path:
+        """A new bare repository with C{section.key=value} settings."""
+        self.run("init", "-q", "--bare", str(path))
+        for key, value in config.items():
+            self.run("config", "-f", str(path / "config"), key.replace("__", "."), value)
+        return path
+
+
+@dataclass
+class Daemon:
+    """A running `twistd -n gitserve`, with its log collected."""
+
+    process: subprocess.Popen[str]
+    host: str
+    port: int
+    lines: list[str]
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def url(self, path: str) -> str:
+        return f"{self.base}/{path.lstrip('/')}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def rss(self) -> int:
+        """The daemon's own resident memory in bytes (children not included)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def children(self) -> list[int]:
+        """Pids of the daemon's live child processes (git)."""
+        try:
+            text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(pid) for pid in text.split()]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def daemonCommand(*args: str) -> list[str]:
+    """The twistd command line for gitserve with C{args}, run by this interpreter."""
+    return [
+        sys.executable,
+        "-c",
+        "from twisted.scripts.twistd import run; run()",
+        "-n",
+        "--pidfile=",
+        "--logfile=-",
+        "gitserve",
+        *args,
+    ]
+
+
+def startDaemon(
+    root: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    listen: str = "tcp:0:interface=127.0.0.1",
+) -> Daemon:
+    """
+    Start the daemon on C{root} and wait until it says where it listens.
+
+    @param args: more gitserve options.
+    @param env: the daemon's whole environment (default: this one's, with the
+        checkout on PYTHONPATH).
+    """
+    environ = dict(env if env is not None else os.environ)
+    environ["PYTHONPATH"] = os.pathsep.join(
+        [str(REPOSITORY_ROOT), *filter(None, [environ.get("PYTHONPATH")])]
+    )
+    process = subprocess.Popen(
+        daemonCommand("--root", str(root), "--listen", listen, *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=environ,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+    found: list[tuple[str, int]] = []
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            match = READY.search(line)
+            if match and not found:
+                found.append((match.group(1), int(match.group(2))))
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + START_TIMEOUT
+    while not ready.wait(0.1):
+        if time.monotonic() > deadline:
+            break
+    if not found:
+        process.kill()
+        process.wait()
+        raise AssertionError("gitserve did not start:\n" + "".join(lines))
+    host, port = found[0]
+    return Daemon(process, host, port, lines)
+
+
+@pytest.fixture
+def git(tmp_path: Path) -> GitClient:
+    """A git client with an isolated HOME and config."""
+    return GitClient(tmp_path / "client-home")
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """An empty directory to serve."""
+    path = tmp_path / "srv"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    """Daemons started in a test, all stopped after it."""
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        daemon.stop()
+
+
+@pytest.fixture
+def serve(daemons: list[Daemon]):
+    """Start gitserve on a root with options; stopped at the end of the test."""
+
+    def start(root: Path, *args: str, **kwargs: object) -> Daemon:
+        daemon = startDaemon(root, *args, **kwargs)  # type: ignore[arg-type]
+        daemons.append(daemon)
+        return daemon
+
+    return start
+
+
+@pytest.fixture
+def populated(git: GitClient, root: Path, tmp_path: Path) -> Path:
+    """A worktree with three commits on main, pushed straight to root/project.git."""
+    work = tmp_path / "work"
+    git.run("init", "-q", str(work))
+    for i in range(3):
+        git.commit(work, f"file{i}.txt", f"content {i}\n" * (i + 1))
+    git.bare(root / "project.git")
+    git.run("push", "-q", str(root / "project.git"), "main", cwd=work)
+    return work
