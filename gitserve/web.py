@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -38,6 +38,9 @@ from gitserve.pktline import FLUSH, ProtocolError, parsePktLines, pktLine
 from gitserve.policy import Policy, Service
 from gitserve.repository import ConfigCache, Repository, resolveRepository
 from gitserve.service import Caller, GitBackend, GitProcessProtocol
+
+if TYPE_CHECKING:
+    from gitserve.limits import JobLimiter
 
 # http-backend's default for http.maxRequestBuffer: upload-pack negotiation is
 # buffered whole (a half-duplex client cannot read while it sends), so it is
@@ -90,6 +93,15 @@ class GitRequest(Request):
 
     body: RequestBody | None = None
     _finishPending = False
+    # Set once authentication has decided (see GitServer.userFor).
+    authenticatedUser: str | None = None
+
+    def getUser(self) -> bytes:
+        """
+        The verified user, for the access log; Twisted's own would report any
+        name a client puts in its Authorization header.
+        """
+        return (self.authenticatedUser or "").encode("utf-8")
 
     def headersReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         """Render a POST now, with its body still to come."""
@@ -215,6 +227,8 @@ class GitServer:
     @ivar authenticate: maps a request to its user (L{None} for anonymous);
         the default, with no authentication configured, makes everyone
         anonymous.
+    @ivar challenge: the C{WWW-Authenticate} value a 401 carries.
+    @ivar jobs: the cap on concurrent git children, if any.
     """
 
     root: Any  # pathlib.Path, resolved
@@ -224,20 +238,39 @@ class GitServer:
     configs: ConfigCache = field(default_factory=ConfigCache)
     maxPushSize: int = MAX_PUSH_SIZE
     authenticate: Callable[[Request], Deferred[str | None]] | None = None
+    challenge: bytes = b'Basic realm="gitserve"'
+    jobs: JobLimiter | None = None
 
     def userFor(self, request: Request) -> Deferred[str | None]:
-        """The authenticated user of C{request}, L{None} when anonymous."""
+        """
+        The authenticated user of C{request}, L{None} when anonymous; decided
+        once per request (private mode asks before routing, handlers again).
+        """
         if self.authenticate is None:
             return succeed(None)
-        return self.authenticate(request)
+        decided = getattr(request, "_userDecided", None)
+        if decided is not None:
+            return succeed(request.authenticatedUser)  # type: ignore[attr-defined]
+
+        def remember(user: str | None) -> str | None:
+            request.authenticatedUser = user  # type: ignore[attr-defined]
+            request._userDecided = True  # type: ignore[attr-defined]
+            return user
+
+        return self.authenticate(request).addCallback(remember)
 
     def refusalFor(self, error: HTTPError) -> HTTPError:
         """
         The refusal the client gets. Without authentication configured there
         are no credentials to ask for, so "authenticate first" becomes 403.
         """
-        if isinstance(error, Unauthorized) and self.authenticate is None:
-            return Forbidden(error.message)
+        if isinstance(error, Unauthorized):
+            if self.authenticate is None:
+                return Forbidden(error.message)
+            # The challenge is what makes git ask for credentials (and retry).
+            return Unauthorized(
+                error.message, headers={**error.headers, b"WWW-Authenticate": self.challenge}
+            )
         return error
 
     def caller(self, request: Request, user: str | None, gitProtocol: bytes | None) -> Caller:
@@ -257,8 +290,11 @@ class GitServer:
         user: str | None,
         gitProtocol: bytes | None,
         advertise: bool,
-    ) -> GitProcessProtocol:
-        """Start git for C{request}; the protocol answers it from here on."""
+    ) -> Deferred[GitProcessProtocol]:
+        """
+        Start git for C{request} once a job slot is free; the protocol
+        answers it from there on.
+        """
         kind = b"advertisement" if advertise else b"result"
         contentType = b"application/x-%s-%s" % (service.value.encode("ascii"), kind)
         preamble = b""
@@ -270,18 +306,27 @@ class GitServer:
             f"{service.value}{' advertise' if advertise else ''} repo={repository.name} "
             f"user={user or '-'} protocol=v{protocolVersion(gitProtocol)}"
         )
-        protocol = GitProcessProtocol(
-            request,
-            self.clock,
-            contentType=contentType,
-            description=description,
-            preamble=preamble,
-            killGrace=self.backend.killGrace,
-        )
-        self.backend.spawn(
-            protocol, service, repository, self.caller(request, user, gitProtocol), advertise
-        )
-        return protocol
+
+        def start() -> GitProcessProtocol:
+            protocol = GitProcessProtocol(
+                request,
+                self.clock,
+                contentType=contentType,
+                description=description,
+                preamble=preamble,
+                killGrace=self.backend.killGrace,
+            )
+            self.backend.spawn(
+                protocol, service, repository, self.caller(request, user, gitProtocol), advertise
+            )
+            return protocol
+
+        if self.jobs is None:
+            return maybeDeferred(start)
+        started = self.jobs.run(start)
+        # A client that leaves while queued gives up its place.
+        request.notifyFinish().addErrback(lambda _: started.cancel())
+        return started
 
 
 # The handlers ---------------------------------------------------------------
@@ -312,10 +357,10 @@ def getInfoRefs(
         raise NotFound("Dumb HTTP is not served")
     gitProtocol = gitProtocolOf(request)
 
-    def start(user: str | None) -> None:
+    def start(user: str | None) -> Deferred[None]:
         server.policy.checkService(repository, service, user)
-        protocol = server.runGit(request, repository, service, user, gitProtocol, advertise=True)
-        protocol.transport.closeStdin()
+        started = server.runGit(request, repository, service, user, gitProtocol, advertise=True)
+        return started.addCallback(lambda protocol: protocol.transport.closeStdin())
 
     return server.userFor(request).addCallback(start)
 
@@ -360,14 +405,14 @@ def postUploadPack(
         server.policy.checkService(repository, service, user)
         return request.body.readAll().addCallback(lambda data: (user, data))
 
-    def start(result: tuple[str | None, bytes]) -> None:
+    def start(result: tuple[str | None, bytes]) -> Deferred[None]:
         user, data = result
         try:
             parsePktLines(data)
         except ProtocolError as e:
             raise BadRequest(f"protocol error: {e}") from e
-        protocol = server.runGit(request, repository, service, user, gitProtocol, advertise=False)
-        protocol.feedStdin(data)
+        started = server.runGit(request, repository, service, user, gitProtocol, advertise=False)
+        return started.addCallback(lambda protocol: protocol.feedStdin(data))
 
     return server.userFor(request).addCallback(checkUser).addCallback(start)
 
@@ -385,10 +430,10 @@ def postReceivePack(
     assert request.body is not None
     request.body.limit = server.maxPushSize
 
-    def start(user: str | None) -> None:
+    def start(user: str | None) -> Deferred[None]:
         server.policy.checkService(repository, service, user)
-        protocol = server.runGit(request, repository, service, user, gitProtocol, advertise=False)
-        protocol.streamStdin(request.body)
+        started = server.runGit(request, repository, service, user, gitProtocol, advertise=False)
+        return started.addCallback(lambda protocol: protocol.streamStdin(request.body))
 
     return server.userFor(request).addCallback(start)
 
@@ -425,16 +470,33 @@ class RootResource(Resource):
         self.server = server
 
     def render(self, request: Request) -> bytes | int:
-        try:
-            result = self._dispatch(request)
-        except HTTPError as error:
-            return self._refuse(request, error)
+        if self.server.policy.private:
+            result = self.server.userFor(request).addCallback(self._dispatchPrivate, request)
+        else:
+            try:
+                result = self._dispatch(request)
+            except HTTPError as error:
+                return self._refuse(request, error)
         if isinstance(result, Deferred):
             finished = [False]
             request.notifyFinish().addBoth(lambda _: finished.__setitem__(0, True))
             result.addErrback(self._failed, request, finished)
             return NOT_DONE_YET
         return result
+
+    def _dispatchPrivate(self, user: str | None, request: Request) -> Any:
+        """
+        Private mode: nobody learns anything, not even whether a repository
+        exists, before authenticating, so this comes before routing.
+        """
+        if user is None:
+            raise Unauthorized("Authentication required")
+        result = self._dispatch(request)
+        if isinstance(result, bytes):
+            request.write(result)
+            request.finish()
+            return None
+        return result if isinstance(result, Deferred) else None
 
     def _dispatch(self, request: Request) -> Any:
         segments = []
