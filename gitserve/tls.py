@@ -11,6 +11,7 @@ while established connections keep the one they started with.
 
 from __future__ import annotations
 
+import ipaddress
 import signal
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -117,6 +118,36 @@ def reloadableServerFromString(
     tls = ReloadableServerTLS(load, f"ssl:{port}")
     endpoint = endpoints.SSL4ServerEndpoint(reactor, port, tls, **kwargs)
     return endpoint, tls
+
+
+_plaintextLog = Logger()
+
+
+def warnIfPlaintextAuth(description: str, address: object, tls: ReloadableServerTLS | None) -> bool:
+    """
+    Warn when passwords would cross a network in clear: HTTP Basic sent over
+    plain TCP on an interface other than loopback (a TLS-terminating proxy in
+    front should then listen on loopback, or gitserve serve TLS itself).
+
+    @param address: the listening port's C{getHost()}.
+    @return: whether a warning was logged.
+    """
+    host = getattr(address, "host", None)
+    if tls is not None or getattr(address, "type", None) != "TCP" or host is None:
+        return False
+    try:
+        loopback = ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return False
+    _plaintextLog.warn(
+        "--listen {description}: HTTP Basic passwords would travel unencrypted on {host}; "
+        "serve TLS (ssl:...) or listen on 127.0.0.1 behind a TLS proxy",
+        description=description,
+        host=host,
+    )
+    return True
 
 
 class CertificateReloadService(Service):
