@@ -217,7 +217,9 @@ class RequestBody:
             registered-free afterwards), or fails with an L{HTTPError} or
             L{BodyLost}.
         """
-        self._done = Deferred()
+        # A local reference: a body that is already complete finishes inside
+        # this call, which clears self._done before it is returned.
+        done = self._done = Deferred()
         if self._failure is None and self._received > self.limit:
             self._failure = Failure(
                 RequestTooLarge(f"Request body exceeds the limit of {self.limit} bytes")
@@ -235,7 +237,7 @@ class RequestBody:
             self._finish()
         elif not self._pausedByConsumer:
             self._resumeNetwork()
-        return self._done
+        return done
 
     def discard(self, limit: int, onExceeded: Callable[[], None]) -> None:
         """
