@@ -203,6 +203,9 @@ class GuardedChannel(GitChannel):
         self._cancel("_headerCall")
         self._cancel("_stallCall")
         super().connectionLost(reason)
+        closed = getattr(self.site, "channelClosed", None)
+        if closed is not None:
+            closed(self)
 
     def _cancel(self, name: str) -> None:
         call = getattr(self, name)
@@ -230,7 +233,12 @@ class GuardedChannel(GitChannel):
 
 
 class GuardedSite(GitSite):
-    """A L{GitSite} whose connections are L{GuardedChannel}s."""
+    """
+    A L{GitSite} whose connections are L{GuardedChannel}s, and which knows
+    them all, so that a shutdown can close them once their requests are
+    answered (a response still in a socket buffer when the reactor stops
+    would be cut short).
+    """
 
     protocol = GuardedChannel
 
@@ -246,9 +254,43 @@ class GuardedSite(GitSite):
         super().__init__(resource, timeout=idleTimeout, reactor=reactor, **kwargs)
         self.headerTimeout = headerTimeout
         self.stallTimeout = idleTimeout
+        self.channels: set[GuardedChannel] = set()
+        self._closedWaiters: list[Deferred[None]] = []
 
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)
         channel.headerTimeout = self.headerTimeout
         channel.stallTimeout = self.stallTimeout
+        self.channels.add(channel)
         return channel
+
+    def channelClosed(self, channel: GuardedChannel) -> None:
+        """A connection ended."""
+        self.channels.discard(channel)
+        if not self.channels:
+            waiters, self._closedWaiters = self._closedWaiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def drainConnections(self) -> Deferred[None]:
+        """
+        Close every connection once the request it is answering (if any) is
+        done: idle keep-alive connections now, busy ones after their response.
+        Closing (not aborting) sends what is still buffered first.
+
+        @return: fires when no connection is left.
+        """
+        for channel in list(self.channels):
+            channel.persistent = False
+            if not channel.requests:
+                channel.loseConnection()
+        if not self.channels:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._closedWaiters.append(waiter)
+        return waiter
+
+    def abortConnections(self) -> None:
+        """Drop every connection at once: the last step of a shutdown."""
+        for channel in list(self.channels):
+            channel.transport.abortConnection()

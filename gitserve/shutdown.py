@@ -15,12 +15,12 @@ applied wholly or not at all.
 from __future__ import annotations
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import Deferred, TimeoutError, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gitserve.limits import JobLimiter
+from gitserve.limits import GuardedSite, JobLimiter
 
 DEFAULT_SHUTDOWN_GRACE = 30.0
 
@@ -35,13 +35,20 @@ class GracefulShutdownService(Service):
     log = Logger()
 
     def __init__(
-        self, jobs: JobLimiter, grace: float, killGrace: float, clock: IReactorTime
+        self,
+        jobs: JobLimiter,
+        site: GuardedSite,
+        grace: float,
+        killGrace: float,
+        clock: IReactorTime,
     ) -> None:
         """
+        @param site: its connections are closed as their requests end.
         @param grace: C{--shutdown-grace}: how long transfers may go on.
         @param killGrace: how long a child gets between SIGTERM and SIGKILL.
         """
         self._jobs = jobs
+        self._site = site
         self._grace = grace
         self._killGrace = killGrace
         self._clock = clock
@@ -54,11 +61,13 @@ class GracefulShutdownService(Service):
                 busy=self._jobs.busy,
                 grace=self._grace,
             )
-        drained = self._jobs.whenIdle().addTimeout(self._grace, self._clock)
+        drained = gatherResults(
+            [self._jobs.whenIdle(), self._site.drainConnections()], consumeErrors=True
+        ).addTimeout(self._grace, self._clock)
         return drained.addCallbacks(self._drained, self._graceOver)
 
-    def _drained(self, _: None) -> None:
-        self.log.info("stopping: no git operation in progress")
+    def _drained(self, _: object) -> None:
+        self.log.info("stopping: every transfer finished")
 
     def _graceOver(self, failure: Failure) -> Deferred[None]:
         failure.trap(TimeoutError)
@@ -77,4 +86,9 @@ class GracefulShutdownService(Service):
                 count=len(self._jobs.running),
             )
 
-        return reaped.addErrback(stragglers)
+        def closeTheRest(_: object) -> None:
+            # Their children are gone, so their requests are answered or
+            # aborted; whatever connection is left has nothing to finish.
+            self._site.abortConnections()
+
+        return reaped.addErrback(stragglers).addCallback(closeTheRest)

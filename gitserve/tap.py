@@ -29,6 +29,7 @@ from gitserve.limits import (
     JobLimiter,
     defaultMaxJobs,
 )
+from gitserve.logs import accessLogFormatter
 from gitserve.policy import Policy
 from gitserve.repository import ConfigCache
 from gitserve.service import GitBackend
@@ -250,6 +251,7 @@ def makeService(options: Options) -> IService:
         idleTimeout=options["idle-timeout"],
         headerTimeout=options["header-timeout"],
         logPath=options["access-log"],
+        logFormatter=accessLogFormatter,
         reactor=reactor,
     )
     top = MultiService()
@@ -273,7 +275,7 @@ def makeService(options: Options) -> IService:
         [tls for _, tls in listeners if tls is not None], reactor.callFromThread
     ).setServiceParent(top)
     GracefulShutdownService(
-        jobs, options["shutdown-grace"], backend.killGrace, reactor
+        jobs, site, options["shutdown-grace"], backend.killGrace, reactor
     ).setServiceParent(top)
     # Last, so that it is stopped first: STOPPING=1 before anything else.
     SystemdNotifyService(

@@ -93,15 +93,9 @@ class GitRequest(Request):
 
     body: RequestBody | None = None
     _finishPending = False
-    # Set once authentication has decided (see GitServer.userFor).
+    # Set once authentication has decided (see GitServer.userFor); the
+    # access log shows it.
     authenticatedUser: str | None = None
-
-    def getUser(self) -> bytes:
-        """
-        The verified user, for the access log; Twisted's own would report any
-        name a client puts in its Authorization header.
-        """
-        return (self.authenticatedUser or "").encode("utf-8")
 
     def headersReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         """Render a POST now, with its body still to come."""
