@@ -27,6 +27,8 @@ setup(
             "pytest>=7.4",
             "pytest-timeout>=2.1",
             "hypothesis>=6.80",
+            # The packaging test builds without isolation (no network needed).
+            "wheel",
         ],
     },
     entry_points={

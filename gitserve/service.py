@@ -175,6 +175,7 @@ class GitProcessProtocol(ProcessProtocol):
         self.began = clock.seconds()
         self.done: Deferred[int | None] = Deferred()
         self.failure: Failure | None = None
+        self.body: RequestBody | None = None
         self._killCall: IDelayedCall | None = None
         request.notifyFinish().addErrback(self._requestLost)
 
@@ -204,6 +205,7 @@ class GitProcessProtocol(ProcessProtocol):
             self.failure = failure
             self.terminate()
 
+        self.body = body
         body.streamTo(self.transport).addCallbacks(finished, failed)
 
     # The child's side ------------------------------------------------------
@@ -229,6 +231,10 @@ class GitProcessProtocol(ProcessProtocol):
 
     def processEnded(self, reason: Failure) -> None:
         self.childEnded = True
+        if self.body is not None and not self.body.complete:
+            # git stopped reading before the body ended (it failed, or was
+            # ended): what is left of the body has nowhere to go.
+            self.body.stopProducing()
         if self._killCall is not None and self._killCall.active():
             self._killCall.cancel()
         exitCode = 0 if reason.check(ProcessDone) else getattr(reason.value, "exitCode", None)

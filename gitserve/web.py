@@ -461,7 +461,8 @@ class RootResource(Resource):
 
     def __init__(self, server: GitServer) -> None:
         super().__init__()
-        self.server = server
+        # Not "server": twisted.web's Resource already has an attribute of that name.
+        self.gitServer = server
 
     def render(self, request: Request) -> bytes | int:
         if self.server.policy.private:
@@ -504,17 +505,17 @@ class RootResource(Resource):
             raise NotFound()
         chosen, tail, repositorySegments = matched
         repository = resolveRepository(
-            self.server.root, [s.encode("utf-8") for s in repositorySegments]
+            self.gitServer.root, [s.encode("utf-8") for s in repositorySegments]
         )
         if repository is None:
             raise NotFound()
-        self.server.policy.checkVisible(repository)
+        self.gitServer.policy.checkVisible(repository)
         if request.method not in chosen.methods:
             raise MethodNotAllowed()
-        return chosen.handler(self.server, request, repository, tail)
+        return chosen.handler(self.gitServer, request, repository, tail)
 
     def _refuse(self, request: Request, error: HTTPError) -> bytes:
-        error = self.server.refusalFor(error)
+        error = self.gitServer.refusalFor(error)
         self.log.info(
             "refused {method} {uri}: {code} {message}",
             method=request.method.decode("latin-1"),

@@ -1,11 +1,257 @@
-"""Fakes shared by the unit tests: each one lives here once."""
+"""
+Fakes for unit tests: a reactor that records spawned git children instead of
+running them, and a real GitSite driven over a StringTransport.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.interfaces import IProcessTransport, IPushProducer, IReactorProcess
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gitserve.policy import Policy
+from gitserve.repository import ConfigCache
+from gitserve.service import GitBackend
+from gitserve.web import GitChannel, GitServer, GitSite, RootResource
+
+CLIENT = IPv4Address("TCP", "192.0.2.7", 40000)
+
+
+@implementer(IProcessTransport)
+class FakeProcessTransport:
+    """
+    Stands in for a git child: records stdin, signals and pausing; the test
+    plays git by calling the protocol's outReceived/processEnded.
+    """
+
+    def __init__(self, protocol: object, args: list[str], env: dict[str, str], path: str) -> None:
+        self.protocol = protocol
+        self.args = args
+        self.env = env
+        self.path = path
+        self.pid = 4242
+        self.stdin = b""
+        self.stdinClosed = False
+        self.signals: list[str] = []
+        self.ended = False
+        self.paused = False
+        self.stdinProducer: IPushProducer | None = None
+
+    # What the protocol uses
+    def write(self, data: bytes) -> None:
+        assert not self.stdinClosed, "write after closeStdin"
+        self.stdin += data
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def closeStdin(self) -> None:
+        self.stdinClosed = True
+
+    def closeStdout(self) -> None:
+        pass
+
+    def closeStderr(self) -> None:
+        pass
+
+    def closeChildFD(self, descriptor: int) -> None:
+        pass
+
+    def writeToChild(self, childFD: int, data: bytes) -> None:
+        self.write(data)
+
+    def loseConnection(self) -> None:
+        self.stdinClosed = True
+
+    def signalProcess(self, signalID: str) -> None:
+        if self.ended:
+            raise ProcessExitedAlready()
+        self.signals.append(signalID)
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        self.signalProcess("KILL")
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        assert self.stdinProducer is None, "two stdin producers"
+        self.stdinProducer = producer
+
+    def unregisterProducer(self) -> None:
+        self.stdinProducer = None
+
+    def getPeer(self) -> object:
+        return None
+
+    def getHost(self) -> object:
+        return None
+
+    # What the test uses, playing git
+    def exit(self, code: int = 0) -> None:
+        """End the child with C{code}, as the reactor would report it."""
+        self.ended = True
+        reason = ProcessDone(0) if code == 0 else ProcessTerminated(exitCode=code)
+        self.protocol.processEnded(Failure(reason))  # type: ignore[attr-defined]
+
+
+@implementer(IReactorProcess)
+class FakeProcessReactor(MemoryReactorClock):
+    """A clock and memory reactor that records spawnProcess calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[FakeProcessTransport] = []
+
+    def spawnProcess(
+        self,
+        processProtocol,
+        executable,
+        args=(),
+        env=None,
+        path=None,
+        uid=None,
+        gid=None,
+        usePTY=0,
+        childFDs=None,
+    ):  # noqa: D102
+        transport = FakeProcessTransport(processProtocol, list(args), dict(env or {}), path)
+        self.spawned.append(transport)
+        processProtocol.makeConnection(transport)
+        return transport
+
+
+def makeRepository(path: Path, config: str = "") -> Path:
+    """The smallest directory resolution accepts as a git directory."""
+    (path / "objects").mkdir(parents=True)
+    (path / "refs").mkdir()
+    (path / "HEAD").write_text("ref: refs/heads/main\n")
+    (path / "config").write_text("[core]\n\tbare = true\n" + config)
+    return path
+
+
+@dataclass
+class Response:
+    """A parsed HTTP response."""
+
+    status: int
+    headers: dict[bytes, list[bytes]]
+    body: bytes
+
+    def header(self, name: bytes) -> bytes | None:
+        values = self.headers.get(name.lower())
+        return values[-1] if values else None
+
+
+def parseResponses(data: bytes) -> list[Response]:
+    """Every complete response in C{data} (Content-Length or chunked bodies)."""
+    responses = []
+    while data:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if not sep:
+            break
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ")[1])
+        headers: dict[bytes, list[bytes]] = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers.setdefault(name.strip().lower(), []).append(value.strip())
+        if status == 100:
+            data = rest
+            continue
+        body = b""
+        if b"content-length" in headers:
+            length = int(headers[b"content-length"][-1])
+            body, data = rest[:length], rest[length:]
+        elif headers.get(b"transfer-encoding") == [b"chunked"]:
+            while True:
+                sizeLine, _, rest = rest.partition(b"\r\n")
+                size = int(sizeLine, 16)
+                if size == 0:
+                    rest = rest[2:]
+                    break
+                body += rest[:size]
+                rest = rest[size + 2 :]
+            data = rest
+        else:
+            body, data = rest, b""
+        responses.append(Response(status, headers, body))
+    return responses
+
+
+@dataclass
+class SiteHarness:
+    """
+    The real GitSite over a StringTransport, with a fake process reactor:
+    raw request bytes in, parsed responses and recorded children out.
+    """
+
+    root: Path
+    anonymousPush: bool = False
+    requireExportOk: bool = False
+    environ: dict[str, str] = field(default_factory=lambda: {"PATH": "/usr/bin", "HOME": "/home/g"})
+    reactor: FakeProcessReactor = field(default_factory=FakeProcessReactor)
+
+    def __post_init__(self) -> None:
+        configs = ConfigCache()
+        self.server = GitServer(
+            root=self.root.resolve(),
+            policy=Policy(configs, self.anonymousPush, self.requireExportOk),
+            backend=GitBackend(self.reactor, "/usr/bin/git", self.environ),
+            clock=self.reactor,
+            configs=configs,
+        )
+        self.site = GitSite(RootResource(self.server), reactor=self.reactor)
+        self.connect()
+
+    def connect(self) -> None:
+        """Open a new client connection (the previous one is left as it is)."""
+        self.channel: GitChannel = self.site.buildProtocol(CLIENT)
+        self.transport = StringTransport(peerAddress=CLIENT)
+        self.channel.makeConnection(self.transport)
+
+    def send(self, data: bytes) -> None:
+        self.channel.dataReceived(data)
+
+    def request(
+        self,
+        method: bytes,
+        path: bytes,
+        headers: dict[bytes, bytes] | None = None,
+        body: bytes | None = None,
+    ) -> None:
+        """Send a request; with C{body}, a Content-Length is added."""
+        lines = [b"%s %s HTTP/1.1" % (method, path), b"Host: example"]
+        allHeaders = dict(headers or {})
+        if body is not None and b"Transfer-Encoding" not in allHeaders:
+            allHeaders.setdefault(b"Content-Length", b"%d" % len(body))
+        lines += [b"%s: %s" % item for item in allHeaders.items()]
+        self.send(b"\r\n".join(lines) + b"\r\n\r\n" + (body or b""))
+
+    def responses(self) -> list[Response]:
+        return parseResponses(self.transport.value())
+
+    def response(self) -> Response:
+        responses = self.responses()
+        assert len(responses) == 1, responses
+        return responses[0]
+
+    @property
+    def child(self) -> FakeProcessTransport:
+        assert len(self.reactor.spawned) == 1, self.reactor.spawned
+        return self.reactor.spawned[0]
 
 
 class QueuedThreadRunner:

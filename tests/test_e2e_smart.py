@@ -34,11 +34,17 @@ def test_ls_remote(git: GitClient, daemon: Daemon, populated: Path, version: str
 
 
 @pytest.mark.parametrize("version", ["0", "1", "2"])
-def test_clone(git: GitClient, daemon: Daemon, populated: Path, tmp_path: Path, version: str) -> None:
+def test_clone(
+    git: GitClient, daemon: Daemon, populated: Path, tmp_path: Path, version: str
+) -> None:
     """A clone in each protocol version has every object, the files, and passes fsck."""
     clone = tmp_path / f"clone{version}"
     result = git.run(
-        "-c", f"protocol.version={version}", "clone", daemon.url("project"), str(clone),
+        "-c",
+        f"protocol.version={version}",
+        "clone",
+        daemon.url("project"),
+        str(clone),
         env={"GIT_TRACE_PACKET": "1"},
     )
     # The client really spoke the version asked for.
@@ -53,7 +59,9 @@ def test_clone(git: GitClient, daemon: Daemon, populated: Path, tmp_path: Path, 
     assert countObjects(git, clone) == countObjects(git, populated)
 
 
-def test_fetch_after_new_commits(git: GitClient, daemon: Daemon, populated: Path, tmp_path: Path) -> None:
+def test_fetch_after_new_commits(
+    git: GitClient, daemon: Daemon, populated: Path, tmp_path: Path
+) -> None:
     """A fetch brings exactly the commits pushed since the clone."""
     clone = tmp_path / "clone"
     git.run("clone", "-q", daemon.url("project.git"), str(clone))
@@ -77,7 +85,9 @@ def test_partial_clone(git: GitClient, daemon: Daemon, root: Path, tmp_path: Pat
     """--filter=blob:none leaves blobs out until checkout asks for them."""
     git.run("config", "-f", str(root / "project.git" / "config"), "uploadpack.allowFilter", "true")
     clone = tmp_path / "partial"
-    git.run("clone", "-q", "--no-checkout", "--filter=blob:none", daemon.url("project.git"), str(clone))
+    git.run(
+        "clone", "-q", "--no-checkout", "--filter=blob:none", daemon.url("project.git"), str(clone)
+    )
     missing = git.output("rev-list", "--objects", "--all", "--missing=print", cwd=clone)
     assert sum(line.startswith("?") for line in missing.splitlines()) == 3
     git.run("checkout", "-q", "main", cwd=clone)
@@ -123,7 +133,9 @@ def test_push_lifecycle(git: GitClient, serve, root: Path, tmp_path: Path) -> No
     git.run("fsck", "--strict", cwd=server)
 
 
-def test_pushers_identity_reaches_reflog(git: GitClient, serve, root: Path, populated: Path) -> None:
+def test_pushers_identity_reaches_reflog(
+    git: GitClient, serve, root: Path, populated: Path
+) -> None:
     """The server's reflog names the pusher as http-backend would: anonymous@http.<addr>."""
     git.run("config", "-f", str(root / "project.git" / "config"), "core.logAllRefUpdates", "true")
     daemon = serve(root, "--anonymous-push")
@@ -133,7 +145,9 @@ def test_pushers_identity_reaches_reflog(git: GitClient, serve, root: Path, popu
     assert "anonymous <anonymous@http.127.0.0.1>" in log
 
 
-def test_pre_receive_refusal_is_shown(git: GitClient, daemon: Daemon, root: Path, populated: Path) -> None:
+def test_pre_receive_refusal_is_shown(
+    git: GitClient, daemon: Daemon, root: Path, populated: Path
+) -> None:
     """A pre-receive hook's refusal reaches the pusher as `remote: ...` and changes nothing."""
     hook = root / "project.git" / "hooks" / "pre-receive"
     hook.write_text("#!/bin/sh\necho 'policy: pushes to main are frozen' >&2\nexit 1\n")
@@ -154,7 +168,9 @@ def test_missing_repository_is_404(git: GitClient, daemon: Daemon, tmp_path: Pat
     assert "not found" in result.stderr.lower() or "404" in result.stderr
 
 
-def test_disabled_upload_pack_is_403(git: GitClient, daemon: Daemon, root: Path, tmp_path: Path) -> None:
+def test_disabled_upload_pack_is_403(
+    git: GitClient, daemon: Daemon, root: Path, tmp_path: Path
+) -> None:
     """http.uploadpack=false refuses the fetch with 403 and git shows why."""
     git.run("config", "-f", str(root / "project.git" / "config"), "http.uploadpack", "false")
     result = git.run("clone", daemon.url("project.git"), str(tmp_path / "x"), check=False)
@@ -163,8 +179,10 @@ def test_disabled_upload_pack_is_403(git: GitClient, daemon: Daemon, root: Path,
     assert "Service not enabled: 'upload-pack'" in result.stderr
 
 
-def test_anonymous_push_refused_by_default(git: GitClient, serve, root: Path, populated: Path) -> None:
-    """Without --anonymous-push or http.receivepack, a push is refused with a reason; with it, it lands."""
+def test_anonymous_push_refused_by_default(
+    git: GitClient, serve, root: Path, populated: Path
+) -> None:
+    """An anonymous push is refused with a reason; with http.receivepack=true it lands."""
     daemon = serve(root)
     git.commit(populated, "y", "y\n")
     refused = git.run("push", daemon.url("project.git"), "main", cwd=populated, check=False)
@@ -196,8 +214,10 @@ def uploadPackRequest(wants: list[str]) -> bytes:
     return b"".join(lines) + FLUSH + pktLine(b"done\n")
 
 
-def test_slow_reader_keeps_server_memory_flat(git: GitClient, serve, root: Path, tmp_path: Path) -> None:
-    """A client that stops reading a large pack pauses git: server RSS stays flat, the pack completes."""
+def test_slow_reader_keeps_server_memory_flat(
+    git: GitClient, serve, root: Path, tmp_path: Path
+) -> None:
+    """A client that stops reading pauses git: server RSS stays flat, the pack completes."""
     work = tmp_path / "big"
     git.run("init", "-q", str(work))
     (work / "blob.bin").write_bytes(os.urandom(48 * 1024 * 1024))

@@ -1,0 +1,61 @@
+"""Packaging: a regular (non-editable) install exposes the twistd plugin."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPOSITORY_ROOT
+
+
+def test_regular_install_lists_the_plugin(tmp_path: Path) -> None:
+    """`pip install .` puts twisted/plugins/gitserve_plugin.py where `twistd --help` finds it."""
+    target = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(REPOSITORY_ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    assert (target / "twisted" / "plugins" / "gitserve_plugin.py").is_file()
+    assert not (target / "twisted" / "plugins" / "__init__.py").exists()
+    # Run from an empty directory, with only the installed copy on the path.
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    result = subprocess.run(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "gitserve" in result.stdout
+    help = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "gitserve",
+            "--help",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    for option in ("--root", "--listen", "--anonymous-push", "--require-export-ok"):
+        assert option in help.stdout

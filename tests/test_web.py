@@ -1,0 +1,406 @@
+"""Routing, status codes, headers and the git child's wiring, with Twisted fakes."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
+
+from gitserve.pktline import FLUSH, parsePktLines, pktLine
+from gitserve.web import DISCARD_LIMIT, MAX_REQUEST_BUFFER
+from tests.fakes import SiteHarness, makeRepository
+
+UPLOAD_REQUEST = {b"Content-Type": b"application/x-git-upload-pack-request"}
+RECEIVE_REQUEST = {b"Content-Type": b"application/x-git-receive-pack-request"}
+NEGOTIATION = pktLine(b"want " + b"a" * 40 + b"\n") + FLUSH + pktLine(b"done\n")
+NO_CACHE = {
+    b"expires": b"Fri, 01 Jan 1980 00:00:00 GMT",
+    b"pragma": b"no-cache",
+    b"cache-control": b"no-cache, max-age=0, must-revalidate",
+}
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    makeRepository(tmp_path / "project.git")
+    return tmp_path
+
+
+@pytest.fixture
+def site(root: Path) -> SiteHarness:
+    return SiteHarness(root)
+
+
+def assertNoCache(response) -> None:
+    for name, value in NO_CACHE.items():
+        assert response.header(name) == value, name
+
+
+def test_v0_advertisement(site: SiteHarness, root: Path) -> None:
+    """info/refs runs upload-pack --advertise-refs on the real path, after the preamble."""
+    site.request(b"GET", b"/project/info/refs?service=git-upload-pack")
+    child = site.child
+    assert child.args == [
+        "/usr/bin/git",
+        "upload-pack",
+        "--strict",
+        "--stateless-rpc",
+        "--advertise-refs",
+        str((root / "project.git").resolve()),
+    ]
+    assert child.stdinClosed
+    child.protocol.outReceived(b"0010refs-go-here")
+    child.exit(0)
+    response = site.response()
+    assert response.status == 200
+    assert response.header(b"content-type") == b"application/x-git-upload-pack-advertisement"
+    assertNoCache(response)
+    assert response.body == pktLine(b"# service=git-upload-pack\n") + FLUSH + b"0010refs-go-here"
+
+
+def test_v2_advertisement_has_no_preamble(site: SiteHarness) -> None:
+    """With Git-Protocol: version=2 the preamble is dropped and GIT_PROTOCOL reaches git."""
+    site.request(
+        b"GET", b"/project.git/info/refs?service=git-upload-pack", {b"Git-Protocol": b"version=2"}
+    )
+    assert site.child.env["GIT_PROTOCOL"] == "version=2"
+    site.child.protocol.outReceived(b"000eversion 2\n0000")
+    site.child.exit(0)
+    assert site.response().body == b"000eversion 2\n0000"
+
+
+def test_child_environment_is_an_allowlist(root: Path) -> None:
+    """git sees PATH, HOME and the http-backend variables, nothing else of the daemon's env."""
+    site = SiteHarness(
+        root,
+        environ={
+            "PATH": "/usr/bin",
+            "HOME": "/home/g",
+            "GIT_DIR": "/etc",
+            "LD_PRELOAD": "x.so",
+            "GIT_CONFIG_PARAMETERS": "'core.x'='y'",
+        },
+    )
+    site.request(
+        b"GET",
+        b"/project.git/info/refs?service=git-upload-pack",
+        {b"User-Agent": b"git/2.39.5\x01"},
+    )
+    assert site.child.env == {
+        "PATH": "/usr/bin",
+        "HOME": "/home/g",
+        "REMOTE_ADDR": "192.0.2.7",
+        "GIT_COMMITTER_NAME": "anonymous",
+        "GIT_COMMITTER_EMAIL": "anonymous@http.192.0.2.7",
+        "GIT_HTTP_USER_AGENT": "git/2.39.5",
+    }
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"version=2\x00",
+        b"version=2 x",
+        b"version=2;rm",
+        b"a" * 300,
+        b":version=2",
+        b"",
+    ],
+)
+def test_invalid_git_protocol_is_refused(site: SiteHarness, header: bytes) -> None:
+    """A malformed Git-Protocol header gets 400 and never reaches git."""
+    site.request(
+        b"GET", b"/project.git/info/refs?service=git-upload-pack", {b"Git-Protocol": header}
+    )
+    assert site.response().status == 400
+    assert site.reactor.spawned == []
+
+
+@pytest.mark.parametrize(
+    "method, path, status",
+    [
+        (b"GET", b"/missing.git/info/refs?service=git-upload-pack", 404),
+        (b"GET", b"/project.git/info/refs?service=git-frobnicate", 403),
+        (b"GET", b"/project.git/info/refs?service=git-upload-pack&service=git-receive-pack", 403),
+        (b"GET", b"/project.git/git-upload-pack", 405),
+        (b"PUT", b"/project.git/info/refs?service=git-upload-pack", 405),
+        (b"GET", b"/project.git/../project.git/info/refs?service=git-upload-pack", 404),
+        (b"GET", b"/project.git/nothing-here", 404),
+        (b"GET", b"/info/refs?service=git-upload-pack", 404),
+        (b"POST", b"/missing.git/git-upload-pack", 404),
+    ],
+)
+def test_status_codes(site: SiteHarness, method: bytes, path: bytes, status: int) -> None:
+    """Routing answers like http-backend, with a no-cache text/plain message and no git run."""
+    site.request(method, path)
+    response = site.response()
+    assert response.status == status
+    assert response.header(b"content-type") == b"text/plain; charset=utf-8"
+    assertNoCache(response)
+    assert site.reactor.spawned == []
+
+
+def test_405_is_400_for_http_1_0(site: SiteHarness) -> None:
+    """HTTP/1.0 has no 405: http-backend answers 400 there."""
+    site.send(b"GET /project.git/git-upload-pack HTTP/1.0\r\n\r\n")
+    assert site.response().status == 400
+
+
+def test_disabled_service_is_403(root: Path) -> None:
+    """http.uploadpack=false refuses upload-pack with the message git shows."""
+    makeRepository(root / "off.git", "[http]\n\tuploadpack = false\n")
+    site = SiteHarness(root)
+    site.request(b"GET", b"/off.git/info/refs?service=git-upload-pack")
+    response = site.response()
+    assert response.status == 403
+    assert response.body == b"Service not enabled: 'upload-pack'\n"
+
+
+def test_export_ok_required(root: Path) -> None:
+    """With --require-export-ok a repository without the flag file is a 404; with it, served."""
+    site = SiteHarness(root, requireExportOk=True)
+    site.request(b"GET", b"/project.git/info/refs?service=git-upload-pack")
+    assert site.response().status == 404
+    (root / "project.git" / "git-daemon-export-ok").touch()
+    site.connect()
+    site.request(b"GET", b"/project.git/info/refs?service=git-upload-pack")
+    assert len(site.reactor.spawned) == 1
+
+
+def test_wrong_content_type_is_415(site: SiteHarness) -> None:
+    """A POST with another Content-Type is refused before git starts."""
+    site.request(
+        b"POST", b"/project.git/git-upload-pack", {b"Content-Type": b"text/plain"}, NEGOTIATION
+    )
+    assert site.response().status == 415
+    assert site.reactor.spawned == []
+
+
+def test_declared_oversize_is_413_before_the_body(site: SiteHarness) -> None:
+    """A Content-Length above the request buffer is refused from the headers alone."""
+    site.send(
+        b"POST /project.git/git-upload-pack HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/x-git-upload-pack-request\r\n"
+        b"Content-Length: %d\r\n\r\n" % (MAX_REQUEST_BUFFER + 1)
+    )
+    response = site.response()
+    assert response.status == 413
+    assert site.reactor.spawned == []
+
+
+def test_upload_pack_body_is_checked_then_fed(site: SiteHarness) -> None:
+    """The negotiation is buffered whole, then written to git's stdin and closed."""
+    site.request(b"POST", b"/project.git/git-upload-pack", UPLOAD_REQUEST, NEGOTIATION)
+    child = site.child
+    assert child.args[-2:] == ["--stateless-rpc", child.args[-1]]
+    assert child.stdin == NEGOTIATION
+    assert child.stdinClosed
+    child.protocol.outReceived(b"0008NAK\n")
+    child.exit(0)
+    response = site.response()
+    assert response.header(b"content-type") == b"application/x-git-upload-pack-result"
+    assert response.body == b"0008NAK\n"
+
+
+@pytest.mark.parametrize("body", [b"-001", b"00_4abcd", b"000aab", b"ffffxyz"])
+def test_malformed_negotiation_is_400(site: SiteHarness, body: bytes) -> None:
+    """Bytes that are not pkt-lines get a protocol error instead of reaching git."""
+    site.request(b"POST", b"/project.git/git-upload-pack", UPLOAD_REQUEST, body)
+    response = site.response()
+    assert response.status == 400
+    assert b"protocol error" in response.body
+    assert site.reactor.spawned == []
+
+
+def test_gzip_negotiation_is_inflated(site: SiteHarness) -> None:
+    """A gzip request body reaches git inflated."""
+    headers = {**UPLOAD_REQUEST, b"Content-Encoding": b"gzip"}
+    site.request(b"POST", b"/project.git/git-upload-pack", headers, gzip.compress(NEGOTIATION))
+    assert site.child.stdin == NEGOTIATION
+
+
+def test_gzip_bomb_stops_at_the_cap(site: SiteHarness) -> None:
+    """A small gzip body that inflates past the request buffer is refused with 413."""
+    bomb = gzip.compress(b"0" * (MAX_REQUEST_BUFFER + 1024 * 1024), compresslevel=9)
+    assert len(bomb) < 100 * 1024
+    headers = {**UPLOAD_REQUEST, b"Content-Encoding": b"gzip"}
+    site.request(b"POST", b"/project.git/git-upload-pack", headers, bomb)
+    assert site.response().status == 413
+    assert site.reactor.spawned == []
+
+
+def test_broken_gzip_is_400(site: SiteHarness) -> None:
+    """A body that claims gzip and is not gets 400."""
+    headers = {**UPLOAD_REQUEST, b"Content-Encoding": b"gzip"}
+    site.request(b"POST", b"/project.git/git-upload-pack", headers, b"not gzip at all")
+    assert site.response().status == 400
+
+
+def test_anonymous_push_refused_without_reading_the_body(site: SiteHarness) -> None:
+    """Anonymous receive-pack is refused (403, no auth configured) from the headers alone."""
+    site.send(
+        b"POST /project.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/x-git-receive-pack-request\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    response = site.response()
+    assert response.status == 403
+    assert b"Anonymous push is not allowed" in response.body
+    assert site.reactor.spawned == []
+
+
+def test_refused_body_is_dropped_up_to_a_limit(site: SiteHarness) -> None:
+    """A refused request's body is discarded, and past the discard limit the connection closes."""
+    site.send(
+        b"POST /project.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/x-git-receive-pack-request\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    chunk = b"x" * 65536
+    for _ in range(DISCARD_LIMIT // len(chunk)):
+        site.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    assert not site.transport.disconnecting
+    site.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    assert site.transport.disconnecting
+
+
+def test_refused_small_body_keeps_the_connection(site: SiteHarness) -> None:
+    """After a refused request with a small body, the next request on the connection is served."""
+    site.request(b"POST", b"/project.git/git-receive-pack", RECEIVE_REQUEST, b"0000")
+    site.request(b"GET", b"/project.git/info/refs?service=git-upload-pack")
+    assert [r.status for r in site.responses()] == [403]
+    assert len(site.reactor.spawned) == 1
+
+
+def test_push_streams_into_git_with_back_pressure(root: Path) -> None:
+    """receive-pack starts at the headers; body chunks reach stdin as they come, paced by git."""
+    site = SiteHarness(root, anonymousPush=True)
+    site.send(
+        b"POST /project.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/x-git-receive-pack-request\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    child = site.child
+    assert child.args[1] == "receive-pack"
+    assert child.stdinProducer is not None
+    site.send(b"5\r\nhello\r\n")
+    assert child.stdin == b"hello"
+    # git stops reading: the network is paused until it catches up.
+    child.stdinProducer.pauseProducing()
+    assert site.transport.producerState == "paused"
+    child.stdinProducer.resumeProducing()
+    assert site.transport.producerState == "producing"
+    site.send(b"6\r\n world\r\n0\r\n\r\n")
+    assert child.stdin == b"hello world"
+    assert child.stdinClosed
+    child.protocol.outReceived(b"0030\x01000eunpack ok\n0019ok refs/heads/main\n00000000")
+    child.exit(0)
+    response = site.response()
+    assert response.status == 200
+    assert response.header(b"content-type") == b"application/x-git-receive-pack-result"
+
+
+def test_push_over_the_size_limit_ends_git(root: Path) -> None:
+    """A streamed push past --max-push-size stops git and answers 413."""
+    site = SiteHarness(root, anonymousPush=True)
+    site.server.maxPushSize = 10
+    site.send(
+        b"POST /project.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/x-git-receive-pack-request\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    site.send(b"10\r\n" + b"y" * 16 + b"\r\n")
+    child = site.child
+    assert child.signals == ["TERM"]
+    child.exit(1)
+    site.send(b"0\r\n\r\n")
+    response = site.response()
+    assert response.status == 413
+
+
+def test_error_before_output_becomes_err_packet(site: SiteHarness) -> None:
+    """git failing before writing anything gives the client an ERR packet with git's complaint."""
+    site.request(b"GET", b"/project.git/info/refs?service=git-upload-pack")
+    site.child.protocol.errReceived(b"fatal: bad config line 1 in file config\n")
+    site.child.exit(128)
+    response = site.response()
+    assert response.status == 200
+    assert parsePktLines(response.body) == [b"ERR fatal: bad config line 1 in file config\n"]
+
+
+def test_dubious_ownership_is_not_leaked(site: SiteHarness) -> None:
+    """git's ownership refusal tells the client to ask the admin, not where the repository is."""
+    site.request(b"GET", b"/project.git/info/refs?service=git-upload-pack")
+    site.child.protocol.errReceived(
+        b"fatal: detected dubious ownership in repository at '/srv/secret/project.git'\n"
+    )
+    site.child.exit(128)
+    body = site.response().body
+    assert b"/srv/secret" not in body
+    assert b"ownership" in body
+
+
+def test_error_after_output_aborts(site: SiteHarness) -> None:
+    """git failing mid-response aborts the connection rather than finishing a truncated reply."""
+    site.request(b"POST", b"/project.git/git-upload-pack", UPLOAD_REQUEST, NEGOTIATION)
+    site.child.protocol.outReceived(b"0008NAK\n")
+    site.child.exit(1)
+    assert site.transport.disconnecting
+    assert not site.transport.value().endswith(b"0\r\n\r\n")
+
+
+def test_client_pause_pauses_git(site: SiteHarness) -> None:
+    """When the client's socket backs up, git's output is paused, and resumed after."""
+    site.request(b"POST", b"/project.git/git-upload-pack", UPLOAD_REQUEST, NEGOTIATION)
+    child = site.child
+    child.protocol.outReceived(b"0008NAK\n")
+    site.channel.pauseProducing()
+    assert child.paused
+    site.channel.resumeProducing()
+    assert not child.paused
+
+
+def test_disconnect_ends_git(site: SiteHarness) -> None:
+    """A client that goes away gets its git child TERMed, then KILLed after the grace."""
+    site.request(b"POST", b"/project.git/git-upload-pack", UPLOAD_REQUEST, NEGOTIATION)
+    child = site.child
+    child.protocol.outReceived(b"0008NAK\n")
+    site.channel.connectionLost(Failure(ConnectionDone()))
+    assert child.signals == ["TERM"]
+    site.reactor.advance(site.server.backend.killGrace + 0.1)
+    assert child.signals == ["TERM", "KILL"]
+    child.exit(-9)
+
+
+def test_disconnect_after_exit_leaves_nothing_scheduled(site: SiteHarness) -> None:
+    """A child that ends within its grace period leaves no kill timer behind."""
+    site.request(b"POST", b"/project.git/git-upload-pack", UPLOAD_REQUEST, NEGOTIATION)
+    child = site.child
+    child.protocol.outReceived(b"0008NAK\n")
+    child.protocol.terminate()
+    child.exit(0)
+    pending = [call.func for call in site.reactor.getDelayedCalls() if call.active()]
+    assert child.protocol._kill not in pending
+
+
+def test_git_ending_mid_push_drops_the_rest_of_the_body(root: Path) -> None:
+    """When receive-pack dies while the body still streams, the client gets git's answer."""
+    site = SiteHarness(root, anonymousPush=True)
+    site.send(
+        b"POST /project.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/x-git-receive-pack-request\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    )
+    child = site.child
+    child.protocol.errReceived(b"fatal: protocol error: bad line length character: hell\n")
+    child.exit(128)
+    assert child.stdinProducer is None
+    site.send(b"5\r\nworld\r\n0\r\n\r\n")
+    response = site.response()
+    assert parsePktLines(response.body) == [
+        b"ERR fatal: protocol error: bad line length character: hell\n"
+    ]
+    assert not site.transport.disconnecting
