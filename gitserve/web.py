@@ -465,8 +465,8 @@ class RootResource(Resource):
         self.gitServer = server
 
     def render(self, request: Request) -> bytes | int:
-        if self.server.policy.private:
-            result = self.server.userFor(request).addCallback(self._dispatchPrivate, request)
+        if self.gitServer.policy.private:
+            result = self.gitServer.userFor(request).addCallback(self._dispatchPrivate, request)
         else:
             try:
                 result = self._dispatch(request)

@@ -5,6 +5,8 @@ running them, and a real GitSite driven over a StringTransport.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,3 +279,13 @@ class QueuedThreadRunner:
         while self.pending:
             f, args, d = self.pending.pop(0)
             maybeDeferred(f, *args).chainDeferred(d)
+
+
+def scratchDirectory(case: Any) -> Path:
+    """
+    A fresh directory removed after the test; trial's own C{mktemp} would
+    leave its directories in the working tree when run by pytest.
+    """
+    path = Path(tempfile.mkdtemp(prefix="gitserve-test-"))
+    case.addCleanup(shutil.rmtree, path, True)
+    return path

@@ -24,7 +24,7 @@ from gitserve.auth import (
     makePortal,
     parseHtpasswd,
 )
-from tests.fakes import QueuedThreadRunner
+from tests.fakes import QueuedThreadRunner, scratchDirectory
 
 
 def htpasswdLine(user: str, password: str) -> str:
@@ -75,7 +75,7 @@ class ParseHtpasswdTests(SynchronousTestCase):
 
 class HtpasswdCheckerTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.path = Path(self.mktemp())
+        self.path = scratchDirectory(self) / "users"
         self.path.write_text(htpasswdLine("alice", "secret") + "\n")
         self.runner = QueuedThreadRunner()
         self.clock = MemoryReactorClock()
@@ -151,13 +151,13 @@ class HtpasswdCheckerTests(SynchronousTestCase):
 class StrcredTests(SynchronousTestCase):
     def test_htpasswdPluginBuildsTheChecker(self) -> None:
         """`--auth htpasswd:FILE` goes through strcred to an HtpasswdChecker."""
-        path = Path(self.mktemp())
+        path = scratchDirectory(self) / "users"
         path.write_text(htpasswdLine("alice", "a") + "\n")
         self.assertIsInstance(strcred.makeChecker(f"htpasswd:{path}"), HtpasswdChecker)
 
     def test_htpasswdPluginReportsBadLineAsUsageError(self) -> None:
         """A bad entry becomes a usage error, which twistd prints without a traceback."""
-        path = Path(self.mktemp())
+        path = scratchDirectory(self) / "users"
         path.write_text("alice:{SHA}abc\n")
         with self.assertRaises(usage.UsageError) as caught:
             strcred.makeChecker(f"htpasswd:{path}")

@@ -44,7 +44,9 @@ def withCredentials(url: str, user: str, password: str) -> str:
     return url.replace("://", f"://{user}:{password}@", 1)
 
 
-def get(daemon: Daemon, path: str, headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
+def get(
+    daemon: Daemon, path: str, headers: dict[str, str] | None = None
+) -> http.client.HTTPResponse:
     """One plain HTTP GET; the response is read whole."""
     connection = http.client.HTTPConnection(daemon.host, daemon.port, timeout=30)
     connection.request("GET", path, headers=headers or {})
@@ -120,14 +122,21 @@ def test_anonymous_clone_authenticated_push(
     envFile = tmp_path / "hook-env"
     hook = root / "project.git" / "hooks" / "pre-receive"
     hook.write_text(
-        f"#!/bin/sh\nenv | grep -E '^(REMOTE_USER|GIT_COMMITTER_NAME|GIT_COMMITTER_EMAIL)=' > {envFile}\n"
+        "#!/bin/sh\n"
+        f"env | grep -E '^(REMOTE_USER|GIT_COMMITTER_NAME|GIT_COMMITTER_EMAIL)=' > {envFile}\n"
     )
     hook.chmod(0o755)
     daemon = serve(root, "--auth", f"htpasswd:{users}")
     clone = tmp_path / "clone"
     git.run("clone", "-q", daemon.url("project.git"), str(clone))
     new = git.commit(clone, "alice.txt", "from alice\n")
-    git.run("push", "-q", withCredentials(daemon.url("project.git"), "alice", "secret"), "main", cwd=clone)
+    git.run(
+        "push",
+        "-q",
+        withCredentials(daemon.url("project.git"), "alice", "secret"),
+        "main",
+        cwd=clone,
+    )
     assert git.output("rev-parse", "main", cwd=root / "project.git") == new
     seen = dict(line.split("=", 1) for line in envFile.read_text().splitlines())
     assert seen == {
@@ -141,7 +150,7 @@ def test_anonymous_clone_authenticated_push(
 def test_anonymous_push_is_asked_for_credentials(
     git: GitClient, serve, root: Path, populated: Path, users: Path, tmp_path: Path
 ) -> None:
-    """The receive-pack advertisement answers 401 with a challenge, so git prompts before sending a pack."""
+    """receive-pack's advertisement answers 401 with a challenge: git prompts before any pack."""
     daemon = serve(root, "--auth", f"htpasswd:{users}", "--realm", "team repos")
     response = get(daemon, "/project.git/info/refs?service=git-receive-pack")
     assert response.status == 401
@@ -160,19 +169,32 @@ def test_anonymous_push_is_asked_for_credentials(
         'case "$1" in Username*) echo alice;; *) echo secret;; esac\n'
     )
     askpass.chmod(0o755)
-    git.run("push", "-q", daemon.url("project.git"), "main", cwd=populated, env={"GIT_ASKPASS": str(askpass)})
+    git.run(
+        "push",
+        "-q",
+        daemon.url("project.git"),
+        "main",
+        cwd=populated,
+        env={"GIT_ASKPASS": str(askpass)},
+    )
     assert git.output("rev-parse", "main", cwd=root / "project.git") == new
     asked = prompts.read_text()
     assert "Username for 'http://127.0.0.1:" in asked and "Password for 'http://alice@" in asked
 
 
-def test_wrong_password_fails(git: GitClient, serve, root: Path, populated: Path, users: Path) -> None:
+def test_wrong_password_fails(
+    git: GitClient, serve, root: Path, populated: Path, users: Path
+) -> None:
     """A wrong password is refused and nothing changes."""
     daemon = serve(root, "--auth", f"htpasswd:{users}")
     before = git.output("rev-parse", "main", cwd=root / "project.git")
     git.commit(populated, "nope.txt", "x\n")
     result = git.run(
-        "push", withCredentials(daemon.url("project.git"), "alice", "wrong"), "main", cwd=populated, check=False
+        "push",
+        withCredentials(daemon.url("project.git"), "alice", "wrong"),
+        "main",
+        cwd=populated,
+        check=False,
     )
     assert result.returncode != 0
     assert "Authentication failed" in result.stderr
@@ -188,33 +210,55 @@ def test_htpasswd_changes_without_restart(
     time.sleep(0.01)
     htpasswd(users, "bob", "hunter2")
     new = git.commit(populated, "bob.txt", "bob\n")
-    git.run("push", "-q", withCredentials(daemon.url("project.git"), "bob", "hunter2"), "main", cwd=populated)
+    git.run(
+        "push",
+        "-q",
+        withCredentials(daemon.url("project.git"), "bob", "hunter2"),
+        "main",
+        cwd=populated,
+    )
     assert git.output("rev-parse", "main", cwd=root / "project.git") == new
 
 
 def test_unsupported_htpasswd_entry_stops_start_up(root: Path, users: Path) -> None:
     """An MD5 entry stops the daemon at start-up, naming the file and line."""
-    subprocess.run(["htpasswd", "-b", "-m", str(users), "carol", "pw"], check=True, capture_output=True)
+    subprocess.run(
+        ["htpasswd", "-b", "-m", str(users), "carol", "pw"], check=True, capture_output=True
+    )
     env = {**os.environ, "PYTHONPATH": str(REPOSITORY_ROOT)}
     result = subprocess.run(
-        daemonCommand("--root", str(root), "--listen", "tcp:0:interface=127.0.0.1", "--auth", f"htpasswd:{users}"),
+        daemonCommand(
+            "--root",
+            str(root),
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--auth",
+            f"htpasswd:{users}",
+        ),
         capture_output=True,
         text=True,
         env=env,
         timeout=60,
     )
     assert result.returncode != 0
-    assert f"{users}:2: password scheme MD5 ($apr1$) is not supported" in result.stdout + result.stderr
+    assert (
+        f"{users}:2: password scheme MD5 ($apr1$) is not supported" in result.stdout + result.stderr
+    )
 
 
-def test_private_mode(git: GitClient, serve, root: Path, populated: Path, users: Path, tmp_path: Path) -> None:
-    """--private: nothing without a user, a missing repository looks like a private one, alice clones."""
+def test_private_mode(
+    git: GitClient, serve, root: Path, populated: Path, users: Path, tmp_path: Path
+) -> None:
+    """--private: nothing without a user, missing looks like private, alice clones."""
     daemon = serve(root, "--auth", f"htpasswd:{users}", "--private")
     refused = git.run("clone", daemon.url("project.git"), str(tmp_path / "anon"), check=False)
     assert refused.returncode != 0 and "could not read Username" in refused.stderr
 
     answers = []
-    for path in ("/project.git/info/refs?service=git-upload-pack", "/missing.git/info/refs?service=git-upload-pack"):
+    for path in (
+        "/project.git/info/refs?service=git-upload-pack",
+        "/missing.git/info/refs?service=git-upload-pack",
+    ):
         for headers in ({}, {"Authorization": "Basic YWxpY2U6d3Jvbmc="}):  # alice:wrong
             response = get(daemon, path, headers)
             answers.append((response.status, response.getheader("WWW-Authenticate"), response.body))
@@ -222,9 +266,15 @@ def test_private_mode(git: GitClient, serve, root: Path, populated: Path, users:
     assert all(answer == answers[0] for answer in answers), answers
 
     clone = tmp_path / "clone"
-    git.run("clone", "-q", withCredentials(daemon.url("project.git"), "alice", "secret"), str(clone))
+    git.run(
+        "clone", "-q", withCredentials(daemon.url("project.git"), "alice", "secret"), str(clone)
+    )
     assert (clone / "file0.txt").read_text() == "content 0\n"
-    missing = get(daemon, "/missing.git/info/refs?service=git-upload-pack", {"Authorization": "Basic YWxpY2U6c2VjcmV0"})
+    missing = get(
+        daemon,
+        "/missing.git/info/refs?service=git-upload-pack",
+        {"Authorization": "Basic YWxpY2U6c2VjcmV0"},
+    )
     assert missing.status == 404
 
 
@@ -232,7 +282,13 @@ def test_strcred_memory_checker(git: GitClient, serve, root: Path, populated: Pa
     """Twisted's own memory: checker works through --auth too."""
     daemon = serve(root, "--auth", "memory:dave:pw")
     new = git.commit(populated, "dave.txt", "d\n")
-    git.run("push", "-q", withCredentials(daemon.url("project.git"), "dave", "pw"), "main", cwd=populated)
+    git.run(
+        "push",
+        "-q",
+        withCredentials(daemon.url("project.git"), "dave", "pw"),
+        "main",
+        cwd=populated,
+    )
     assert git.output("rev-parse", "main", cwd=root / "project.git") == new
 
 
@@ -246,11 +302,20 @@ def test_access_log_and_operation_log(
     accessLog = tmp_path / "access.log"
     daemon = serve(root, "--auth", f"htpasswd:{users}", "--access-log", str(accessLog))
     git.commit(populated, "log.txt", "x\n")
-    git.run("push", "-q", withCredentials(daemon.url("project.git"), "alice", "secret"), "main", cwd=populated)
+    git.run(
+        "push",
+        "-q",
+        withCredentials(daemon.url("project.git"), "alice", "secret"),
+        "main",
+        cwd=populated,
+    )
     git.run("-c", "protocol.version=2", "ls-remote", daemon.url("project.git"))
-    waitFor(lambda: accessLog.exists() and accessLog.read_text().count("\n") >= 3, what="access log")
+    waitFor(
+        lambda: accessLog.exists() and accessLog.read_text().count("\n") >= 3, what="access log"
+    )
     combined = re.compile(
-        r'^127\.0\.0\.1 - (\S+) \[[^\]]+\] "(GET|POST) (\S+) HTTP/1\.1" (\d{3}) (\d+|-) "[^"]*" "git/[^"]+"$'
+        r'^127\.0\.0\.1 - (\S+) \[[^\]]+\] "(GET|POST) (\S+) HTTP/1\.1" '
+        r'(\d{3}) (\d+|-) "[^"]*" "git/[^"]+"$'
     )
     lines = accessLog.read_text().splitlines()
     parsed = [combined.match(line) for line in lines]
@@ -264,7 +329,9 @@ def test_access_log_and_operation_log(
         daemon.log,
     )
     assert operation and int(operation.group(1)) > 0 and int(operation.group(2)) > 0, daemon.log
-    assert re.search(r"git git-upload-pack advertise repo=project\.git user=- protocol=v2 exit=0", daemon.log)
+    assert re.search(
+        r"git git-upload-pack advertise repo=project\.git user=- protocol=v2 exit=0", daemon.log
+    )
 
 
 # TLS --------------------------------------------------------------------------
@@ -285,7 +352,7 @@ def servedCommonName(port: int, ca: Path) -> tuple[str, str]:
 def test_clone_over_https_and_certificate_reload(
     git: GitClient, serve, root: Path, populated: Path, tmp_path: Path
 ) -> None:
-    """git clones over https trusting a self-signed certificate; SIGHUP swaps it without dropping connections."""
+    """git clones over https with a self-signed CA; SIGHUP swaps the certificate, links stay."""
     key, cert = makeSelfSigned(tmp_path, commonName="first")
     daemon = serve(root, listen=f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}")
     url = f"https://127.0.0.1:{daemon.port}/project.git"
@@ -323,9 +390,14 @@ def freePort() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None, reason="needs systemd-socket-activate (Debian: systemd)")
-def test_socket_activation_and_sd_notify(git: GitClient, root: Path, populated: Path, tmp_path: Path) -> None:
-    """Under systemd-socket-activate the daemon serves the inherited socket, says READY=1, then STOPPING=1."""
+@pytest.mark.skipif(
+    shutil.which("systemd-socket-activate") is None,
+    reason="needs systemd-socket-activate (Debian: systemd)",
+)
+def test_socket_activation_and_sd_notify(
+    git: GitClient, root: Path, populated: Path, tmp_path: Path
+) -> None:
+    """Socket-activated, the daemon serves the inherited socket, says READY=1, then STOPPING=1."""
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notifyPath = tmp_path / "notify"
     notify.bind(str(notifyPath))
@@ -403,7 +475,7 @@ def test_sigterm_lets_push_in_flight_finish(
 def test_sigterm_past_grace_applies_nothing(
     git: GitClient, serve, root: Path, populated: Path, tmp_path: Path, hookSleepers: list[Path]
 ) -> None:
-    """A push still running when the grace is over is ended: nothing applied, fsck clean, no locks."""
+    """A push still running after the grace is ended: nothing applied, fsck clean, no locks."""
     marker = tmp_path / "hook-started"
     hookSleepers.append(slowHook(root / "project.git", marker, 60))
     daemon = serve(root, "--anonymous-push", "--shutdown-grace", "1")
@@ -431,7 +503,7 @@ def test_sigterm_past_grace_applies_nothing(
 def test_busy_server_answers_503_then_queues(
     git: GitClient, serve, root: Path, populated: Path, tmp_path: Path, hookSleepers: list[Path]
 ) -> None:
-    """Past --max-jobs and a full queue, git shows a 503 with its message; with room in the queue, it waits."""
+    """Past --max-jobs and a full queue git shows a 503 and its message; with room, it waits."""
     marker = tmp_path / "hook-started"
     hookSleepers.append(slowHook(root / "project.git", marker, 3))
     daemon = serve(root, "--anonymous-push", "--max-jobs", "1", "--max-queue", "0")
@@ -500,7 +572,9 @@ def test_stalled_reader_is_dropped_and_git_ended(
     sock.recv(65536)
     waitFor(lambda: daemon.children() != [], what="git to start")
     # Read nothing: the daemon drops the connection and ends git.
-    waitFor(lambda: "client read nothing for 2.0s" in daemon.log, timeout=20, what="the stall timeout")
+    waitFor(
+        lambda: "client read nothing for 2.0s" in daemon.log, timeout=20, what="the stall timeout"
+    )
     waitFor(lambda: daemon.children() == [], timeout=15, what="git to end")
     sock.settimeout(10)
     with pytest.raises(OSError):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
@@ -16,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gitserve.tls import CertificateReloadService, reloadableServerFromString
 from tests.certs import makeSelfSigned
+from tests.fakes import scratchDirectory
 
 
 def newConnection(tls: object) -> object:
@@ -33,8 +33,7 @@ def servedCommonName(tls: object) -> str:
 
 class ReloadableEndpointTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.dir = Path(self.mktemp())
-        self.dir.mkdir()
+        self.dir = scratchDirectory(self)
         self.key, self.cert = makeSelfSigned(self.dir, commonName="first")
         self.description = f"ssl:0:privateKey={self.key}:certKey={self.cert}:interface=127.0.0.1"
         self.reactor = MemoryReactorClock()
@@ -83,8 +82,7 @@ class ReloadableEndpointTests(SynchronousTestCase):
 class CertificateReloadServiceTests(SynchronousTestCase):
     def test_sighupReloadsThroughTheReactor(self) -> None:
         """SIGHUP hands a reload to the reactor thread, and stopping restores the handler."""
-        directory = Path(self.mktemp())
-        directory.mkdir()
+        directory = scratchDirectory(self)
         key, cert = makeSelfSigned(directory, commonName="first")
         _, tls = reloadableServerFromString(
             MemoryReactorClock(), f"ssl:0:privateKey={key}:certKey={cert}"
