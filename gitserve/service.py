@@ -20,6 +20,7 @@ from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.interfaces import (
     IDelayedCall,
     IProcessTransport,
+    IPushProducer,
     IReactorProcess,
     IReactorTime,
 )
@@ -27,6 +28,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
+from zope.interface import implementer
 
 from gitserve.body import RequestBody
 from gitserve.errors import HTTPError, renderError
@@ -133,6 +135,7 @@ class GitBackend:
         )
 
 
+@implementer(IPushProducer)
 class GitProcessProtocol(ProcessProtocol):
     """
     Connects one git child to one HTTP request.
@@ -211,7 +214,21 @@ class GitProcessProtocol(ProcessProtocol):
     # The child's side ------------------------------------------------------
 
     def connectionMade(self) -> None:
-        self.request.registerProducer(self.transport, True)
+        # This protocol, not the process transport, is the request's
+        # producer: a process transport cannot stopProducing(), which the
+        # connection calls when the client goes away.
+        self.request.registerProducer(self, True)
+
+    def pauseProducing(self) -> None:
+        """The client is not reading: stop reading git's output."""
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """The connection is gone: git's output has nowhere to go."""
+        self.terminate()
 
     def outReceived(self, data: bytes) -> None:
         if self.requestGone:

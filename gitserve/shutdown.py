@@ -15,10 +15,9 @@ applied wholly or not at all.
 from __future__ import annotations
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, TimeoutError, gatherResults
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from gitserve.limits import GuardedSite, JobLimiter
 
@@ -61,34 +60,47 @@ class GracefulShutdownService(Service):
                 busy=self._jobs.busy,
                 grace=self._grace,
             )
-        drained = gatherResults(
-            [self._jobs.whenIdle(), self._site.drainConnections()], consumeErrors=True
-        ).addTimeout(self._grace, self._clock)
-        return drained.addCallbacks(self._drained, self._graceOver)
+        finished = gatherResults([self._jobs.whenIdle(), self._site.drainConnections()])
+        return self._within(finished, self._grace).addCallback(self._afterGrace)
 
-    def _drained(self, _: object) -> None:
-        self.log.info("stopping: every transfer finished")
+    def _within(self, d: Deferred[object], seconds: float) -> Deferred[bool]:
+        """
+        Whether C{d} fires within C{seconds}. C{d} is left alone, not
+        cancelled: it is only watched.
+        """
+        result: Deferred[bool] = Deferred()
+        timer = self._clock.callLater(seconds, lambda: result.called or result.callback(False))
 
-    def _graceOver(self, failure: Failure) -> Deferred[None]:
-        failure.trap(TimeoutError)
+        def fired(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+            if not result.called:
+                result.callback(True)
+
+        d.addBoth(fired)
+        return result
+
+    def _afterGrace(self, finished: bool) -> Deferred[None] | None:
+        if finished:
+            self.log.info("stopping: every transfer finished")
+            return None
         self.log.warn(
             "stopping: shutdown grace of {grace}s over; ending {count} git operations",
             grace=self._grace,
             count=len(self._jobs.running),
         )
         self._jobs.terminateAll()
-        reaped = self._jobs.whenIdle().addTimeout(self._killGrace + REAP_MARGIN, self._clock)
 
-        def stragglers(failure: Failure) -> None:
-            failure.trap(TimeoutError)
-            self.log.error(
-                "stopping: {count} git children did not end; stopping anyway",
-                count=len(self._jobs.running),
-            )
-
-        def closeTheRest(_: object) -> None:
+        def reaped(ended: bool) -> None:
+            if not ended:
+                self.log.error(
+                    "stopping: {count} git children did not end; stopping anyway",
+                    count=len(self._jobs.running),
+                )
             # Their children are gone, so their requests are answered or
             # aborted; whatever connection is left has nothing to finish.
             self._site.abortConnections()
 
-        return reaped.addErrback(stragglers).addCallback(closeTheRest)
+        return self._within(self._jobs.whenIdle(), self._killGrace + REAP_MARGIN).addCallback(
+            reaped
+        )
