@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -526,7 +526,8 @@ class RootResource(Resource):
         return renderError(request, error)
 
     def _failed(self, failure: Failure, request: Request, finished: list[bool]) -> None:
-        if finished[0] or failure.check(BodyLost):
+        # CancelledError: the client left while its request waited for a job.
+        if finished[0] or failure.check(BodyLost, CancelledError):
             return
         if failure.check(HTTPError):
             body = self._refuse(request, failure.value)

@@ -289,3 +289,17 @@ def scratchDirectory(case: Any) -> Path:
     path = Path(tempfile.mkdtemp(prefix="gitserve-test-"))
     case.addCleanup(shutil.rmtree, path, True)
     return path
+
+
+class FakeJob:
+    """What L{gitserve.limits.JobLimiter} tracks of a git child: its end, and a way to end it."""
+
+    def __init__(self) -> None:
+        self.done: Deferred[int | None] = Deferred()
+        self.terminated = False
+
+    def terminate(self) -> None:
+        self.terminated = True
+
+    def exit(self, code: int | None = 0) -> None:
+        self.done.callback(code)

@@ -1,0 +1,128 @@
+"""The web layer with authentication, private mode and the job limit, over the real GitSite."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.internet.defer import succeed
+
+from gitserve.auth import BasicAuthenticator, makePortal
+from gitserve.limits import JobLimiter
+from tests.fakes import SiteHarness, makeRepository
+
+ADVERTISE_RECEIVE = b"/project.git/info/refs?service=git-receive-pack"
+ADVERTISE_UPLOAD = b"/project.git/info/refs?service=git-upload-pack"
+
+
+def basic(user: str, password: str) -> dict[bytes, bytes]:
+    return {b"Authorization": b"Basic " + base64.b64encode(f"{user}:{password}".encode())}
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    makeRepository(tmp_path / "project.git")
+    return tmp_path
+
+
+def withAuth(site: SiteHarness) -> SiteHarness:
+    """Give the harness's server alice/secret through a portal, checked synchronously."""
+    checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")
+    authenticator = BasicAuthenticator(makePortal([checker], lambda f, *a: succeed(f(*a))), "t")
+    site.server.authenticate = lambda request: authenticator.authenticate(
+        request.getHeader(b"Authorization")
+    )
+    site.server.challenge = authenticator.challenge
+    return site
+
+
+def test_anonymous_push_gets_a_challenge(root: Path) -> None:
+    """With auth configured, anonymous receive-pack is 401 with WWW-Authenticate; no git runs."""
+    site = withAuth(SiteHarness(root))
+    site.request(b"GET", ADVERTISE_RECEIVE)
+    response = site.response()
+    assert response.status == 401
+    assert response.header(b"www-authenticate") == b'Basic realm="t", charset="UTF-8"'
+    assert site.reactor.spawned == []
+
+
+def test_wrong_password_gets_the_same_challenge(root: Path) -> None:
+    """A wrong password is answered exactly like no password."""
+    anonymous = withAuth(SiteHarness(root))
+    anonymous.request(b"GET", ADVERTISE_RECEIVE)
+    wrong = withAuth(SiteHarness(root))
+    wrong.request(b"GET", ADVERTISE_RECEIVE, basic("alice", "nope"))
+    assert wrong.response() == anonymous.response()
+
+
+def test_authenticated_push_reaches_git_as_the_user(root: Path) -> None:
+    """alice's receive-pack runs with REMOTE_USER and the committer ident http-backend sets."""
+    site = withAuth(SiteHarness(root))
+    site.request(b"GET", ADVERTISE_RECEIVE, basic("alice", "secret"))
+    env = site.child.env
+    assert env["REMOTE_USER"] == "alice"
+    assert env["GIT_COMMITTER_NAME"] == "alice"
+    assert env["GIT_COMMITTER_EMAIL"] == "alice@http.192.0.2.7"
+
+
+def test_private_mode_hides_missing_and_existing_alike(root: Path) -> None:
+    """--private: without a valid user a missing and an existing repository answer the same 401."""
+    answers = []
+    for path in (ADVERTISE_UPLOAD, b"/missing.git/info/refs?service=git-upload-pack"):
+        for headers in (None, basic("alice", "nope")):
+            site = withAuth(SiteHarness(root))
+            site.server.policy.private = True
+            site.request(b"GET", path, headers)
+            answers.append(site.response())
+            assert site.reactor.spawned == []
+    assert answers[0].status == 401
+    assert all(answer == answers[0] for answer in answers)
+
+
+def test_private_mode_serves_the_user(root: Path) -> None:
+    """--private with valid credentials: fetch runs, and a missing repository is a plain 404."""
+    site = withAuth(SiteHarness(root))
+    site.server.policy.private = True
+    site.request(b"GET", ADVERTISE_UPLOAD, basic("alice", "secret"))
+    assert site.child.env["REMOTE_USER"] == "alice"
+    site.child.exit(0)
+    site.request(
+        b"GET", b"/missing.git/info/refs?service=git-upload-pack", basic("alice", "secret")
+    )
+    assert site.responses()[-1].status == 404
+
+
+def test_job_limit_queues_then_refuses(root: Path) -> None:
+    """One job and one queue place: the second request waits, the third gets 503 + Retry-After."""
+    site = SiteHarness(root)
+    site.server.jobs = JobLimiter(maxJobs=1, maxQueue=1)
+    site.request(b"GET", ADVERTISE_UPLOAD)
+    site.connect()
+    site.request(b"GET", ADVERTISE_UPLOAD)
+    assert len(site.reactor.spawned) == 1
+    site.connect()
+    site.request(b"GET", ADVERTISE_UPLOAD)
+    refused = site.response()
+    assert refused.status == 503
+    assert refused.header(b"retry-after") == b"10"
+    assert b"The server is busy" in refused.body
+    # The first child ends: the queued request gets its slot.
+    site.reactor.spawned[0].exit(0)
+    assert len(site.reactor.spawned) == 2
+
+
+def test_client_leaving_the_queue_frees_its_place(root: Path) -> None:
+    """A queued client that disconnects never starts git."""
+    site = SiteHarness(root)
+    site.server.jobs = JobLimiter(maxJobs=1, maxQueue=1)
+    site.request(b"GET", ADVERTISE_UPLOAD)
+    site.connect()
+    site.request(b"GET", ADVERTISE_UPLOAD)
+    assert site.server.jobs.queued == 1
+    site.channel.connectionLost(Exception("gone"))
+    assert site.server.jobs.queued == 0
+    site.reactor.spawned[0].exit(0)
+    assert len(site.reactor.spawned) == 1
+    assert site.server.jobs.busy == 0
