@@ -19,9 +19,15 @@ from typing import Any
 from OpenSSL.SSL import Connection, Context
 from twisted.application.service import Service
 from twisted.internet import endpoints
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IReactorSSL
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IOpenSSLServerConnectionCreator,
+    IReactorSSL,
+    IStreamServerEndpoint,
+)
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 
@@ -84,40 +90,77 @@ class ReloadableServerTLS:
         return self._current.getContext()
 
 
+# The ssl: parameters that describe the certificate rather than the socket;
+# a systemd: description may carry them too (TLS on a socket-activated port).
+TLS_PARAMETERS = ("privateKey", "certKey", "extraCertChain", "dhParameters")
+
+
+@implementer(IStreamServerEndpoint)
+class TLSServerEndpoint:
+    """
+    TLS on top of any stream server endpoint, as C{ssl:} puts it on TCP:
+    here for the socket systemd passes in, which Twisted's C{systemd:}
+    endpoint serves as plain TCP.
+    """
+
+    def __init__(self, wrapped: IStreamServerEndpoint, tls: ReloadableServerTLS) -> None:
+        self._wrapped = wrapped
+        self._tls = tls
+
+    def listen(self, protocolFactory: object) -> Deferred:
+        """Listen on the wrapped endpoint, each connection wrapped in TLS."""
+        return self._wrapped.listen(TLSMemoryBIOFactory(self._tls, False, protocolFactory))
+
+
+def _loaderFor(sslDescription: str) -> Callable[[], CertificateOptions]:
+    """Read the certificate of an C{ssl:} description with Twisted's own parser."""
+
+    def load() -> CertificateOptions:
+        # _parseServer is private, but it is what serverFromString itself
+        # calls; tests/test_tls.py pins its shape, so an upgrade that changes
+        # it fails there rather than at an admin's start-up.
+        _, (_, _, options), _ = endpoints._parseServer(sslDescription, None)
+        return options
+
+    return load
+
+
 def reloadableServerFromString(
     reactor: IReactorSSL, description: str
-) -> tuple[object, ReloadableServerTLS | None]:
+) -> tuple[IStreamServerEndpoint, ReloadableServerTLS | None]:
     """
     Build a server endpoint like L{endpoints.serverFromString}, but make the
-    certificate of an C{ssl:} description reloadable.
+    certificate of an C{ssl:} description reloadable, and accept the same
+    certificate parameters on a C{systemd:} description.
 
     The description is parsed by Twisted's own parser, so every C{ssl:}
     parameter (C{privateKey}, C{certKey}, C{extraCertChain}, C{dhParameters},
     C{interface}, C{backlog}) means exactly what it means to
     C{serverFromString}, and a reload re-reads the same files the same way.
 
-    @return: the endpoint, and its L{ReloadableServerTLS} for C{ssl:}
-        descriptions (L{None} for every other kind).
+    @return: the endpoint, and its L{ReloadableServerTLS} when it serves TLS
+        (L{None} otherwise).
     @raise ValueError: for C{sslmethod=}: the default already means TLS 1.2
         or newer, and a pinned method could only lower that.
     """
-    # _parseServer is private, but it is what serverFromString itself calls;
-    # tests/test_tls.py pins its shape, so an upgrade that changes it fails
-    # there rather than at an admin's start-up.
-    kind, args, kwargs = endpoints._parseServer(description, None)
-    if kind != "SSL":
-        return endpoints.serverFromString(reactor, description), None
-    if "sslmethod" in endpoints._parse(description)[1]:
+    args, kwargs = endpoints._parse(description)
+    if "sslmethod" in kwargs:
         raise ValueError("sslmethod= is not supported: gitserve serves TLS 1.2 or newer")
-    port, _, _ = args
-
-    def load() -> CertificateOptions:
-        _, (_, _, options), _ = endpoints._parseServer(description, None)
-        return options
-
-    tls = ReloadableServerTLS(load, f"ssl:{port}")
-    endpoint = endpoints.SSL4ServerEndpoint(reactor, port, tls, **kwargs)
-    return endpoint, tls
+    kind = args[0] if args else ""
+    if kind == "ssl":
+        _, (port, _, _), listenArgs = endpoints._parseServer(description, None)
+        tls = ReloadableServerTLS(_loaderFor(description), f"ssl:{port}")
+        return endpoints.SSL4ServerEndpoint(reactor, port, tls, **listenArgs), tls
+    certificate = {k: kwargs.pop(k) for k in TLS_PARAMETERS if k in kwargs}
+    if kind == "systemd" and certificate:
+        quote = endpoints.quoteStringArgument
+        plain = ":".join(
+            ["systemd", *map(quote, args[1:]), *(f"{k}={quote(v)}" for k, v in kwargs.items())]
+        )
+        sslDescription = "ssl:0:" + ":".join(f"{k}={quote(v)}" for k, v in certificate.items())
+        tls = ReloadableServerTLS(_loaderFor(sslDescription), plain)
+        return TLSServerEndpoint(endpoints.serverFromString(reactor, plain), tls), tls
+    return endpoints.serverFromString(reactor, description), None
 
 
 _plaintextLog = Logger()

@@ -390,15 +390,22 @@ def freePort() -> int:
     shutil.which("systemd-socket-activate") is None,
     reason="needs systemd-socket-activate (Debian: systemd)",
 )
+@pytest.mark.parametrize("scheme", ["http", "https"])
 def test_socket_activation_and_sd_notify(
-    git: GitClient, root: Path, populated: Path, tmp_path: Path
+    git: GitClient, root: Path, populated: Path, tmp_path: Path, scheme: str
 ) -> None:
-    """Socket-activated, the daemon serves the inherited socket, says READY=1, then STOPPING=1."""
+    """Socket-activated (plain or TLS), gitserve serves the passed socket, READY=1, STOPPING=1."""
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notifyPath = tmp_path / "notify"
     notify.bind(str(notifyPath))
     notify.settimeout(30)
     port = freePort()
+    listen = "systemd:domain=INET:index=0"
+    env = {}
+    if scheme == "https":
+        key, cert = makeSelfSigned(tmp_path)
+        listen += f":privateKey={key}:certKey={cert}"
+        env["GIT_SSL_CAINFO"] = str(cert)
     command = [
         "systemd-socket-activate",
         f"--listen=127.0.0.1:{port}",
@@ -406,16 +413,15 @@ def test_socket_activation_and_sd_notify(
         f"--setenv=NOTIFY_SOCKET={notifyPath}",
         f"--setenv=PYTHONPATH={REPOSITORY_ROOT}",
         f"--setenv=PATH={os.environ['PATH']}",
-        *daemonCommand("--root", str(root), "--listen", "systemd:domain=INET:index=0"),
+        *daemonCommand("--root", str(root), "--listen", listen),
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         # systemd-socket-activate starts the daemon on the first connection
         # (this clone, which waits in the inherited socket's backlog) and
         # execs it, so LISTEN_PID is the daemon's own pid.
-        url = f"http://127.0.0.1:{port}/project.git"
         clone = tmp_path / "clone"
-        git.run("clone", "-q", url, str(clone))
+        git.run("clone", "-q", f"{scheme}://127.0.0.1:{port}/project.git", str(clone), env=env)
         assert (clone / "file1.txt").exists()
         assert notify.recv(4096).decode().startswith("READY=1\nSTATUS=serving")
         process.send_signal(signal.SIGTERM)
@@ -428,7 +434,7 @@ def test_socket_activation_and_sd_notify(
             process.wait()
         notify.close()
     output = process.stdout.read() if process.stdout else ""
-    assert f"gitserve listening on 127.0.0.1:{port} (systemd:domain=INET:index=0)" in output
+    assert f"gitserve listening on 127.0.0.1:{port} ({listen})" in output
 
 
 # Graceful shutdown ------------------------------------------------------------
