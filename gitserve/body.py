@@ -12,6 +12,7 @@ is refused after the cap, not after the whole upload.
 from __future__ import annotations
 
 import zlib
+from collections import deque
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
@@ -30,30 +31,74 @@ class BodyLost(Exception):
     """The client went away before the body was complete."""
 
 
+class Identity:
+    """The decoder for a body sent as is: pieces come out as they went in."""
+
+    def __init__(self) -> None:
+        self._pieces: deque[bytes] = deque()
+
+    def feed(self, data: bytes) -> None:
+        """Queue C{data} for L{step}."""
+        if data:
+            self._pieces.append(data)
+
+    def step(self) -> bytes:
+        """The next piece, C{b""} when nothing is left."""
+        return self._pieces.popleft() if self._pieces else b""
+
+    @property
+    def drained(self) -> bool:
+        """Whether everything fed has come out of L{step}."""
+        return not self._pieces
+
+    def finish(self) -> None:
+        """The body ended; an identity body cannot end badly."""
+
+
 class Inflater:
-    """Incremental gzip decoding for C{Content-Encoding: gzip} and C{x-gzip}."""
+    """
+    Incremental gzip decoding for C{Content-Encoding: gzip} and C{x-gzip}.
+
+    Input is inflated one bounded L{step} at a time, on demand, never all at
+    once: 64 KiB off the wire can inflate to 64 MiB, so the consumer's pace
+    and the body's cap are checked between steps, with the still-compressed
+    rest waiting here.
+    """
 
     def __init__(self) -> None:
         # 16 + MAX_WBITS: expect a gzip header and trailer, as git sends.
         self._decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._input = b""
+        # The last step filled its buffer: zlib may hold more output even
+        # when all input is consumed.
+        self._more = False
 
-    def inflate(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes) -> None:
+        """Add compressed bytes to inflate."""
+        self._input = self._input + data if self._input else data
+
+    def step(self) -> bytes:
         """
-        The inflated pieces of C{data}, each at most L{INFLATE_STEP} bytes.
+        The next inflated piece, at most L{INFLATE_STEP} bytes, C{b""} when
+        what was fed is used up.
 
         @raise BadRequest: the bytes are not gzip.
         """
-        pieces = []
+        if not self._input and not self._more:
+            return b""
+        data, self._input = self._input, b""
         try:
             piece = self._decompressor.decompress(data, INFLATE_STEP)
-            while piece:
-                pieces.append(piece)
-                piece = self._decompressor.decompress(
-                    self._decompressor.unconsumed_tail, INFLATE_STEP
-                )
         except zlib.error as e:
             raise BadRequest(f"Request body is not valid gzip: {e}") from e
-        return pieces
+        self._input = self._decompressor.unconsumed_tail
+        self._more = len(piece) == INFLATE_STEP
+        return piece
+
+    @property
+    def drained(self) -> bool:
+        """Whether everything fed has been inflated and handed out."""
+        return not self._input and not self._more
 
     def finish(self) -> None:
         """
@@ -63,14 +108,14 @@ class Inflater:
             raise BadRequest("Request body ends inside its gzip stream")
 
 
-def decoderFor(contentEncoding: bytes | None) -> Inflater | None:
+def decoderFor(contentEncoding: bytes | None) -> Identity | Inflater:
     """
-    The decoder for a C{Content-Encoding}, L{None} for identity.
+    The decoder for a C{Content-Encoding}.
 
     @raise BadRequest: an encoding git never sends.
     """
     if contentEncoding is None or contentEncoding.strip().lower() in (b"", b"identity"):
-        return None
+        return Identity()
     if contentEncoding.strip().lower() in (b"gzip", b"x-gzip"):
         return Inflater()
     raise BadRequest("Unsupported Content-Encoding")
@@ -99,18 +144,31 @@ class RequestBody:
     The body of one request, delivered to one consumer, with back-pressure.
 
     Until a consumer is attached, the network is paused and what already
-    arrived waits here (at most one read's worth). Then either
+    arrived waits here, still encoded (at most one read's worth). Then either
     L{readAll} collects the body (upload-pack negotiation, capped) or
-    L{streamTo} writes it into a consumer such as a child's stdin, pausing
-    the network whenever that consumer pauses this producer.
+    L{streamTo} writes it into a consumer such as a child's stdin. Whenever
+    that consumer pauses this producer, delivery stops between two bounded
+    pieces and the network is paused until it resumes: what is held here is
+    never more than one network read (plus one inflation step).
 
     @ivar limit: the most (inflated) bytes accepted.
     """
 
-    def __init__(self, network: IPushProducer, limit: int, contentEncoding: bytes | None) -> None:
+    def __init__(
+        self,
+        network: IPushProducer,
+        limit: int,
+        contentEncoding: bytes | None,
+        onFirstRead: Callable[[], None] | None = None,
+    ) -> None:
+        """
+        @param network: the connection, paused and resumed for back-pressure.
+        @param onFirstRead: called once, when a consumer first asks for the
+            body (the place to answer C{Expect: 100-continue}).
+        """
         self._network = network
+        self._onFirstRead = onFirstRead
         self.limit = limit
-        self._pending: list[bytes] = []
         self._consumer: IConsumer | None = None
         self._done: Deferred[None] | None = None
         self._received = 0
@@ -122,7 +180,7 @@ class RequestBody:
         self._discarded = 0
         self._discardLimit = 0
         self._onDiscardExceeded: Callable[[], None] | None = None
-        self._decoder: Inflater | None = None
+        self._decoder: Identity | Inflater = Identity()
         self._pauseNetwork()
         try:
             self._decoder = decoderFor(contentEncoding)
@@ -136,7 +194,7 @@ class RequestBody:
 
     @property
     def received(self) -> int:
-        """Bytes of body (after inflation) received so far."""
+        """Bytes of body (after inflation) delivered so far."""
         return self._received
 
     def _pauseNetwork(self) -> None:
@@ -148,6 +206,14 @@ class RequestBody:
         if self._networkPaused:
             self._networkPaused = False
             self._network.resumeProducing()
+
+    def holdsNetwork(self) -> bool:
+        """
+        Whether this body wants the network paused right now (no consumer
+        yet, or a consumer that is backed up): the channel asks, so that its
+        own resuming, when its writes drain, does not undo the body's pause.
+        """
+        return self._networkPaused
 
     # Fed by the request -------------------------------------------------
 
@@ -161,12 +227,34 @@ class RequestBody:
             return
         if self._failure is not None:
             return
-        try:
-            pieces = self._decoder.inflate(data) if self._decoder else [data]
-        except HTTPError:
-            self._fail(Failure())
+        self._decoder.feed(data)
+        self._deliver()
+
+    def allReceived(self) -> None:
+        """The client finished sending."""
+        self._complete = True
+        if self._failure is not None or self._discarding:
             return
-        for piece in pieces:
+        self._deliver()
+
+    def connectionLost(self) -> None:
+        """The client went away."""
+        if not self._complete:
+            self._fail(Failure(BodyLost("client disconnected during the request body")))
+
+    def _deliver(self) -> None:
+        """
+        Hand the consumer what has arrived, one bounded piece at a time,
+        while it keeps accepting; then read on, or finish, or stay paused.
+        """
+        while self._consumer is not None and not self._pausedByConsumer:
+            try:
+                piece = self._decoder.step()
+            except HTTPError:
+                self._fail(Failure())
+                return
+            if not piece:
+                break
             self._received += len(piece)
             if self._received > self.limit:
                 self._fail(
@@ -175,31 +263,18 @@ class RequestBody:
                     )
                 )
                 return
-            if self._consumer is not None:
-                self._consumer.write(piece)
-            else:
-                self._pending.append(piece)
-        if self._consumer is None:
+            self._consumer.write(piece)
+        if self._consumer is None or self._pausedByConsumer or not self._decoder.drained:
             self._pauseNetwork()
-
-    def allReceived(self) -> None:
-        """The client finished sending."""
-        self._complete = True
-        if self._failure is not None or self._discarding:
-            return
-        if self._decoder is not None:
+        elif self._complete:
             try:
                 self._decoder.finish()
             except HTTPError:
                 self._fail(Failure())
                 return
-        if self._done is not None and self._consumer is not None:
             self._finish()
-
-    def connectionLost(self) -> None:
-        """The client went away."""
-        if not self._complete:
-            self._fail(Failure(BodyLost("client disconnected during the request body")))
+        else:
+            self._resumeNetwork()
 
     # Used by the resource -----------------------------------------------
 
@@ -213,30 +288,22 @@ class RequestBody:
         Write the body into C{consumer} as it arrives; this body registers
         itself as the consumer's (streaming) producer for back-pressure.
 
-        @return: fires when the whole body was written (the consumer stays
-            registered-free afterwards), or fails with an L{HTTPError} or
+        @return: fires when the whole body was written (the consumer is
+            unregistered by then), or fails with an L{HTTPError} or
             L{BodyLost}.
         """
-        # A local reference: a body that is already complete finishes inside
-        # this call, which clears self._done before it is returned.
-        done = self._done = Deferred()
-        if self._failure is None and self._received > self.limit:
-            self._failure = Failure(
-                RequestTooLarge(f"Request body exceeds the limit of {self.limit} bytes")
-            )
+        self._done = Deferred()
         if self._failure is not None:
             failure, self._failure = self._failure, None
             self._done.errback(failure)
             return self._done
         self._consumer = consumer
         consumer.registerProducer(self, True)
-        pending, self._pending = self._pending, []
-        for piece in pending:
-            consumer.write(piece)
-        if self._complete:
-            self._finish()
-        elif not self._pausedByConsumer:
-            self._resumeNetwork()
+        done = self._done
+        if self._onFirstRead is not None:
+            onFirstRead, self._onFirstRead = self._onFirstRead, None
+            onFirstRead()
+        self._deliver()
         return done
 
     def discard(self, limit: int, onExceeded: Callable[[], None]) -> None:
@@ -249,7 +316,7 @@ class RequestBody:
         self._discarding = True
         self._discardLimit = limit
         self._onDiscardExceeded = onExceeded
-        self._pending = []
+        self._decoder = Identity()
         self._detach()
         self._resumeNetwork()
 
@@ -266,7 +333,7 @@ class RequestBody:
 
     def _fail(self, failure: Failure) -> None:
         self._detach()
-        self._pending = []
+        self._decoder = Identity()
         done, self._done = self._done, None
         if done is not None:
             done.errback(failure)
@@ -284,9 +351,14 @@ class RequestBody:
 
     def resumeProducing(self) -> None:
         self._pausedByConsumer = False
-        if self._consumer is not None and not self._complete:
-            self._resumeNetwork()
+        if self._consumer is not None:
+            self._deliver()
 
     def stopProducing(self) -> None:
+        """
+        The consumer is gone (git closed its stdin): what is left of the
+        body is dropped, and whoever answers the request ends it.
+        """
         self._detach()
         self._discarding = True
+        self._decoder = Identity()

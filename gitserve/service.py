@@ -150,6 +150,8 @@ class GitProcessProtocol(ProcessProtocol):
         announcement of a v0 advertisement).
     @ivar done: fires with the exit code once the child has ended and the
         request is answered.
+    @ivar output: set to a L{bytearray} to keep a copy of what git writes to
+        stdout (an advertisement to cache); L{None} keeps nothing.
     """
 
     log = Logger()
@@ -178,6 +180,7 @@ class GitProcessProtocol(ProcessProtocol):
         self.began = clock.seconds()
         self.done: Deferred[int | None] = Deferred()
         self.failure: Failure | None = None
+        self.output: bytearray | None = None
         self.body: RequestBody | None = None
         self._killCall: IDelayedCall | None = None
         request.notifyFinish().addErrback(self._requestLost)
@@ -231,6 +234,8 @@ class GitProcessProtocol(ProcessProtocol):
         self.terminate()
 
     def outReceived(self, data: bytes) -> None:
+        if self.output is not None:
+            self.output += data
         if self.requestGone:
             return
         if not self.started:

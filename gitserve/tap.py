@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from gitserve.advertisement import CapabilityCache
 from gitserve.auth import DEFAULT_REALM, BasicAuthenticator, makePortal
 from gitserve.limits import (
     DEFAULT_HEADER_TIMEOUT,
@@ -32,7 +33,7 @@ from gitserve.limits import (
 from gitserve.logs import accessLogFormatter
 from gitserve.policy import Policy
 from gitserve.repository import ConfigCache
-from gitserve.service import GitBackend
+from gitserve.service import Caller, GitBackend
 from gitserve.shutdown import DEFAULT_SHUTDOWN_GRACE, GracefulShutdownService
 from gitserve.systemd import SystemdNotifier, SystemdNotifyService
 from gitserve.tls import CertificateReloadService, reloadableServerFromString, warnIfPlaintextAuth
@@ -234,6 +235,9 @@ def makeService(options: Options) -> IService:
         clock=reactor,
         configs=configs,
         maxPushSize=options["max-push-size"],
+        capabilities=CapabilityCache(
+            gitPath=gitPath, environment=backend.environment(Caller(remoteAddr=""))
+        ),
         jobs=jobs,
     )
     checkers = options["credCheckers"]

@@ -22,6 +22,7 @@ from twisted.web.http import HTTPChannel, parse_qs
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from gitserve.advertisement import VERSION_2, CapabilityCache
 from gitserve.body import BodyLost, RequestBody
 from gitserve.errors import (
     BadRequest,
@@ -34,6 +35,7 @@ from gitserve.errors import (
     UnsupportedMediaType,
     renderError,
 )
+from gitserve.headers import setNoCache
 from gitserve.pktline import FLUSH, ProtocolError, parsePktLines, pktLine
 from gitserve.policy import Policy, Service
 from gitserve.repository import ConfigCache, Repository, resolveRepository
@@ -82,6 +84,27 @@ class GitChannel(HTTPChannel):
         if isinstance(request, GitRequest):
             request.headersReceived(command, path, version)
 
+    def _send100Continue(self) -> None:
+        # Twisted says "100 Continue" as soon as the headers are in. A
+        # streamed POST says it when its body is first read instead, so that
+        # a refusal decided from the headers reaches the client before it
+        # sends a byte of the body.
+        request = self.requests[-1]
+        if isinstance(request, GitRequest) and self._command == b"POST":
+            request.continueWanted = True
+        else:
+            super()._send100Continue()
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        # HTTPChannel resumes reading whenever its own writes drain. A body
+        # that holds the network paused (git's stdin is backed up) keeps it
+        # paused, or a push would be read faster than git takes it.
+        request = self.requests[-1] if self.requests else None
+        if isinstance(request, GitRequest) and request.body is not None:
+            if request.body.holdsNetwork():
+                self.transport.pauseProducing()
+
 
 class GitRequest(Request):
     """
@@ -92,6 +115,8 @@ class GitRequest(Request):
     """
 
     body: RequestBody | None = None
+    continueWanted = False
+    _continueSent = False
     _finishPending = False
     # Set once authentication has decided (see GitServer.userFor); the
     # access log shows it.
@@ -105,6 +130,7 @@ class GitRequest(Request):
             self.channel.transport,
             limit=MAX_PUSH_SIZE,
             contentEncoding=self.requestHeaders.getRawHeaders(b"Content-Encoding", [None])[-1],
+            onFirstRead=self._sendContinue if self.continueWanted else None,
         )
         # What Request.requestReceived() does before process(), minus the form
         # parsing: git bodies are never forms.
@@ -112,6 +138,12 @@ class GitRequest(Request):
         self.path, _, query = self.uri.partition(b"?")
         self.args = parse_qs(query, 1) if query else {}
         self.process()
+
+    def _sendContinue(self) -> None:
+        """The deferred answer to C{Expect: 100-continue}: the body is wanted now."""
+        if not self.startedWriting and not self._disconnected:
+            self._continueSent = True
+            self.channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.body is not None:
@@ -135,6 +167,12 @@ class GitRequest(Request):
         """
         if self.body is not None and not self.body.complete and not self._disconnected:
             self._finishPending = True
+            if self.continueWanted and not self._continueSent:
+                # The client waits for a "100 Continue" that never comes and
+                # sends no body: closing after the answer ends the exchange.
+                self.body.discard(0, lambda: None)
+                self.channel.transport.loseConnection()
+                return
             self.body.discard(DISCARD_LIMIT, self.channel.transport.loseConnection)
             return
         super().finish()
@@ -234,6 +272,7 @@ class GitServer:
     authenticate: Callable[[Request], Deferred[str | None]] | None = None
     challenge: bytes = b'Basic realm="gitserve"'
     jobs: JobLimiter | None = None
+    capabilities: CapabilityCache | None = None
 
     def userFor(self, request: Request) -> Deferred[str | None]:
         """
@@ -289,8 +328,7 @@ class GitServer:
         Start git for C{request} once a job slot is free; the protocol
         answers it from there on.
         """
-        kind = b"advertisement" if advertise else b"result"
-        contentType = b"application/x-%s-%s" % (service.value.encode("ascii"), kind)
+        contentType = contentTypeOf(service, advertise)
         preamble = b""
         if advertise and not (service is Service.UPLOAD_PACK and protocolVersion(gitProtocol) >= 2):
             # http-backend's "# service=" announcement, which protocol v2
@@ -323,6 +361,12 @@ class GitServer:
         return started
 
 
+def contentTypeOf(service: Service, advertise: bool) -> bytes:
+    """The Content-Type of a smart answer, as http-backend sends it."""
+    kind = b"advertisement" if advertise else b"result"
+    return b"application/x-%s-%s" % (service.value.encode("ascii"), kind)
+
+
 # The handlers ---------------------------------------------------------------
 
 
@@ -351,10 +395,37 @@ def getInfoRefs(
         raise NotFound("Dumb HTTP is not served")
     gitProtocol = gitProtocolOf(request)
 
-    def start(user: str | None) -> Deferred[None]:
+    def start(user: str | None) -> Deferred[None] | None:
         server.policy.checkService(repository, service, user)
+        cache = server.capabilities
+        if cache is None or service is not Service.UPLOAD_PACK or gitProtocol != VERSION_2:
+            started = server.runGit(request, repository, service, user, gitProtocol, advertise=True)
+            return started.addCallback(lambda protocol: protocol.transport.closeStdin())
+        # Protocol v2: capabilities only, the same for every request until an
+        # input changes (see gitserve.advertisement).
+        key = cache.key(repository)
+        answer = cache.get(repository, key)
+        if answer is not None:
+            request.setResponseCode(200)
+            request.setHeader(b"Content-Type", contentTypeOf(service, advertise=True))
+            setNoCache(request)
+            request.setHeader(b"Content-Length", b"%d" % len(answer))
+            request.write(answer)
+            request.finish()
+            return None
+
+        def cacheAnswer(protocol: GitProcessProtocol) -> None:
+            protocol.output = bytearray()
+
+            def keep(exitCode: int | None) -> None:
+                if exitCode == 0 and protocol.failure is None and protocol.output is not None:
+                    cache.put(repository, key, bytes(protocol.output))
+
+            protocol.done.addCallback(keep)
+            protocol.transport.closeStdin()
+
         started = server.runGit(request, repository, service, user, gitProtocol, advertise=True)
-        return started.addCallback(lambda protocol: protocol.transport.closeStdin())
+        return started.addCallback(cacheAnswer)
 
     return server.userFor(request).addCallback(start)
 

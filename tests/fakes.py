@@ -28,12 +28,25 @@ from gitserve.web import GitChannel, GitServer, GitSite, RootResource
 CLIENT = IPv4Address("TCP", "192.0.2.7", 40000)
 
 
+# What a pipe to a child holds before Twisted's process writer pauses its
+# producer (FileDescriptor.bufferSize).
+PIPE_CAPACITY = 64 * 1024
+
+
 @implementer(IProcessTransport)
 class FakeProcessTransport:
     """
     Stands in for a git child: records stdin, signals and pausing; the test
     plays git by calling the protocol's outReceived/processEnded.
+
+    @ivar pipeCapacity: when set, stdin behaves like Twisted's process
+        writer: past this many unread bytes it pauses its producer, and it
+        resumes it once the child read them all (L{readStdin}). L{None}
+        leaves pausing to the test.
+    @ivar unread: bytes written to stdin that the child has not read yet.
     """
+
+    pipeCapacity: int | None = None
 
     def __init__(self, protocol: object, args: list[str], env: dict[str, str], path: str) -> None:
         self.protocol = protocol
@@ -41,7 +54,10 @@ class FakeProcessTransport:
         self.env = env
         self.path = path
         self.pid = 4242
-        self.stdin = b""
+        self.stdin = bytearray()
+        self.unread = 0
+        self.largestUnread = 0
+        self.stdinPaused = False
         self.stdinClosed = False
         self.signals: list[str] = []
         self.ended = False
@@ -52,6 +68,16 @@ class FakeProcessTransport:
     def write(self, data: bytes) -> None:
         assert not self.stdinClosed, "write after closeStdin"
         self.stdin += data
+        self.unread += len(data)
+        self.largestUnread = max(self.largestUnread, self.unread)
+        if (
+            self.pipeCapacity is not None
+            and self.unread > self.pipeCapacity
+            and self.stdinProducer is not None
+            and not self.stdinPaused
+        ):
+            self.stdinPaused = True
+            self.stdinProducer.pauseProducing()
 
     def writeSequence(self, data: list[bytes]) -> None:
         self.write(b"".join(data))
@@ -90,7 +116,9 @@ class FakeProcessTransport:
 
     def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
         assert self.stdinProducer is None, "two stdin producers"
+        assert streaming, "git's stdin is fed by push producers only"
         self.stdinProducer = producer
+        self.stdinPaused = False
 
     def unregisterProducer(self) -> None:
         self.stdinProducer = None
@@ -102,6 +130,20 @@ class FakeProcessTransport:
         return None
 
     # What the test uses, playing git
+    def readStdin(self, size: int | None = None) -> None:
+        """The child reads C{size} bytes (all by default) of its stdin."""
+        self.unread -= self.unread if size is None else min(size, self.unread)
+        if self.unread == 0 and self.stdinPaused and self.stdinProducer is not None:
+            self.stdinPaused = False
+            self.stdinProducer.resumeProducing()
+
+    def closeStdinFromChild(self) -> None:
+        """The child closed its end of stdin: the writer stops its producer."""
+        self.stdinClosed = True
+        producer, self.stdinProducer = self.stdinProducer, None
+        if producer is not None:
+            producer.stopProducing()
+
     def exit(self, code: int = 0) -> None:
         """End the child with C{code}, as the reactor would report it."""
         self.ended = True
@@ -113,9 +155,11 @@ class FakeProcessTransport:
 class FakeProcessReactor(MemoryReactorClock):
     """A clock and memory reactor that records spawnProcess calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, pipeCapacity: int | None = None) -> None:
+        """@param pipeCapacity: the L{FakeProcessTransport.pipeCapacity} of every child."""
         super().__init__()
         self.spawned: list[FakeProcessTransport] = []
+        self.pipeCapacity = pipeCapacity
 
     def spawnProcess(
         self,
@@ -130,6 +174,7 @@ class FakeProcessReactor(MemoryReactorClock):
         childFDs=None,
     ):  # noqa: D102
         transport = FakeProcessTransport(processProtocol, list(args), dict(env or {}), path)
+        transport.pipeCapacity = self.pipeCapacity
         self.spawned.append(transport)
         processProtocol.makeConnection(transport)
         return transport
