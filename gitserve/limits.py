@@ -17,7 +17,9 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gitserve.errors import ServiceUnavailable
 from gitserve.service import GitProcessProtocol
@@ -199,7 +201,7 @@ class GuardedChannel(GitChannel):
         self._cancel("_stallCall")
         super().resumeProducing()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel("_headerCall")
         self._cancel("_stallCall")
         super().connectionLost(reason)

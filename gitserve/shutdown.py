@@ -14,6 +14,8 @@ applied wholly or not at all.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
@@ -63,13 +65,18 @@ class GracefulShutdownService(Service):
         finished = gatherResults([self._jobs.whenIdle(), self._site.drainConnections()])
         return self._within(finished, self._grace).addCallback(self._afterGrace)
 
-    def _within(self, d: Deferred[object], seconds: float) -> Deferred[bool]:
+    def _within(self, d: Deferred[Any], seconds: float) -> Deferred[bool]:
         """
         Whether C{d} fires within C{seconds}. C{d} is left alone, not
         cancelled: it is only watched.
         """
         result: Deferred[bool] = Deferred()
-        timer = self._clock.callLater(seconds, lambda: result.called or result.callback(False))
+
+        def expired() -> None:
+            if not result.called:
+                result.callback(False)
+
+        timer = self._clock.callLater(seconds, expired)
 
         def fired(_: object) -> None:
             if timer.active():
