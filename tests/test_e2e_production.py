@@ -15,7 +15,6 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,14 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from tests.certs import makeSelfSigned
-from tests.conftest import REPOSITORY_ROOT, Daemon, GitClient, daemonCommand
+from tests.conftest import (
+    REPOSITORY_ROOT,
+    Daemon,
+    GitClient,
+    bigRepository,
+    daemonCommand,
+    startUploadPack,
+)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("htpasswd") is None, reason="htpasswd (Debian: apache2-utils) is not installed"
@@ -42,6 +48,12 @@ def htpasswd(path: Path, user: str, password: str) -> None:
 
 def withCredentials(url: str, user: str, password: str) -> str:
     return url.replace("://", f"://{user}:{password}@", 1)
+
+
+def pushAs(git: GitClient, daemon: Daemon, user: str, password: str, worktree: Path) -> None:
+    """Push main to project.git with credentials in the URL."""
+    url = withCredentials(daemon.url("project.git"), user, password)
+    git.run("push", "-q", url, "main", cwd=worktree)
 
 
 def get(
@@ -97,11 +109,31 @@ def users(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def hookSleepers() -> Iterator[list[Path]]:
-    """Pid files of sleeping hooks, killed after the test."""
-    found: list[Path] = []
-    yield found
-    for pidFile in found:
+def heldPush(git: GitClient, root: Path, populated: Path, tmp_path: Path):
+    """
+    Commit a file and push it to a daemon, returning once the push is held
+    in its pre-receive hook (for the given seconds): a transfer in flight.
+    The sleeping hooks are killed after the test.
+    """
+    pidFiles: list[Path] = []
+
+    def hold(daemon: Daemon, hookSeconds: float, name: str) -> tuple[subprocess.Popen[str], str]:
+        marker = tmp_path / f"hook-{name}"
+        pidFiles.append(slowHook(root / "project.git", marker, hookSeconds))
+        commit = git.commit(populated, f"{name}.txt", f"{name}\n")
+        push = subprocess.Popen(
+            ["git", "push", daemon.url("project.git"), "main"],
+            cwd=populated,
+            env=git.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        waitFor(marker.exists, what="the push to reach its hook")
+        return push, commit
+
+    yield hold
+    for pidFile in pidFiles:
         try:
             os.kill(int(pidFile.read_text()), signal.SIGKILL)
         except (OSError, ValueError):
@@ -126,13 +158,7 @@ def test_anonymous_clone_authenticated_push(
     clone = tmp_path / "clone"
     git.run("clone", "-q", daemon.url("project.git"), str(clone))
     new = git.commit(clone, "alice.txt", "from alice\n")
-    git.run(
-        "push",
-        "-q",
-        withCredentials(daemon.url("project.git"), "alice", "secret"),
-        "main",
-        cwd=clone,
-    )
+    pushAs(git, daemon, "alice", "secret", clone)
     assert git.output("rev-parse", "main", cwd=root / "project.git") == new
     seen = dict(line.split("=", 1) for line in envFile.read_text().splitlines())
     assert seen == {
@@ -206,13 +232,7 @@ def test_htpasswd_changes_without_restart(
     time.sleep(0.01)
     htpasswd(users, "bob", "hunter2")
     new = git.commit(populated, "bob.txt", "bob\n")
-    git.run(
-        "push",
-        "-q",
-        withCredentials(daemon.url("project.git"), "bob", "hunter2"),
-        "main",
-        cwd=populated,
-    )
+    pushAs(git, daemon, "bob", "hunter2", populated)
     assert git.output("rev-parse", "main", cwd=root / "project.git") == new
 
 
@@ -278,13 +298,7 @@ def test_strcred_memory_checker(git: GitClient, serve, root: Path, populated: Pa
     """Twisted's own memory: checker works through --auth too."""
     daemon = serve(root, "--auth", "memory:dave:pw")
     new = git.commit(populated, "dave.txt", "d\n")
-    git.run(
-        "push",
-        "-q",
-        withCredentials(daemon.url("project.git"), "dave", "pw"),
-        "main",
-        cwd=populated,
-    )
+    pushAs(git, daemon, "dave", "pw", populated)
     assert git.output("rev-parse", "main", cwd=root / "project.git") == new
 
 
@@ -298,13 +312,7 @@ def test_access_log_and_operation_log(
     accessLog = tmp_path / "access.log"
     daemon = serve(root, "--auth", f"htpasswd:{users}", "--access-log", str(accessLog))
     git.commit(populated, "log.txt", "x\n")
-    git.run(
-        "push",
-        "-q",
-        withCredentials(daemon.url("project.git"), "alice", "secret"),
-        "main",
-        cwd=populated,
-    )
+    pushAs(git, daemon, "alice", "secret", populated)
     git.run("-c", "protocol.version=2", "ls-remote", daemon.url("project.git"))
     waitFor(
         lambda: accessLog.exists() and accessLog.read_text().count("\n") >= 3, what="access log"
@@ -440,27 +448,10 @@ def test_socket_activation_and_sd_notify(
 # Graceful shutdown ------------------------------------------------------------
 
 
-def startPush(git: GitClient, url: str, worktree: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        ["git", "push", url, "main"],
-        cwd=worktree,
-        env=git.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def test_sigterm_lets_push_in_flight_finish(
-    git: GitClient, serve, root: Path, populated: Path, tmp_path: Path, hookSleepers: list[Path]
-) -> None:
+def test_sigterm_lets_push_in_flight_finish(git: GitClient, serve, root: Path, heldPush) -> None:
     """SIGTERM during a push: no new connections, the push completes, the daemon exits cleanly."""
-    marker = tmp_path / "hook-started"
-    hookSleepers.append(slowHook(root / "project.git", marker, 2))
     daemon = serve(root, "--anonymous-push", "--shutdown-grace", "30")
-    new = git.commit(populated, "during.txt", "pushed during shutdown\n")
-    push = startPush(git, daemon.url("project.git"), populated)
-    waitFor(marker.exists, what="the push to reach its hook")
+    push, new = heldPush(daemon, 2, "during")
     daemon.process.send_signal(signal.SIGTERM)
     waitFor(lambda: "letting 1 git operations finish" in daemon.log, what="drain to start")
     with pytest.raises(OSError):
@@ -474,17 +465,11 @@ def test_sigterm_lets_push_in_flight_finish(
     assert lockFiles(root / "project.git") == []
 
 
-def test_sigterm_past_grace_applies_nothing(
-    git: GitClient, serve, root: Path, populated: Path, tmp_path: Path, hookSleepers: list[Path]
-) -> None:
+def test_sigterm_past_grace_applies_nothing(git: GitClient, serve, root: Path, heldPush) -> None:
     """A push still running after the grace is ended: nothing applied, fsck clean, no locks."""
-    marker = tmp_path / "hook-started"
-    hookSleepers.append(slowHook(root / "project.git", marker, 60))
     daemon = serve(root, "--anonymous-push", "--shutdown-grace", "1")
     before = git.output("rev-parse", "main", cwd=root / "project.git")
-    cut = git.commit(populated, "cut.txt", "cut off\n")
-    push = startPush(git, daemon.url("project.git"), populated)
-    waitFor(marker.exists, what="the push to reach its hook")
+    push, cut = heldPush(daemon, 60, "cut")
     started = time.monotonic()
     daemon.process.send_signal(signal.SIGTERM)
     assert daemon.process.wait(timeout=30) == -signal.SIGTERM
@@ -506,16 +491,10 @@ def test_sigterm_past_grace_applies_nothing(
 # Limits -----------------------------------------------------------------------
 
 
-def test_busy_server_answers_503_then_queues(
-    git: GitClient, serve, root: Path, populated: Path, tmp_path: Path, hookSleepers: list[Path]
-) -> None:
+def test_busy_server_answers_503_then_queues(git: GitClient, serve, root: Path, heldPush) -> None:
     """Past --max-jobs and a full queue git shows a 503 and its message; with room, it waits."""
-    marker = tmp_path / "hook-started"
-    hookSleepers.append(slowHook(root / "project.git", marker, 3))
     daemon = serve(root, "--anonymous-push", "--max-jobs", "1", "--max-queue", "0")
-    git.commit(populated, "busy.txt", "x\n")
-    push = startPush(git, daemon.url("project.git"), populated)
-    waitFor(marker.exists, what="the push to hold the only job")
+    push, _ = heldPush(daemon, 3, "busy")
     refused = git.run("ls-remote", daemon.url("project.git"), check=False)
     assert refused.returncode != 0
     assert "remote: The server is busy" in refused.stderr
@@ -526,11 +505,8 @@ def test_busy_server_answers_503_then_queues(
     git.run("ls-remote", daemon.url("project.git"))
 
     # The same load with a queue: the second request waits its turn instead.
-    marker.unlink()
     queued = serve(root, "--anonymous-push", "--max-jobs", "1", "--max-queue", "4")
-    git.commit(populated, "queued.txt", "y\n")
-    push = startPush(git, queued.url("project.git"), populated)
-    waitFor(marker.exists, what="the push to hold the only job")
+    push, _ = heldPush(queued, 3, "queued")
     waited = git.run("ls-remote", queued.url("project.git"))
     assert "refs/heads/main" in waited.stdout
     assert push.wait(timeout=60) == 0
@@ -558,23 +534,10 @@ def test_stalled_reader_is_dropped_and_git_ended(
     """A client that stops reading a pack is dropped after --idle-timeout and its git child ends."""
     from tests.test_e2e_smart import uploadPackRequest
 
-    work = tmp_path / "big"
-    git.run("init", "-q", str(work))
-    (work / "blob.bin").write_bytes(os.urandom(24 * 1024 * 1024))
-    git.run("add", "blob.bin", cwd=work)
-    git.run("commit", "-q", "-m", "big", cwd=work)
-    git.bare(root / "big.git")
-    git.run("push", "-q", str(root / "big.git"), "main", cwd=work)
-    head = git.output("rev-parse", "HEAD", cwd=work)
+    head = bigRepository(git, root, tmp_path / "big", 24)
     daemon = serve(root, "--idle-timeout", "2")
     body = uploadPackRequest([head])
-    sock = socket.create_connection((daemon.host, daemon.port))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    sock.sendall(
-        b"POST /big.git/git-upload-pack HTTP/1.1\r\nHost: x\r\n"
-        b"Content-Type: application/x-git-upload-pack-request\r\n"
-        b"Content-Length: %d\r\n\r\n" % len(body) + body
-    )
+    sock = startUploadPack(daemon, body)
     sock.recv(65536)
     waitFor(lambda: daemon.children() != [], what="git to start")
     # Read nothing: the daemon drops the connection and ends git.

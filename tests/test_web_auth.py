@@ -94,13 +94,19 @@ def test_private_mode_serves_the_user(root: Path) -> None:
     assert site.responses()[-1].status == 404
 
 
-def test_job_limit_queues_then_refuses(root: Path) -> None:
-    """One job and one queue place: the second request waits, the third gets 503 + Retry-After."""
+def oneRunningOneQueued(root: Path) -> SiteHarness:
+    """A site with one job slot and one queue place, both taken by advertisements."""
     site = SiteHarness(root)
     site.server.jobs = JobLimiter(maxJobs=1, maxQueue=1)
     site.request(b"GET", ADVERTISE_UPLOAD)
     site.connect()
     site.request(b"GET", ADVERTISE_UPLOAD)
+    return site
+
+
+def test_job_limit_queues_then_refuses(root: Path) -> None:
+    """One job and one queue place: the second request waits, the third gets 503 + Retry-After."""
+    site = oneRunningOneQueued(root)
     assert len(site.reactor.spawned) == 1
     site.connect()
     site.request(b"GET", ADVERTISE_UPLOAD)
@@ -115,11 +121,7 @@ def test_job_limit_queues_then_refuses(root: Path) -> None:
 
 def test_client_leaving_the_queue_frees_its_place(root: Path) -> None:
     """A queued client that disconnects never starts git."""
-    site = SiteHarness(root)
-    site.server.jobs = JobLimiter(maxJobs=1, maxQueue=1)
-    site.request(b"GET", ADVERTISE_UPLOAD)
-    site.connect()
-    site.request(b"GET", ADVERTISE_UPLOAD)
+    site = oneRunningOneQueued(root)
     assert site.server.jobs.queued == 1
     site.channel.connectionLost(Exception("gone"))
     assert site.server.jobs.queued == 0
