@@ -164,8 +164,12 @@ class GitProcessProtocol(ProcessProtocol):
         description: str,
         preamble: bytes = b"",
         killGrace: float = KILL_GRACE,
+        logFields: Mapping[str, object] | None = None,
     ) -> None:
         self.request = request
+        # The operation's service, repository, user and protocol version as
+        # separate event fields, for JSON log observers.
+        self.logFields = dict(logFields or {})
         self.clock = clock
         self.contentType = contentType
         self.description = description
@@ -323,6 +327,7 @@ class GitProcessProtocol(ProcessProtocol):
         self.log.info(
             "git {description} exit={exitCode} bytes_in={bytesIn} bytes_out={bytesOut} "
             "duration={duration:.3f}s",
+            **self.logFields,
             description=self.description,
             exitCode=exitCode,
             bytesIn=self.bytesIn,

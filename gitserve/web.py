@@ -119,8 +119,9 @@ class GitRequest(Request):
     _continueSent = False
     _finishPending = False
     # Set once authentication has decided (see GitServer.userFor); the
-    # access log shows it.
+    # access log shows the user.
     authenticatedUser: str | None = None
+    userDecided = False
 
     def headersReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         """Render a POST now, with its body still to come."""
@@ -281,13 +282,12 @@ class GitServer:
         """
         if self.authenticate is None:
             return succeed(None)
-        decided = getattr(request, "_userDecided", None)
-        if decided is not None:
+        if getattr(request, "userDecided", False):
             return succeed(request.authenticatedUser)  # type: ignore[attr-defined]
 
         def remember(user: str | None) -> str | None:
             request.authenticatedUser = user  # type: ignore[attr-defined]
-            request._userDecided = True  # type: ignore[attr-defined]
+            request.userDecided = True  # type: ignore[attr-defined]
             return user
 
         return self.authenticate(request).addCallback(remember)
@@ -345,6 +345,13 @@ class GitServer:
                 self.clock,
                 contentType=contentType,
                 description=description,
+                logFields={
+                    "service": service.value,
+                    "repository": repository.name,
+                    "user": user,
+                    "protocolVersion": protocolVersion(gitProtocol),
+                    "advertise": advertise,
+                },
                 preamble=preamble,
                 killGrace=self.backend.killGrace,
             )

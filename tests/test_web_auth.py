@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet.defer import succeed
+from twisted.logger import capturedLogs
 
 from gitserve.auth import BasicAuthenticator, makePortal
 from gitserve.limits import JobLimiter
@@ -128,3 +129,20 @@ def test_client_leaving_the_queue_frees_its_place(root: Path) -> None:
     site.reactor.spawned[0].exit(0)
     assert len(site.reactor.spawned) == 1
     assert site.server.jobs.busy == 0
+
+
+def test_operation_log_is_structured(root: Path) -> None:
+    """Each git operation logs one event with its service, repository, user, protocol and sizes."""
+    site = withAuth(SiteHarness(root))
+    with capturedLogs() as events:
+        site.request(b"GET", ADVERTISE_RECEIVE, basic("alice", "secret"))
+        site.child.protocol.outReceived(b"0000")
+        site.child.exit(0)
+    [event] = [e for e in events if e.get("log_format", "").startswith("git {description}")]
+    assert {k: event[k] for k in ("service", "repository", "user", "protocolVersion")} == {
+        "service": "git-receive-pack",
+        "repository": "project.git",
+        "user": "alice",
+        "protocolVersion": 0,
+    }
+    assert event["exitCode"] == 0 and event["bytesOut"] > 0 and event["duration"] >= 0
