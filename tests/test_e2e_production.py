@@ -178,6 +178,10 @@ def test_anonymous_push_is_asked_for_credentials(
     assert response.status == 401
     assert response.getheader("WWW-Authenticate") == 'Basic realm="team repos", charset="UTF-8"'
 
+    # Larger than http.postBuffer: git streams it chunked and could not
+    # replay it after a late 401, so the 401 must come at info/refs.
+    (populated / "large.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    git.run("add", "large.bin", cwd=populated)
     new = git.commit(populated, "prompted.txt", "x\n")
     # Prompts disabled: git says it wanted to ask, and nothing was pushed.
     refused = git.run("push", daemon.url("project.git"), "main", cwd=populated, check=False)
@@ -202,6 +206,8 @@ def test_anonymous_push_is_asked_for_credentials(
     assert git.output("rev-parse", "main", cwd=root / "project.git") == new
     asked = prompts.read_text()
     assert "Username for 'http://127.0.0.1:" in asked and "Password for 'http://alice@" in asked
+    assert asked.count("Username") == 1
+    git.run("fsck", "--strict", cwd=root / "project.git")
 
 
 def test_wrong_password_fails(
