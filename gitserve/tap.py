@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.cred import strcred
 from twisted.cred.credentials import IUsernamePassword
-from twisted.internet import threads
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IListeningPort, IReactorCore, IStreamServerEndpoint
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -217,12 +218,20 @@ def makeService(options: Options) -> IService:
 
     log = Logger()
     gitPath = shutil.which("git", path=os.environ.get("PATH"))
+    available = gitPath is not None
     if gitPath is None:
-        log.warn("no git binary on PATH: smart HTTP (clone, fetch, push) will fail")
+        log.warn(
+            "no git binary on PATH: fetches are served over the dumb protocol only, "
+            "and pushes will fail"
+        )
         gitPath = "git"
     configs = ConfigCache()
+    # Blocking work (password hashing, dumb ref lists) goes to the reactor's pool.
+    runInThread = partial(deferToThreadPool, reactor, reactor.getThreadPool())
     jobs = JobLimiter(options["max-jobs"], options["max-queue"])
-    backend = GitBackend(reactor=reactor, gitPath=gitPath, environ=dict(os.environ))
+    backend = GitBackend(
+        reactor=reactor, gitPath=gitPath, environ=dict(os.environ), available=available
+    )
     server = GitServer(
         root=options["root"],
         policy=Policy(
@@ -238,13 +247,12 @@ def makeService(options: Options) -> IService:
         capabilities=CapabilityCache(
             gitPath=gitPath, environment=backend.environment(Caller(remoteAddr=""))
         ),
+        runBlocking=runInThread,
         jobs=jobs,
     )
     checkers = options["credCheckers"]
     if checkers:
-        authenticator = BasicAuthenticator(
-            makePortal(checkers, threads.deferToThread), options["realm"]
-        )
+        authenticator = BasicAuthenticator(makePortal(checkers, runInThread), options["realm"])
         server.authenticate = lambda request: authenticator.authenticate(
             request.getHeader(b"Authorization"),
             str(getattr(request.getClientAddress(), "host", "-")),

@@ -22,6 +22,7 @@ from twisted.web.http import HTTPChannel, parse_qs
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from gitserve import dumb
 from gitserve.advertisement import VERSION_2, CapabilityCache
 from gitserve.body import BodyLost, RequestBody
 from gitserve.errors import (
@@ -262,6 +263,9 @@ class GitServer:
         anonymous.
     @ivar challenge: the C{WWW-Authenticate} value a 401 carries.
     @ivar jobs: the cap on concurrent git children, if any.
+    @ivar runBlocking: runs a blocking, thread-safe computation (the dumb
+        C{info/refs} of a repository with many refs) off the reactor thread;
+        the default runs it inline, which is what unit tests want.
     """
 
     root: Any  # pathlib.Path, resolved
@@ -274,6 +278,7 @@ class GitServer:
     challenge: bytes = b'Basic realm="gitserve"'
     jobs: JobLimiter | None = None
     capabilities: CapabilityCache | None = None
+    runBlocking: Callable[[Callable[[], Any]], Deferred[Any]] = maybeDeferred
 
     def userFor(self, request: Request) -> Deferred[str | None]:
         """
@@ -396,10 +401,16 @@ def _serviceParameter(request: Request) -> Service | None:
 def getInfoRefs(
     server: GitServer, request: Request, repository: Repository, suffix: Sequence[str]
 ) -> Deferred[None]:
-    """C{GET info/refs?service=...}: the smart advertisement, from git itself."""
+    """
+    C{GET info/refs?service=...}: the smart advertisement, from git itself;
+    without C{service=}, the dumb ref list.
+    """
     service = _serviceParameter(request)
-    if service is None:
-        raise NotFound("Dumb HTTP is not served")
+    if service is None or (service is Service.UPLOAD_PACK and not server.backend.available):
+        # Without a git binary there is no upload-pack: the plain ref list
+        # makes the client fall back to the dumb protocol by itself, as it
+        # does against a static file server.
+        return dumb.getDumbInfoRefs(server, request, repository, suffix)
     gitProtocol = gitProtocolOf(request)
 
     def start(user: str | None) -> Deferred[None] | None:
@@ -512,8 +523,17 @@ def postReceivePack(
 
 # The route table, in http-backend.c's order. Methods other than the ones
 # listed get 405.
+_GET = (b"GET", b"HEAD")
+_PACK_NAME = r"pack-(?:[0-9a-f]{40}|[0-9a-f]{64})"
 ROUTES: list[Route] = [
-    route((b"GET", b"HEAD"), "info", "refs")(getInfoRefs),
+    route(_GET, "HEAD")(dumb.getHead),
+    route(_GET, "info", "refs")(getInfoRefs),
+    route(_GET, "objects", "info", "alternates")(dumb.getTextFile),
+    route(_GET, "objects", "info", "http-alternates")(dumb.getTextFile),
+    route(_GET, "objects", "info", "packs")(dumb.getInfoPacks),
+    route(_GET, "objects", "[0-9a-f]{2}", "[0-9a-f]{38}|[0-9a-f]{62}")(dumb.getLooseObject),
+    route(_GET, "objects", "pack", _PACK_NAME + r"\.pack")(dumb.getPackFile),
+    route(_GET, "objects", "pack", _PACK_NAME + r"\.idx")(dumb.getIdxFile),
     route((b"POST",), "git-upload-pack")(postUploadPack),
     route((b"POST",), "git-receive-pack")(postReceivePack),
 ]
