@@ -69,9 +69,15 @@ def test_authenticated_push_reaches_git_as_the_user(root: Path) -> None:
 
 
 def test_private_mode_hides_missing_and_existing_alike(root: Path) -> None:
-    """--private: without a valid user a missing and an existing repository answer the same 401."""
+    """--private: without a valid user, smart or dumb, missing or existing: the same 401."""
     answers = []
-    for path in (ADVERTISE_UPLOAD, b"/missing.git/info/refs?service=git-upload-pack"):
+    paths = (
+        ADVERTISE_UPLOAD,
+        b"/missing.git/info/refs?service=git-upload-pack",
+        b"/project.git/HEAD",
+        b"/missing.git/objects/info/packs",
+    )
+    for path in paths:
         for headers in (None, basic("alice", "nope")):
             site = withAuth(SiteHarness(root))
             site.server.policy.private = True
@@ -93,6 +99,10 @@ def test_private_mode_serves_the_user(root: Path) -> None:
         b"GET", b"/missing.git/info/refs?service=git-upload-pack", basic("alice", "secret")
     )
     assert site.responses()[-1].status == 404
+    site.request(b"GET", b"/project.git/HEAD", basic("alice", "secret"))
+    head = site.responses()[-1]
+    # An unborn HEAD: an empty text/plain answer, as http-backend gives.
+    assert head.status == 200 and head.header(b"content-type") == b"text/plain"
 
 
 def oneRunningOneQueued(root: Path) -> SiteHarness:
