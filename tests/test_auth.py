@@ -175,6 +175,22 @@ class StrcredTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(bad))
 
 
+class FileCheckerTests(SynchronousTestCase):
+    def test_twistedFileChecker(self) -> None:
+        """Twisted's file: checker (user:password lines) works with Basic credentials."""
+        path = scratchDirectory(self) / "passwords"
+        path.write_text("carol:pw\n")
+        runner = QueuedThreadRunner()
+        authenticator = BasicAuthenticator(
+            makePortal([strcred.makeChecker(f"file:{path}")], runner)
+        )
+        ok = authenticator.authenticate(basic("carol", "pw"))
+        bad = authenticator.authenticate(basic("carol", "no"))
+        runner.runAll()
+        self.assertEqual(self.successResultOf(ok), "carol")
+        self.assertIsNone(self.successResultOf(bad))
+
+
 class BasicAuthenticatorTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.runner = QueuedThreadRunner()
