@@ -310,7 +310,7 @@ class GitUserRealm:
         if IGitUser not in interfaces:
             raise NotImplementedError("gitserve only knows IGitUser avatars")
         if isinstance(avatarId, bytes):
-            avatarId = avatarId.decode("utf-8")
+            avatarId = avatarId.decode("utf-8", "replace")
         return IGitUser, str(avatarId), lambda: None
 
 
