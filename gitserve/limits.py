@@ -168,7 +168,8 @@ class GuardedChannel(GitChannel):
       - C{stallTimeout}: while the client does not read (the transport's
         buffer is full and has paused us), the connection may stay stuck
         this long. Waiting on git (the client caught up, git still working)
-        never counts.
+        never counts, and neither does a push body the server holds back
+        (see L{timeoutConnection}).
     """
 
     headerTimeout: float | None = None
@@ -208,6 +209,19 @@ class GuardedChannel(GitChannel):
         closed = getattr(self.site, "channelClosed", None)
         if closed is not None:
             closed(self)
+
+    def timeoutConnection(self) -> None:
+        """
+        Twisted's idle timeout fired. A request whose body the server itself
+        stopped reading (waiting for a job slot, or for git to catch up) is
+        not an idle client: wait on, and time the client again from now.
+        """
+        for request in self.requests:
+            body = getattr(request, "body", None)
+            if body is not None and not body.complete and body.holdsNetwork():
+                self.setTimeout(self.timeOut)
+                return
+        super().timeoutConnection()
 
     def _cancel(self, name: str) -> None:
         call = getattr(self, name)

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet.defer import succeed
+from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 
 from gitserve.auth import BasicAuthenticator, makePortal
-from gitserve.limits import JobLimiter
-from tests.fakes import SiteHarness, makeRepository
+from gitserve.limits import GuardedSite, JobLimiter
+from gitserve.web import RootResource
+from tests.fakes import CLIENT, SiteHarness, makeRepository
 
 ADVERTISE_RECEIVE = b"/project.git/info/refs?service=git-receive-pack"
 ADVERTISE_UPLOAD = b"/project.git/info/refs?service=git-upload-pack"
@@ -156,3 +158,44 @@ def test_operation_log_is_structured(root: Path) -> None:
         "protocolVersion": 0,
     }
     assert event["exitCode"] == 0 and event["bytesOut"] > 0 and event["duration"] >= 0
+
+
+def guardedChannel(site: SiteHarness, idleTimeout: float) -> StringTransport:
+    """Connect the harness through a GuardedSite serving the same server; return the transport."""
+    guarded = GuardedSite(RootResource(site.server), idleTimeout=idleTimeout, reactor=site.reactor)
+    site.channel = guarded.buildProtocol(CLIENT)
+    site.transport = StringTransport(peerAddress=CLIENT)
+    site.channel.makeConnection(site.transport)
+    return site.transport
+
+
+PUSH_HEADERS = (
+    b"POST /project.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n"
+    b"Content-Type: application/x-git-receive-pack-request\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
+
+
+def test_push_waiting_for_a_job_is_not_idle(root: Path) -> None:
+    """A push whose body the server holds back while it waits for a job is not timed out."""
+    site = SiteHarness(root, anonymousPush=True)
+    site.server.jobs = JobLimiter(maxJobs=1, maxQueue=1)
+    site.request(b"GET", ADVERTISE_UPLOAD)
+    transport = guardedChannel(site, idleTimeout=10)
+    site.send(PUSH_HEADERS)
+    site.reactor.advance(35)
+    assert not transport.disconnecting
+    site.reactor.spawned[0].exit(0)
+    assert site.reactor.spawned[1].args[1] == "receive-pack"
+
+
+def test_push_body_that_stops_coming_is_dropped(root: Path) -> None:
+    """A push whose client stops sending its body is dropped after the idle timeout."""
+    site = SiteHarness(root, anonymousPush=True)
+    transport = guardedChannel(site, idleTimeout=10)
+    site.send(PUSH_HEADERS + b"5\r\nhello\r\n")
+    assert site.child.stdin == b"hello"
+    site.reactor.advance(9)
+    assert not transport.disconnecting
+    site.reactor.advance(2)
+    assert transport.disconnecting
