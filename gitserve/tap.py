@@ -34,7 +34,7 @@ from gitserve.limits import (
 from gitserve.logs import accessLogFormatter
 from gitserve.policy import Policy
 from gitserve.repository import ConfigCache
-from gitserve.service import Caller, GitBackend
+from gitserve.service import Caller, GitBackend, PipeReadingSpawner
 from gitserve.shutdown import DEFAULT_SHUTDOWN_GRACE, GracefulShutdownService
 from gitserve.systemd import SystemdNotifier, SystemdNotifyService
 from gitserve.tls import CertificateReloadService, reloadableServerFromString, warnIfPlaintextAuth
@@ -230,7 +230,10 @@ def makeService(options: Options) -> IService:
     runInThread = partial(deferToThreadPool, reactor, reactor.getThreadPool())
     jobs = JobLimiter(options["max-jobs"], options["max-queue"])
     backend = GitBackend(
-        reactor=reactor, gitPath=gitPath, environ=dict(os.environ), available=available
+        reactor=PipeReadingSpawner(reactor),
+        gitPath=gitPath,
+        environ=dict(os.environ),
+        available=available,
     )
     server = GitServer(
         root=options["root"],
