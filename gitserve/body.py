@@ -334,14 +334,16 @@ class RequestBody:
     def _fail(self, failure: Failure) -> None:
         self._detach()
         self._decoder = Identity()
+        # Stop reading first: whoever handles the failure decides whether to
+        # discard the rest or to drop the connection, and may do so at once,
+        # inside the errback below (pausing after it undid a discard() and
+        # left the connection stalled until Twisted's timeout).
+        self._pauseNetwork()
         done, self._done = self._done, None
         if done is not None:
             done.errback(failure)
         else:
             self._failure = failure
-        # Stop reading: whoever handles the failure decides whether to
-        # discard the rest or to drop the connection.
-        self._pauseNetwork()
 
     # IPushProducer, for the consumer --------------------------------------
 

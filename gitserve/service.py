@@ -55,6 +55,10 @@ MAX_STDERR = 64 * 1024
 # How long a child gets between SIGTERM and SIGKILL.
 KILL_GRACE = 5.0
 
+# How long a child that was still reading its request gets, after its stdin
+# is closed, to fail and clean up on its own before SIGTERM.
+TERM_GRACE = 2.0
+
 _PRINTABLE = re.compile(rb"[^\x20-\x7e]")
 
 # How much of git's output is read at once: a pipe's whole default capacity.
@@ -255,6 +259,7 @@ class GitProcessProtocol(ProcessProtocol):
         self.output: bytearray | None = None
         self.body: RequestBody | None = None
         self._killCall: IDelayedCall | None = None
+        self._stdinOpen = True
         request.notifyFinish().addErrback(self._requestLost)
 
     # Feeding stdin ---------------------------------------------------------
@@ -263,6 +268,11 @@ class GitProcessProtocol(ProcessProtocol):
         """Give git a body that was buffered whole (upload-pack negotiation)."""
         self.bytesIn += len(data)
         self.transport.write(data)
+        self.closeStdin()
+
+    def closeStdin(self) -> None:
+        """Tell git its input is complete (or will never be)."""
+        self._stdinOpen = False
         self.transport.closeStdin()
 
     def streamStdin(self, body: RequestBody) -> None:
@@ -271,7 +281,7 @@ class GitProcessProtocol(ProcessProtocol):
         def finished(_: None) -> None:
             self.bytesIn = body.received
             if not self.childEnded:
-                self.transport.closeStdin()
+                self.closeStdin()
 
         def failed(failure: Failure) -> None:
             self.bytesIn = body.received
@@ -290,25 +300,29 @@ class GitProcessProtocol(ProcessProtocol):
 
     def connectionMade(self) -> None:
         # This protocol, not the process transport, is the request's
-        # producer: a process transport cannot stopProducing(), which the
-        # connection calls when the client goes away.
+        # producer: a Process has no stopProducing(), and a client that goes
+        # away calls exactly that (an AttributeError there used to stop the
+        # disconnect from reaching the request, leaving git running).
         self.request.registerProducer(self, True)
 
+    # IPushProducer, for the request: a slow client pauses git's output ---------
+
     def pauseProducing(self) -> None:
-        """The client is not reading: stop reading git's output."""
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
-        """The connection is gone: git's output has nowhere to go."""
         self.terminate()
 
     def outReceived(self, data: bytes) -> None:
         if self.output is not None:
             self.output += data
-        if self.requestGone:
+        if self.requestGone or self.failure is not None:
+            # Nobody to tell, or the request failed on our side (a body over
+            # its cap): git's complaint about its cut-off input must not
+            # become the answer.
             return
         if not self.started:
             self.started = True
@@ -414,18 +428,29 @@ class GitProcessProtocol(ProcessProtocol):
             self.terminate()
 
     def terminate(self) -> None:
-        """SIGTERM now, SIGKILL after the grace period if git is still there."""
-        if self.childEnded:
+        """
+        End the child. One that was still reading its request first gets
+        EOF and L{TERM_GRACE} to fail on its own: receive-pack's helpers
+        (unpack-objects, index-pack) read the same pipe, and a SIGTERM while
+        they still write into the quarantine races receive-pack's cleanup
+        of it and leaves the directory behind. Then SIGTERM, and SIGKILL
+        after L{killGrace}.
+        """
+        if self.childEnded or self._killCall is not None:
             return
-        try:
-            self.transport.signalProcess("TERM")
-        except ProcessExitedAlready:
-            return
-        if self._killCall is None:
-            self._killCall = self.clock.callLater(self.killGrace, self._kill)
+        # Nothing reads git's output any more: let it drain instead of
+        # blocking on a paused pipe.
+        self.transport.resumeProducing()
+        if self._stdinOpen:
+            self.closeStdin()
+            self._killCall = self.clock.callLater(TERM_GRACE, self._signal, "TERM")
+        else:
+            self._signal("TERM")
 
-    def _kill(self) -> None:
+    def _signal(self, name: str) -> None:
         try:
-            self.transport.signalProcess("KILL")
+            self.transport.signalProcess(name)
         except ProcessExitedAlready:
-            pass
+            return
+        if name == "TERM":
+            self._killCall = self.clock.callLater(self.killGrace, self._signal, "KILL")

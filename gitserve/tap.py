@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 
 from gitserve.advertisement import CapabilityCache
 from gitserve.auth import DEFAULT_REALM, BasicAuthenticator, makePortal
+from gitserve.housekeeping import QuarantineSweeper
 from gitserve.limits import (
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
@@ -251,6 +252,7 @@ def makeService(options: Options) -> IService:
             gitPath=gitPath, environment=backend.environment(Caller(remoteAddr=""))
         ),
         runBlocking=runInThread,
+        sweeper=QuarantineSweeper(reactor),
         jobs=jobs,
     )
     checkers = options["credCheckers"]

@@ -38,6 +38,7 @@ from gitserve.errors import (
     renderError,
 )
 from gitserve.headers import setNoCache
+from gitserve.housekeeping import QuarantineSweeper
 from gitserve.pktline import FLUSH, ProtocolError, parsePktLines, pktLine
 from gitserve.policy import Policy, Service
 from gitserve.repository import ConfigCache, Repository, resolveRepository
@@ -75,6 +76,18 @@ class GitChannel(HTTPChannel):
     temporary file). L{GitRequest} needs the moment the headers are known, to
     decide and to start git before the body comes.
     """
+
+    def headerReceived(self, line: bytes) -> bool:
+        # Security: Twisted accepts "Transfer-Encoding: identity" and then
+        # ignores it, framing the body by Content-Length (or as empty). A
+        # proxy in front may frame the same bytes otherwise, which is how
+        # requests are smuggled; git only ever sends "chunked", so anything
+        # else is refused here.
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"transfer-encoding" and value.strip().lower() != b"chunked":
+            self._respondToBadRequestAndDisconnect()
+            return False
+        return super().headerReceived(line)
 
     def allHeadersReceived(self) -> None:
         # HTTPChannel keeps the request line in these attributes until
@@ -292,6 +305,7 @@ class GitServer:
     jobs: JobLimiter | None = None
     capabilities: CapabilityCache | None = None
     runBlocking: Callable[[Callable[[], Any]], Deferred[Any]] = maybeDeferred
+    sweeper: QuarantineSweeper | None = None
 
     def userFor(self, request: Request) -> Deferred[str | None]:
         """
@@ -453,7 +467,7 @@ def getInfoRefs(
                     cache.put(repository, key, bytes(protocol.output))
 
             protocol.done.addCallback(keep)
-            protocol.transport.closeStdin()
+            protocol.closeStdin()
 
         started = server.runGit(request, repository, service, user, gitProtocol, advertise=True)
         return started.addCallback(cacheAnswer)
@@ -528,6 +542,8 @@ def postReceivePack(
 
     def start(user: str | None) -> Deferred[None]:
         server.policy.checkService(repository, service, user)
+        if server.sweeper is not None:
+            server.sweeper.sweep(repository.gitDir)
         started = server.runGit(request, repository, service, user, gitProtocol, advertise=False)
         return started.addCallback(lambda protocol: protocol.streamStdin(request.body))
 

@@ -137,6 +137,20 @@ class Daemon:
             return []
         return [int(pid) for pid in text.split()]
 
+    def settledChildren(self, timeout: float = 10.0) -> list[int]:
+        """
+        The daemon's children once none is left, or those still alive after
+        C{timeout}: a child ends a moment after its request does.
+        """
+        deadline = time.monotonic() + timeout
+        while (children := self.children()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return children
+
+    def openFds(self) -> int:
+        """How many file descriptors the daemon holds open."""
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

@@ -19,7 +19,7 @@ from twisted.internet.testing import MemoryReactor
 from zope.interface.verify import verifyObject
 
 from gitserve.body import INFLATE_STEP
-from gitserve.service import PIPE_READ_SIZE, _PipeReader
+from gitserve.service import PIPE_READ_SIZE, TERM_GRACE, _PipeReader
 from tests.fakes import (
     PIPE_CAPACITY,
     FakeProcessReactor,
@@ -163,8 +163,12 @@ def test_brokenGzipEndsTheChild(site: SiteHarness) -> None:
     site.send(RECEIVE_HEADERS + b"Content-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n")
     site.send(chunked(b"this is not gzip at all", 64))
     process = site.child
+    # git first sees its input end (so it can clean up on its own), and gets
+    # SIGTERM only if it is still there after the grace.
+    assert process.stdinClosed and process.stdin == b""
+    assert process.signals == []
+    site.reactor.advance(TERM_GRACE)
     assert process.signals == ["TERM"]
-    assert not process.stdinClosed or process.stdin == b""
     process.exit(143)
     assert site.transport.value().startswith(b"HTTP/1.1 400 ")
 
@@ -245,6 +249,8 @@ def test_pushLargerThanLimitWhileStreaming(tmp_path: Path) -> None:
     site.send(chunked(b"y" * 20000, 4000)[:-5])
     process = site.child
     assert len(process.stdin) <= 10000
+    assert process.stdinClosed
+    site.reactor.advance(TERM_GRACE)
     assert process.signals == ["TERM"]
     process.exit(143)
     assert site.transport.value().startswith(b"HTTP/1.1 413 ")

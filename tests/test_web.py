@@ -10,6 +10,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 
 from gitserve.pktline import FLUSH, parsePktLines, pktLine
+from gitserve.service import TERM_GRACE
 from gitserve.web import DISCARD_LIMIT, MAX_REQUEST_BUFFER
 from tests.fakes import SiteHarness, makeRepository
 
@@ -314,6 +315,8 @@ def test_push_over_the_size_limit_ends_git(root: Path) -> None:
     )
     site.send(b"10\r\n" + b"y" * 16 + b"\r\n")
     child = site.child
+    assert child.stdinClosed
+    site.reactor.advance(TERM_GRACE)
     assert child.signals == ["TERM"]
     child.exit(1)
     site.send(b"0\r\n\r\n")
@@ -383,7 +386,7 @@ def test_disconnect_after_exit_leaves_nothing_scheduled(site: SiteHarness) -> No
     child.protocol.terminate()
     child.exit(0)
     pending = [call.func for call in site.reactor.getDelayedCalls() if call.active()]
-    assert child.protocol._kill not in pending
+    assert child.protocol._signal not in pending
 
 
 def test_git_ending_mid_push_drops_the_rest_of_the_body(root: Path) -> None:
