@@ -465,7 +465,8 @@ def test_sigterm_lets_push_in_flight_finish(git: GitClient, serve, root: Path, h
     output, _ = push.communicate(timeout=60)
     assert push.returncode == 0, output
     assert daemon.process.wait(timeout=30) == -signal.SIGTERM
-    assert "Server Shut Down." in daemon.log
+    # The log reader thread may still be behind the exit.
+    waitFor(lambda: "Server Shut Down." in daemon.log, timeout=10, what="the last log line")
     assert git.output("rev-parse", "main", cwd=root / "project.git") == new
     git.run("fsck", "--strict", cwd=root / "project.git")
     assert lockFiles(root / "project.git") == []
@@ -479,7 +480,8 @@ def test_sigterm_past_grace_applies_nothing(git: GitClient, serve, root: Path, h
     started = time.monotonic()
     daemon.process.send_signal(signal.SIGTERM)
     assert daemon.process.wait(timeout=30) == -signal.SIGTERM
-    assert "Server Shut Down." in daemon.log
+    # The log reader thread may still be behind the exit.
+    waitFor(lambda: "Server Shut Down." in daemon.log, timeout=10, what="the last log line")
     # The grace, then SIGTERM to git (which ends at once): well before the hook's minute.
     assert time.monotonic() - started < 15
     output, _ = push.communicate(timeout=60)
@@ -488,7 +490,7 @@ def test_sigterm_past_grace_applies_nothing(git: GitClient, serve, root: Path, h
     assert git.output("rev-parse", "main", cwd=root / "project.git") == before
     # The cut push's objects never reached the object store: git keeps them
     # in its quarantine directory, which a SIGTERMed receive-pack (git 2.39)
-    # leaves for `git prune` to remove.
+    # leaves behind for a later push to sweep.
     assert git.run("cat-file", "-e", cut, cwd=root / "project.git", check=False).returncode != 0
     git.run("fsck", "--strict", cwd=root / "project.git")
     assert lockFiles(root / "project.git") == []
