@@ -227,7 +227,7 @@ def test_wrong_password_fails(
     assert result.returncode != 0
     assert "Authentication failed" in result.stderr
     assert git.output("rev-parse", "main", cwd=root / "project.git") == before
-    assert "authentication failed for 'alice'" in daemon.log
+    waitFor(lambda: "authentication failed for 'alice'" in daemon.log, what="the failure log")
 
 
 def test_htpasswd_changes_without_restart(
@@ -320,8 +320,10 @@ def test_access_log_and_operation_log(
     git.commit(populated, "log.txt", "x\n")
     pushAs(git, daemon, "alice", "secret", populated)
     git.run("-c", "protocol.version=2", "ls-remote", daemon.url("project.git"))
+    # Lines are written as responses finish, maybe after the client is done.
     waitFor(
-        lambda: accessLog.exists() and accessLog.read_text().count("\n") >= 3, what="access log"
+        lambda: accessLog.exists() and "service=git-upload-pack" in accessLog.read_text(),
+        what="the access log",
     )
     combined = re.compile(
         r'^127\.0\.0\.1 - (\S+) \[[^\]]+\] "(GET|POST) (\S+) HTTP/1\.1" '
@@ -333,15 +335,15 @@ def test_access_log_and_operation_log(
     requests = [(m.group(1), m.group(2), m.group(3), m.group(4)) for m in parsed if m]
     assert ("alice", "POST", "/project.git/git-receive-pack", "200") in requests
     assert ("-", "GET", "/project.git/info/refs?service=git-upload-pack", "200") in requests
-    operation = re.search(
+    pattern = (
         r"git git-receive-pack repo=project\.git user=alice protocol=v0 exit=0 "
-        r"bytes_in=(\d+) bytes_out=(\d+) duration=[0-9.]+s",
-        daemon.log,
+        r"bytes_in=(\d+) bytes_out=(\d+) duration=[0-9.]+s"
     )
+    waitFor(lambda: re.search(pattern, daemon.log) is not None, what="the operation log")
+    operation = re.search(pattern, daemon.log)
     assert operation and int(operation.group(1)) > 0 and int(operation.group(2)) > 0, daemon.log
-    assert re.search(
-        r"git git-upload-pack advertise repo=project\.git user=- protocol=v2 exit=0", daemon.log
-    )
+    advertised = r"git git-upload-pack advertise repo=project\.git user=- protocol=v2 exit=0"
+    waitFor(lambda: re.search(advertised, daemon.log) is not None, what="the v2 advertisement")
 
 
 # TLS --------------------------------------------------------------------------
