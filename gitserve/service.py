@@ -300,20 +300,19 @@ class GitProcessProtocol(ProcessProtocol):
 
     def connectionMade(self) -> None:
         # This protocol, not the process transport, is the request's
-        # producer: a Process has no stopProducing(), and a client that goes
-        # away calls exactly that (an AttributeError there used to stop the
-        # disconnect from reaching the request, leaving git running).
+        # producer: a process transport cannot stopProducing(), which the
+        # connection calls when the client goes away.
         self.request.registerProducer(self, True)
 
-    # IPushProducer, for the request: a slow client pauses git's output ---------
-
     def pauseProducing(self) -> None:
+        """The client is not reading: stop reading git's output."""
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
+        """The connection is gone: git's output has nowhere to go."""
         self.terminate()
 
     def outReceived(self, data: bytes) -> None:

@@ -254,6 +254,7 @@ def makeService(options: Options) -> IService:
         runBlocking=runInThread,
         sweeper=QuarantineSweeper(reactor),
         jobs=jobs,
+        sweeper=QuarantineSweeper(reactor),
     )
     checkers = options["credCheckers"]
     if checkers:

@@ -445,7 +445,7 @@ def getInfoRefs(
         cache = server.capabilities
         if cache is None or service is not Service.UPLOAD_PACK or gitProtocol != VERSION_2:
             started = server.runGit(request, repository, service, user, gitProtocol, advertise=True)
-            return started.addCallback(lambda protocol: protocol.transport.closeStdin())
+            return started.addCallback(lambda protocol: protocol.closeStdin())
         # Protocol v2: capabilities only, the same for every request until an
         # input changes (see gitserve.advertisement).
         key = cache.key(repository)

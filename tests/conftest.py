@@ -151,6 +151,17 @@ class Daemon:
         """How many file descriptors the daemon holds open."""
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
+    def settledFds(self, atMost: int, timeout: float = 10.0) -> int:
+        """
+        The daemon's open descriptors once they are down to C{atMost}, or
+        the count after C{timeout}: a peer's close reaches the reactor a
+        moment later on a loaded machine.
+        """
+        deadline = time.monotonic() + timeout
+        while (count := self.openFds()) > atMost and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return count
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
