@@ -252,7 +252,6 @@ def makeService(options: Options) -> IService:
             gitPath=gitPath, environment=backend.environment(Caller(remoteAddr=""))
         ),
         runBlocking=runInThread,
-        sweeper=QuarantineSweeper(reactor),
         jobs=jobs,
         sweeper=QuarantineSweeper(reactor),
     )
