@@ -132,6 +132,7 @@ class GitserveServer(Server):
         self.tmpDir = self.workDir / "tmp"
         self.log = self.workDir / "twistd.log"
         self.stderrLog = self.workDir / "stderr.log"
+        self.accessLog = self.workDir / "access.log"
         self.extraArgs = extraArgs if extraArgs is not None else ["--anonymous-push"]
         self.port = 0
         self._process: subprocess.Popen | None = None
@@ -158,6 +159,8 @@ class GitserveServer(Server):
             str(twistd), "-n", "--pidfile=", f"--logfile={self.log}",
             "gitserve", "--root", str(self.root),
             "--listen", f"tcp:{self.port}:interface=127.0.0.1",
+            # Apache writes one too: the same work on both sides.
+            f"--access-log={self.accessLog}",
             *self.extraArgs,
         ]
         # The twistd script execs the interpreter, so this pid is the server's.
@@ -186,7 +189,7 @@ class GitserveServer(Server):
 
     def logFiles(self) -> set[str]:
         """The files the server writes on purpose: not temporary files."""
-        return {str(self.log), str(self.stderrLog)}
+        return {str(self.log), str(self.stderrLog), str(self.accessLog)}
 
     def memoryKiB(self) -> int:
         # One process: its RSS is what it costs.
