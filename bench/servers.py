@@ -90,6 +90,7 @@ class Server:
 
     name: str
     root: Path
+    _process: subprocess.Popen | None = None
 
     def start(self) -> None:
         """Start the server and return when it answers requests."""
@@ -97,7 +98,13 @@ class Server:
 
     def stop(self) -> None:
         """Stop the server and wait for it to exit."""
-        raise NotImplementedError
+        _stopProcess(self._process)
+        self._process = None
+
+    def _waitUntilServing(self, log: Path) -> None:
+        assert self._process is not None
+        waitForHTTP(self.url("tiny.git") + "/info/refs?service=git-upload-pack",
+                    self._process, log)
 
     def url(self, repository: str) -> str:
         """The clone URL of the repository at C{root / repository}."""
@@ -168,12 +175,7 @@ class GitserveServer(Server):
             args, env=env, cwd=self.workDir, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=open(self.stderrLog, "wb"),
         )
-        waitForHTTP(self.url("tiny.git") + "/info/refs?service=git-upload-pack",
-                    self._process, self.log)
-
-    def stop(self) -> None:
-        _stopProcess(self._process)
-        self._process = None
+        self._waitUntilServing(self.log)
 
     def url(self, repository: str) -> str:
         return f"http://127.0.0.1:{self.port}/{repository}"
@@ -313,12 +315,7 @@ ScriptAlias /git/ /usr/lib/git-core/git-http-backend/
             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=open(self.workDir / "stderr.log", "wb"), start_new_session=True,
         )
-        waitForHTTP(self.url("tiny.git") + "/info/refs?service=git-upload-pack",
-                    self._process, self.errorLog)
-
-    def stop(self) -> None:
-        _stopProcess(self._process)
-        self._process = None
+        self._waitUntilServing(self.errorLog)
 
     def url(self, repository: str) -> str:
         return f"http://127.0.0.1:{self.port}/git/{repository}"
