@@ -32,6 +32,8 @@ setup(
         ],
     },
     entry_points={
-        "console_scripts": [],
+        "console_scripts": [
+            "gitserve-export = gitserve.export:main",
+        ],
     },
 )

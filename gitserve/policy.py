@@ -84,3 +84,27 @@ class Policy:
                 "to set http.receivepack=true in the repository or to start gitserve "
                 "with --anonymous-push"
             )
+
+    def checkGetAnyFile(self, repository: Repository) -> None:
+        """
+        Whether dumb clients may read the repository's files, by
+        C{http.getanyfile} (on unless set false), as http-backend checks it
+        before every dumb answer. Smart services do not depend on it.
+
+        @raise Forbidden: the switch is off.
+        """
+        if self.configs.getBoolean(repository, "http", "getanyfile") is False:
+            raise Forbidden("Unsupported service: getanyfile")
+
+    def hiddenRefs(self, repository: Repository) -> list[bytes]:
+        """
+        The hideRefs patterns a fetch must not see: C{transfer.hideRefs} then
+        C{uploadpack.hideRefs}, with trailing slashes dropped as git's
+        C{parse_hide_refs_config()} drops them. (git applies them in config
+        file order across both keys; this keeps each key's order, which
+        differs only when C{!} negations are spread over both.)
+        """
+        values = self.configs.getAll(repository, "transfer", "hideRefs") + self.configs.getAll(
+            repository, "uploadpack", "hideRefs"
+        )
+        return [value.rstrip(b"/") for value in values if value.rstrip(b"/")]

@@ -75,12 +75,15 @@ class GitBackend:
     @ivar gitPath: the git binary, found once at start-up.
     @ivar environ: the daemon's environment; only L{INHERITED_ENVIRONMENT}
         of it reaches a child.
+    @ivar available: false when no git binary was found: fetches then fall
+        back to the native dumb protocol (see L{gitserve.web.getInfoRefs}).
     """
 
     reactor: IReactorProcess
     gitPath: str
     environ: Mapping[str, str] = field(default_factory=dict)
     killGrace: float = KILL_GRACE
+    available: bool = True
 
     def environment(self, caller: Caller) -> dict[str, str]:
         """

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IReactorCore, IStreamServerEndpoint
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
 from gitserve.advertisement import CapabilityCache
-from gitserve.housekeeping import QuarantineSweeper
 from gitserve.policy import Policy
 from gitserve.repository import ConfigCache
 from gitserve.service import Caller, GitBackend
@@ -148,11 +149,17 @@ def makeService(options: Options) -> IService:
 
     log = Logger()
     gitPath = shutil.which("git", path=os.environ.get("PATH"))
+    available = gitPath is not None
     if gitPath is None:
-        log.warn("no git binary on PATH: smart HTTP (clone, fetch, push) will fail")
+        log.warn(
+            "no git binary on PATH: fetches are served over the dumb protocol only, "
+            "and pushes will fail"
+        )
         gitPath = "git"
     configs = ConfigCache()
-    backend = GitBackend(reactor=reactor, gitPath=gitPath, environ=dict(os.environ))
+    backend = GitBackend(
+        reactor=reactor, gitPath=gitPath, environ=dict(os.environ), available=available
+    )
     server = GitServer(
         root=options["root"],
         policy=Policy(
@@ -167,7 +174,7 @@ def makeService(options: Options) -> IService:
         capabilities=CapabilityCache(
             gitPath=gitPath, environment=backend.environment(Caller(remoteAddr=""))
         ),
-        sweeper=QuarantineSweeper(reactor),
+        runBlocking=partial(deferToThreadPool, reactor, reactor.getThreadPool()),
     )
     site = GitSite(RootResource(server))
     top = MultiService()

@@ -12,9 +12,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -22,6 +23,7 @@ from twisted.web.http import HTTPChannel, parse_qs
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from gitserve import dumb
 from gitserve.advertisement import VERSION_2, CapabilityCache
 from gitserve.body import BodyLost, RequestBody
 from gitserve.errors import (
@@ -36,7 +38,7 @@ from gitserve.errors import (
     renderError,
 )
 from gitserve.headers import setNoCache
-from gitserve.housekeeping import QuarantineSweeper
+from gitserve.housekeeping import sweepStaleQuarantines
 from gitserve.pktline import FLUSH, ProtocolError, parsePktLines, pktLine
 from gitserve.policy import Policy, Service
 from gitserve.repository import ConfigCache, Repository, resolveRepository
@@ -46,6 +48,8 @@ from gitserve.service import Caller, GitBackend, GitProcessProtocol
 # buffered whole (a half-duplex client cannot read while it sends), so it is
 # capped.
 MAX_REQUEST_BUFFER = 10 * 1024 * 1024
+
+log = Logger()
 
 # Default --max-push-size: a push body (inflated) larger than this is refused.
 MAX_PUSH_SIZE = 2 * 1024**3
@@ -266,6 +270,9 @@ class GitServer:
     @ivar authenticate: maps a request to its user (L{None} for anonymous);
         the default, with no authentication configured, makes everyone
         anonymous.
+    @ivar runBlocking: runs a blocking, thread-safe computation (the dumb
+        C{info/refs} of a repository with many refs) off the reactor thread;
+        the default runs it inline, which is what unit tests want.
     """
 
     root: Any  # pathlib.Path, resolved
@@ -276,7 +283,7 @@ class GitServer:
     maxPushSize: int = MAX_PUSH_SIZE
     authenticate: Callable[[Request], Deferred[str | None]] | None = None
     capabilities: CapabilityCache | None = None
-    sweeper: QuarantineSweeper | None = None
+    runBlocking: Callable[[Callable[[], Any]], Deferred[Any]] = maybeDeferred
 
     def userFor(self, request: Request) -> Deferred[str | None]:
         """The authenticated user of C{request}, L{None} when anonymous."""
@@ -364,10 +371,16 @@ def _serviceParameter(request: Request) -> Service | None:
 def getInfoRefs(
     server: GitServer, request: Request, repository: Repository, suffix: Sequence[str]
 ) -> Deferred[None]:
-    """C{GET info/refs?service=...}: the smart advertisement, from git itself."""
+    """
+    C{GET info/refs?service=...}: the smart advertisement, from git itself;
+    without C{service=}, the dumb ref list.
+    """
     service = _serviceParameter(request)
-    if service is None:
-        raise NotFound("Dumb HTTP is not served")
+    if service is None or (service is Service.UPLOAD_PACK and not server.backend.available):
+        # Without a git binary there is no upload-pack: the plain ref list
+        # makes the client fall back to the dumb protocol by itself, as it
+        # does against a static file server.
+        return dumb.getDumbInfoRefs(server, request, repository, suffix)
     gitProtocol = gitProtocolOf(request)
 
     def start(user: str | None) -> None:
@@ -471,8 +484,9 @@ def postReceivePack(
 
     def start(user: str | None) -> None:
         server.policy.checkService(repository, service, user)
-        if server.sweeper is not None:
-            server.sweeper.sweep(repository.gitDir)
+        server.runBlocking(partial(sweepStaleQuarantines, repository.gitDir)).addErrback(
+            lambda failure: log.failure("sweeping push quarantines failed", failure)
+        )
         protocol = server.runGit(request, repository, service, user, gitProtocol, advertise=False)
         protocol.streamStdin(request.body)
 
@@ -481,8 +495,17 @@ def postReceivePack(
 
 # The route table, in http-backend.c's order. Methods other than the ones
 # listed get 405.
+_GET = (b"GET", b"HEAD")
+_PACK_NAME = r"pack-(?:[0-9a-f]{40}|[0-9a-f]{64})"
 ROUTES: list[Route] = [
-    route((b"GET", b"HEAD"), "info", "refs")(getInfoRefs),
+    route(_GET, "HEAD")(dumb.getHead),
+    route(_GET, "info", "refs")(getInfoRefs),
+    route(_GET, "objects", "info", "alternates")(dumb.getTextFile),
+    route(_GET, "objects", "info", "http-alternates")(dumb.getTextFile),
+    route(_GET, "objects", "info", "packs")(dumb.getInfoPacks),
+    route(_GET, "objects", "[0-9a-f]{2}", "[0-9a-f]{38}|[0-9a-f]{62}")(dumb.getLooseObject),
+    route(_GET, "objects", "pack", _PACK_NAME + r"\.pack")(dumb.getPackFile),
+    route(_GET, "objects", "pack", _PACK_NAME + r"\.idx")(dumb.getIdxFile),
     route((b"POST",), "git-upload-pack")(postUploadPack),
     route((b"POST",), "git-receive-pack")(postReceivePack),
 ]

@@ -11,7 +11,7 @@ from tests.conftest import REPOSITORY_ROOT
 
 
 def test_regular_install_lists_the_plugin(tmp_path: Path) -> None:
-    """`pip install .` puts twisted/plugins/gitserve_plugin.py where `twistd --help` finds it."""
+    """`pip install .` puts the plugin where `twistd --help` finds it, and the console scripts."""
     target = tmp_path / "site"
     subprocess.run(
         [
@@ -59,3 +59,14 @@ def test_regular_install_lists_the_plugin(tmp_path: Path) -> None:
     )
     for option in ("--root", "--listen", "--anonymous-push", "--require-export-ok"):
         assert option in help.stdout
+    # The console scripts come with it.
+    export = subprocess.run(
+        [str(target / "bin" / "gitserve-export"), "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert export.returncode == 0, export.stderr
+    assert "usage: gitserve-export" in export.stdout
