@@ -131,9 +131,10 @@ class ConfigClosures:
     @ivar home: the C{HOME} git runs with, for C{~/} in include paths.
     """
 
-    def __init__(self, home: str | None) -> None:
+    def __init__(self, home: str | None, maxEntries: int = 4 * MAX_ENTRIES) -> None:
         self.home = home
-        self._closures: dict[str, _Closure] = {}
+        self.maxEntries = maxEntries
+        self._closures: OrderedDict[str, _Closure] = OrderedDict()
 
     def stamps(self, path: str) -> tuple[tuple[str, Stamp], ...]:
         """
@@ -144,11 +145,15 @@ class ConfigClosures:
         """
         cached = self._closures.get(path)
         if cached is not None and all(stampOf(p) == s for p, s in cached.stamps):
+            self._closures.move_to_end(path)
             return cached.stamps
         seen: dict[str, Stamp] = {}
         self._follow(path, 0, seen)
         closure = _Closure(tuple(seen.items()))
         self._closures[path] = closure
+        self._closures.move_to_end(path)
+        while len(self._closures) > self.maxEntries:
+            self._closures.popitem(last=False)
         return closure.stamps
 
     def _follow(self, path: str, depth: int, seen: dict[str, Stamp]) -> None:
@@ -195,11 +200,14 @@ class CapabilityCache:
     misses: int = 0
 
     def __post_init__(self) -> None:
-        self._closures = ConfigClosures(self.environment.get("HOME"))
-
-    def _configFiles(self, repository: Repository) -> list[str]:
-        """The config files git reads for C{repository}, in its order."""
+        # What depends on the daemon alone is worked out once: the
+        # environment is fixed for the daemon's life.
         env = self.environment
+        self._closures = ConfigClosures(env.get("HOME"))
+        self._keyable = not (set(env) - KNOWN_ENVIRONMENT)
+        self._environmentKey = tuple(
+            sorted((k, v) for k, v in env.items() if k not in PER_REQUEST_ENVIRONMENT)
+        )
         files = []
         if not _gitBoolean(env.get("GIT_CONFIG_NOSYSTEM")):
             if "GIT_CONFIG_SYSTEM" in env:
@@ -212,40 +220,34 @@ class CapabilityCache:
             xdg = env.get("XDG_CONFIG_HOME") or os.path.join(env["HOME"], ".config")
             files.append(os.path.join(xdg, "git", "config"))
             files.append(os.path.join(env["HOME"], ".gitconfig"))
-        files.append(os.path.join(str(repository.gitDir), "config"))
-        return [os.path.abspath(os.path.expanduser(f)) for f in files if f]
+        self._daemonConfigs = [os.path.abspath(f) for f in files if f]
 
     def key(self, repository: Repository) -> tuple[object, ...] | None:
         """
         Everything git's advertisement for C{repository} depends on, or
         L{None} when something it depends on cannot be keyed.
         """
-        unknown = set(self.environment) - KNOWN_ENVIRONMENT
         gitStamp = stampOf(self.gitPath)
-        if unknown or gitStamp is None:
+        if not self._keyable or gitStamp is None:
             return None
         gitDir = str(repository.gitDir)
-        if os.path.exists(os.path.join(gitDir, "commondir")):
+        if os.path.exists(gitDir + "/commondir"):
             # A linked worktree: its config lives elsewhere, maybe in two files.
             return None
         try:
-            configs = tuple(self._closures.stamps(f) for f in self._configFiles(repository))
-        except _Unkeyable:
-            return None
-        environment = tuple(
-            sorted((k, v) for k, v in self.environment.items() if k not in PER_REQUEST_ENVIRONMENT)
-        )
-        try:
             st = os.stat(gitDir)
-        except OSError:
+            stamps = [(self.gitPath, gitStamp), (gitDir + "/HEAD", stampOf(gitDir + "/HEAD"))]
+            # The config files git reads, in its order: system, global, the
+            # repository's, each with what it includes.
+            for path in self._daemonConfigs:
+                stamps.extend(self._closures.stamps(path))
+            stamps.extend(self._closures.stamps(gitDir + "/config"))
+        except (OSError, _Unkeyable):
             return None
         # The git directory's identity and owner (safe.directory), not its
         # mtime: that changes with every lock file git creates in it.
         identity = (st.st_dev, st.st_ino, st.st_uid, st.st_mode)
-        files = ((self.gitPath, gitStamp),) + (
-            (os.path.join(gitDir, "HEAD"), stampOf(os.path.join(gitDir, "HEAD"))),
-        )
-        return (environment, identity, files + sum(configs, ()))
+        return (self._environmentKey, identity, tuple(stamps))
 
     def get(self, repository: Repository, key: tuple[object, ...] | None) -> bytes | None:
         """The kept advertisement of C{repository}, if it was built from C{key}."""

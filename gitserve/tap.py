@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from gitserve.advertisement import CapabilityCache
 from gitserve.policy import Policy
 from gitserve.repository import ConfigCache
-from gitserve.service import Caller, GitBackend
+from gitserve.service import Caller, GitBackend, PipeReadingSpawner
 from gitserve.web import MAX_PUSH_SIZE, GitServer, GitSite, RootResource
 
 DEFAULT_LISTEN = "tcp:8080"
@@ -158,7 +158,10 @@ def makeService(options: Options) -> IService:
         gitPath = "git"
     configs = ConfigCache()
     backend = GitBackend(
-        reactor=reactor, gitPath=gitPath, environ=dict(os.environ), available=available
+        reactor=PipeReadingSpawner(reactor),
+        gitPath=gitPath,
+        environ=dict(os.environ),
+        available=available,
     )
     server = GitServer(
         root=options["root"],

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from io import BytesIO
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -93,8 +94,10 @@ class GitChannel(HTTPChannel):
         # allContentReceived(); reading them here is the one place gitserve
         # leans on Twisted internals (tested against the pinned range).
         command, path, version = self._command, self._path, self._version
-        super().allHeadersReceived()
         request = self.requests[-1]
+        if isinstance(request, GitRequest) and command == b"POST":
+            request.streamed = True
+        super().allHeadersReceived()
         if isinstance(request, GitRequest):
             request.headersReceived(command, path, version)
 
@@ -104,7 +107,7 @@ class GitChannel(HTTPChannel):
         # a refusal decided from the headers reaches the client before it
         # sends a byte of the body.
         request = self.requests[-1]
-        if isinstance(request, GitRequest) and self._command == b"POST":
+        if isinstance(request, GitRequest) and request.streamed:
             request.continueWanted = True
         else:
             super()._send100Continue()
@@ -129,13 +132,23 @@ class GitRequest(Request):
     """
 
     body: RequestBody | None = None
+    streamed = False
     continueWanted = False
     _continueSent = False
     _finishPending = False
 
+    def gotLength(self, length: int | None) -> None:
+        if self.streamed:
+            # The body goes through L{body}, never into self.content: no
+            # temporary file to spool it to (Twisted opens one for chunked or
+            # large bodies).
+            self.content = BytesIO()
+            return
+        super().gotLength(length)
+
     def headersReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         """Render a POST now, with its body still to come."""
-        if command != b"POST":
+        if not self.streamed:
             return
         self.body = RequestBody(
             self.channel.transport,

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from gitserve.advertisement import CapabilityCache, cacheable
+from gitserve.advertisement import CapabilityCache, ConfigClosures, cacheable, stampOf
 from gitserve.pktline import FLUSH, pktLine
 from gitserve.repository import Repository
 from tests.fakes import SiteHarness, makeRepository
@@ -117,8 +118,10 @@ def test_perRequestEnvironmentIsNotKeyed(setup) -> None:
     """Who asks (address, user, agent) does not change git's advertisement, so not the key."""
     cache, repository, _ = setup
     key = cache.key(repository)
-    cache.environment = {**cache.environment, "REMOTE_ADDR": "10.0.0.9", "REMOTE_USER": "bob"}
-    assert cache.key(repository) == key
+    other = replace(
+        cache, environment={**cache.environment, "REMOTE_ADDR": "10.0.0.9", "REMOTE_USER": "bob"}
+    )
+    assert other.key(repository) == key
 
 
 @pytest.mark.parametrize(
@@ -134,7 +137,9 @@ def test_unkeyableInputsAreNeverCached(setup, why: str) -> None:
             '[includeIf "onbranch:main"]\n\tpath = branch.inc\n',
         )
     elif why == "unknown environment":
-        cache.environment = {**cache.environment, "GIT_CONFIG_PARAMETERS": "'a.b'='c'"}
+        cache = replace(
+            cache, environment={**cache.environment, "GIT_CONFIG_PARAMETERS": "'a.b'='c'"}
+        )
     elif why == "linked worktree":
         write(repository.gitDir / "commondir", "../..\n")
     else:
@@ -248,3 +253,14 @@ def test_failedGitIsNotKept(tmp_path: Path) -> None:
     site.reactor.spawned[0].exit(128)
     site.send(V2_REQUEST)
     assert len(site.reactor.spawned) == 2
+
+
+def test_parsedConfigsAreBounded(tmp_path: Path) -> None:
+    """The parsed config files kept are bounded: a daemon serving many repositories stays small."""
+    closures = ConfigClosures(home=None, maxEntries=3)
+    paths = [write(tmp_path / f"config{i}", "[core]\n\tbare = true\n") for i in range(5)]
+    for path in paths:
+        closures.stamps(str(path))
+    assert len(closures._closures) == 3
+    # Still correct after eviction: a re-read gives the same stamps.
+    assert closures.stamps(str(paths[0])) == ((str(paths[0]), stampOf(str(paths[0]))),)

@@ -213,30 +213,28 @@ def answerBeforeBody(daemon: Daemon, head: bytes) -> bytes:
         return data
 
 
-def test_declaredSizeAboveLimitAnsweredBeforeBody(git: GitClient, root: Path, serve) -> None:
-    """A Content-Length above --max-push-size gets 413 while the body is still unsent."""
-    git.bare(root / "small.git")
+@pytest.mark.parametrize(
+    ("config", "framing", "status"),
+    [
+        # A declared Content-Length above --max-push-size.
+        ({}, b"Content-Length: %d" % (1024 * 1024 + 1), b"413"),
+        # The service switched off in the repository.
+        ({"http__receivepack": "false"}, b"Transfer-Encoding: chunked", b"403"),
+    ],
+    ids=["too-large", "disabled"],
+)
+def test_refusalAnsweredBeforeBody(
+    git: GitClient, root: Path, serve, config: dict[str, str], framing: bytes, status: bytes
+) -> None:
+    """A push refused from its headers is answered while its body is still unsent."""
+    git.bare(root / "target.git", **config)
     daemon = serve(root, "--anonymous-push", "--max-push-size", "1m")
     answer = answerBeforeBody(
         daemon,
-        b"POST /small.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n"
-        b"Content-Type: application/x-git-receive-pack-request\r\n"
-        b"Content-Length: %d\r\n\r\n" % (1024 * 1024 + 1),
+        b"POST /target.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/x-git-receive-pack-request\r\n" + framing + b"\r\n\r\n",
     )
-    assert answer.startswith(b"HTTP/1.1 413 "), answer
-
-
-def test_disabledServiceAnsweredBeforeBody(git: GitClient, root: Path, serve) -> None:
-    """A push to a repository with http.receivepack=false gets 403 while the body is unsent."""
-    git.bare(root / "off.git", http__receivepack="false")
-    daemon = serve(root, "--anonymous-push")
-    answer = answerBeforeBody(
-        daemon,
-        b"POST /off.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n"
-        b"Content-Type: application/x-git-receive-pack-request\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n",
-    )
-    assert answer.startswith(b"HTTP/1.1 403 "), answer
+    assert answer.startswith(b"HTTP/1.1 " + status + b" "), answer
 
 
 def test_expectContinueRefusalSendsNoContinue(git: GitClient, root: Path, serve) -> None:

@@ -7,15 +7,19 @@ are decided from the headers before a body byte is read.
 from __future__ import annotations
 
 import gzip
+import io
 import os
+import tracemalloc
 from pathlib import Path
 
 import pytest
 from twisted.internet.interfaces import IProcessTransport, IReactorProcess
+from twisted.internet.main import CONNECTION_DONE
+from twisted.internet.testing import MemoryReactor
 from zope.interface.verify import verifyObject
 
 from gitserve.body import INFLATE_STEP
-from gitserve.service import TERM_GRACE
+from gitserve.service import PIPE_READ_SIZE, TERM_GRACE, _PipeReader
 from tests.fakes import (
     PIPE_CAPACITY,
     FakeProcessReactor,
@@ -250,3 +254,67 @@ def test_pushLargerThanLimitWhileStreaming(tmp_path: Path) -> None:
     assert process.signals == ["TERM"]
     process.exit(143)
     assert site.transport.value().startswith(b"HTTP/1.1 413 ")
+
+
+def test_uploadPackGzipBombStopsAtTheCap(tmp_path: Path) -> None:
+    """A gzip negotiation inflating past its cap is refused, with memory bounded by the cap."""
+    site = makeSite(tmp_path, "[http]\n\tmaxRequestBuffer = 1m\n")
+    compressed = gzip.compress(b"0" * (16 * 1024 * 1024))
+    tracemalloc.start()
+    try:
+        site.send(
+            b"POST /repo.git/git-upload-pack HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/x-git-upload-pack-request\r\n"
+            b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(compressed)
+        )
+        site.send(compressed)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert site.reactor.spawned == []
+    assert site.transport.value().startswith(b"HTTP/1.1 413 ")
+    assert peak < 8 * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB while refusing"
+
+
+def test_gitIsSpawnedWithoutAWorkingDirectory(site: SiteHarness) -> None:
+    """git gets the repository as an absolute argument and no chdir, so Twisted can posix_spawn."""
+    site.send(RECEIVE_HEADERS + b"Content-Length: 4\r\n\r\n")
+    assert site.child.path is None
+    assert site.child.args[-1].startswith("/") and site.child.args[-1].endswith("repo.git")
+
+
+def test_gitOutputIsReadInLargePieces() -> None:
+    """git's stdout is read a pipe's capacity at a time, not Twisted's 8 KiB."""
+
+    class Collecting:
+        def __init__(self) -> None:
+            self.pieces: list[bytes] = []
+
+        def childDataReceived(self, name: int, data: bytes) -> None:
+            self.pieces.append(data)
+
+    readEnd, writeEnd = os.pipe()
+    try:
+        os.write(writeEnd, b"p" * PIPE_READ_SIZE)
+        os.close(writeEnd)
+        writeEnd = -1
+        process = Collecting()
+        reader = _PipeReader(MemoryReactor(), process, 1, readEnd)
+        assert reader.doRead() is None
+        assert [len(p) for p in process.pieces] == [PIPE_READ_SIZE]
+        assert reader.doRead() is CONNECTION_DONE
+    finally:
+        os.close(readEnd)
+        if writeEnd >= 0:
+            os.close(writeEnd)
+
+
+@pytest.mark.parametrize("framing", [b"Transfer-Encoding: chunked", b"Content-Length: 500000"])
+def test_streamedPostOpensNoSpoolFile(site: SiteHarness, framing: bytes) -> None:
+    """A streamed POST gets no temporary file for its body (Twisted spools big ones to one)."""
+    site.send(RECEIVE_HEADERS + framing + b"\r\n\r\n")
+    [request] = site.channel.requests
+    assert isinstance(request.content, io.BytesIO)
+    site.send(b"5\r\nhello\r\n" if b"chunked" in framing else b"hello")
+    assert request.content.getvalue() == b""
+    assert site.child.stdin == b"hello"
