@@ -378,6 +378,28 @@ def test_disconnect_ends_git(site: SiteHarness) -> None:
     child.exit(-9)
 
 
+def test_disconnect_mid_push_closes_stdin_before_signals(root: Path) -> None:
+    """A pusher gone mid-body: git gets EOF first, TERM after the grace, KILL after that."""
+    site = SiteHarness(root, anonymousPush=True)
+    site.send(
+        b"POST /project.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/x-git-receive-pack-request\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    )
+    child = site.child
+    site.channel.connectionLost(Failure(ConnectionDone()))
+    # EOF lets receive-pack fail and remove its quarantine itself, which a
+    # signal would not (git >= 2.38 skips that cleanup on signals).
+    assert child.stdinClosed
+    assert child.signals == []
+    site.reactor.advance(TERM_GRACE)
+    assert child.signals == ["TERM"]
+    site.reactor.advance(site.server.backend.killGrace)
+    assert child.signals == ["TERM", "KILL"]
+    child.exit(-9)
+    assert not [call for call in site.reactor.getDelayedCalls() if call.active()]
+
+
 def test_disconnect_after_exit_leaves_nothing_scheduled(site: SiteHarness) -> None:
     """A child that ends within its grace period leaves no kill timer behind."""
     site.request(b"POST", b"/project.git/git-upload-pack", UPLOAD_REQUEST, NEGOTIATION)
