@@ -21,11 +21,11 @@ import pytest
 from tests.conftest import Daemon, GitClient, daemonCommand
 from tests.rawhttp import (
     RECEIVE_PACK_REQUEST,
-    UPLOAD_PACK_REQUEST,
     connect,
     pushCommands,
     request,
-    wantRequest,
+    startFetch,
+    startPush,
 )
 
 IDLE = 1.0
@@ -146,19 +146,10 @@ def test_silentHeadersAreCut(daemon: Daemon) -> None:
 def test_tricklingPushBodyIsCutAndItsChildEnded(daemon: Daemon, big: str) -> None:
     """A push body slower than the idle timeout is cut; its receive-pack is ended."""
     fdsBefore = daemon.openFds()
-    with connect(daemon.host, daemon.port) as sock:
-        sock.sendall(
-            request(
-                "POST",
-                "/project.git/git-receive-pack",
-                {"Content-Type": RECEIVE_PACK_REQUEST, "Content-Length": "100000"},
-            )
-        )
-        sock.sendall(pushCommands(big, "1" * 40, "refs/heads/slow")[:10])
-        deadline = time.monotonic() + 5
-        while not daemon.children() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert daemon.children(), "receive-pack did not start"
+    first = pushCommands(big, "1" * 40, "refs/heads/slow")[:10]
+    headers = {"Content-Type": RECEIVE_PACK_REQUEST, "Content-Length": "100000"}
+    with startPush(daemon.host, daemon.port, first, headers) as sock:
+        assert daemon.startedChildren(5), "receive-pack did not start"
         stillOpen = trickle(sock, b"x" * 100, IDLE * 2.5, 20)
     assert not stillOpen, "the server kept waiting on a trickled body"
     assertClean(daemon, fdsBefore)
@@ -167,22 +158,8 @@ def test_tricklingPushBodyIsCutAndItsChildEnded(daemon: Daemon, big: str) -> Non
 def test_readerThatStopsIsCutAndItsChildEnded(daemon: Daemon, big: str) -> None:
     """A clone that stops reading after 1 MB is dropped by the stall timer; git is ended."""
     fdsBefore = daemon.openFds()
-    sock = connect(daemon.host, daemon.port)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock = startFetch(daemon.host, daemon.port, big, 1024 * 1024)
     try:
-        sock.sendall(
-            request(
-                "POST",
-                "/project.git/git-upload-pack",
-                {"Content-Type": UPLOAD_PACK_REQUEST},
-                body=wantRequest(big),
-            )
-        )
-        got = 0
-        while got < 1024 * 1024:
-            data = sock.recv(65536)
-            assert data
-            got += len(data)
         assert daemon.children(), "upload-pack already finished: the pack is too small"
         # Stop reading. git fills the pipes and the socket buffers, the
         # daemon pauses it, and the stall timer must end the exchange.
