@@ -13,7 +13,7 @@ setup(
     # "twisted.plugins" is listed by hand: it is a namespace shared with Twisted
     # itself, so it must not hold an __init__.py and find_packages() would miss it.
     packages=["gitserve", "twisted.plugins"],
-    package_data={"twisted.plugins": ["gitserve_plugin.py"]},
+    package_data={"twisted.plugins": ["gitserve_plugin.py", "gitserve_htpasswd.py"]},
     install_requires=[
         # 24.7.0 fixed request smuggling and pipelining bugs in twisted.web.
         "twisted[tls]>=24.7.0",

@@ -51,11 +51,13 @@ class Policy:
     @ivar anonymousPush: C{--anonymous-push}: push needs no user anywhere.
     @ivar requireExportOk: C{--require-export-ok}: only repositories holding
         C{git-daemon-export-ok} exist, as far as clients can tell.
+    @ivar private: C{--private}: every request needs an authenticated user.
     """
 
     configs: ConfigCache
     anonymousPush: bool = False
     requireExportOk: bool = False
+    private: bool = False
 
     def checkVisible(self, repository: Repository) -> None:
         """
@@ -75,6 +77,8 @@ class Policy:
         @raise Forbidden: the service is switched off for this repository.
         @raise Unauthorized: it would be allowed to an authenticated user.
         """
+        if self.private and user is None:
+            raise Unauthorized("Authentication required")
         enabled = self.configs.getBoolean(repository, "http", service.configName)
         if enabled is False:
             raise Forbidden(f"Service not enabled: '{service.command}'")

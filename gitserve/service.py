@@ -236,8 +236,12 @@ class GitProcessProtocol(ProcessProtocol):
         description: str,
         preamble: bytes = b"",
         killGrace: float = KILL_GRACE,
+        logFields: Mapping[str, object] | None = None,
     ) -> None:
         self.request = request
+        # The operation's service, repository, user and protocol version as
+        # separate event fields, for JSON log observers.
+        self.logFields = dict(logFields or {})
         self.clock = clock
         self.contentType = contentType
         self.description = description
@@ -296,20 +300,19 @@ class GitProcessProtocol(ProcessProtocol):
 
     def connectionMade(self) -> None:
         # This protocol, not the process transport, is the request's
-        # producer: a Process has no stopProducing(), and a client that goes
-        # away calls exactly that (an AttributeError there used to stop the
-        # disconnect from reaching the request, leaving git running).
+        # producer: a process transport cannot stopProducing(), which the
+        # connection calls when the client goes away.
         self.request.registerProducer(self, True)
 
-    # IPushProducer, for the request: a slow client pauses git's output ---------
-
     def pauseProducing(self) -> None:
+        """The client is not reading: stop reading git's output."""
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
+        """The connection is gone: git's output has nowhere to go."""
         self.terminate()
 
     def outReceived(self, data: bytes) -> None:
@@ -405,6 +408,7 @@ class GitProcessProtocol(ProcessProtocol):
         self.log.info(
             "git {description} exit={exitCode} bytes_in={bytesIn} bytes_out={bytesOut} "
             "duration={duration:.3f}s",
+            **self.logFields,
             description=self.description,
             exitCode=exitCode,
             bytesIn=self.bytesIn,

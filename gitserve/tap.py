@@ -13,8 +13,9 @@ from functools import partial
 from pathlib import Path
 
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet import endpoints
-from twisted.internet.defer import Deferred
+from twisted.cred import strcred
+from twisted.cred.credentials import IUsernamePassword
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IListeningPort, IReactorCore, IStreamServerEndpoint
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -22,9 +23,21 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from gitserve.advertisement import CapabilityCache
+from gitserve.auth import DEFAULT_REALM, BasicAuthenticator, makePortal
+from gitserve.limits import (
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    GuardedSite,
+    JobLimiter,
+    defaultMaxJobs,
+)
+from gitserve.logs import accessLogFormatter
 from gitserve.policy import Policy
 from gitserve.repository import ConfigCache
 from gitserve.service import Caller, GitBackend, PipeReadingSpawner
+from gitserve.shutdown import DEFAULT_SHUTDOWN_GRACE, GracefulShutdownService
+from gitserve.systemd import SystemdNotifier, SystemdNotifyService
+from gitserve.tls import CertificateReloadService, reloadableServerFromString, warnIfPlaintextAuth
 from gitserve.web import MAX_PUSH_SIZE, GitServer, GitSite, RootResource
 
 DEFAULT_LISTEN = "tcp:8080"
@@ -46,8 +59,22 @@ def parseSize(text: str) -> int:
     return int(digits) * scale
 
 
-class Options(usage.Options):
+def _positive(name: str, text: str, integer: bool = False) -> float:
+    """A positive number for option C{name}, or a usage error saying so."""
+    try:
+        value = int(text) if integer else float(text)
+    except (TypeError, ValueError):
+        value = -1
+    if value <= 0:
+        raise usage.UsageError(f"--{name} must be a positive {'integer' if integer else 'number'}")
+    return value
+
+
+class Options(strcred.AuthOptionMixin, usage.Options):
     """The command line of `twistd gitserve`."""
+
+    # HTTP Basic carries a username and a password, nothing else.
+    supportedInterfaces = (IUsernamePassword,)
 
     synopsis = "[options]"
     longdesc = (
@@ -59,10 +86,33 @@ class Options(usage.Options):
     optFlags = [
         ["anonymous-push", None, "Allow push without authentication on every repository."],
         ["require-export-ok", None, "Serve only repositories holding git-daemon-export-ok."],
+        ["private", None, "Every request (fetch too) needs an authenticated user."],
     ]
     optParameters = [
         ["root", None, ".", "The directory of repositories to serve."],
         ["max-push-size", None, "2g", "Refuse push bodies larger than this (k/m/g suffixes)."],
+        ["realm", None, DEFAULT_REALM, "The HTTP Basic realm git shows when it asks."],
+        ["access-log", None, None, "Write the access log (combined format) to this file."],
+        [
+            "shutdown-grace",
+            None,
+            str(int(DEFAULT_SHUTDOWN_GRACE)),
+            "On SIGTERM, seconds to let transfers finish before ending them.",
+        ],
+        ["max-jobs", None, None, "Concurrent git children (default: 4 x CPUs)."],
+        ["max-queue", None, None, "Requests that may wait for a job (default: 8 x --max-jobs)."],
+        [
+            "idle-timeout",
+            None,
+            str(int(DEFAULT_IDLE_TIMEOUT)),
+            "Drop a connection whose client sends or reads nothing for this many seconds.",
+        ],
+        [
+            "header-timeout",
+            None,
+            str(int(DEFAULT_HEADER_TIMEOUT)),
+            "Drop a connection whose request headers take longer than this.",
+        ],
     ]
 
     compData = usage.Completions(optActions={"root": usage.CompleteDirs()})
@@ -83,15 +133,34 @@ class Options(usage.Options):
             raise usage.UsageError(f"--root {self['root']!r} is not a directory")
         self["root"] = root.resolve()
         self["max-push-size"] = parseSize(self["max-push-size"])
+        for name in ("shutdown-grace", "idle-timeout", "header-timeout"):
+            self[name] = _positive(name, self[name])
+        self["max-jobs"] = (
+            defaultMaxJobs()
+            if self["max-jobs"] is None
+            else _positive("max-jobs", self["max-jobs"], True)
+        )
+        if self["max-queue"] is None:
+            self["max-queue"] = 8 * self["max-jobs"]
+        elif not self["max-queue"].isdigit():
+            raise usage.UsageError("--max-queue must be a whole number (0: refuse when busy)")
+        else:
+            self["max-queue"] = int(self["max-queue"])
+        self.setdefault("credCheckers", [])
+        if self["private"] and not self["credCheckers"]:
+            raise usage.UsageError("--private needs --auth: nobody could log in")
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
         self["endpoints"] = []
         for description in self["listen"]:
             try:
-                endpoint = endpoints.serverFromString(reactor, description)
-            except (ValueError, KeyError, TypeError) as e:
+                endpoint, tls = reloadableServerFromString(reactor, description)
+            except (ValueError, KeyError, TypeError, OSError) as e:
                 raise usage.UsageError(f"--listen {description!r} is not an endpoint: {e}") from e
-            self["endpoints"].append((description, endpoint))
+            except Exception as e:
+                # pyOpenSSL's errors for a key that does not match its certificate.
+                raise usage.UsageError(f"--listen {description!r}: TLS setup failed: {e}") from e
+            self["endpoints"].append((description, endpoint, tls))
 
 
 class ListeningService(Service):
@@ -157,6 +226,9 @@ def makeService(options: Options) -> IService:
         )
         gitPath = "git"
     configs = ConfigCache()
+    # Blocking work (password hashing, dumb ref lists) goes to the reactor's pool.
+    runInThread = partial(deferToThreadPool, reactor, reactor.getThreadPool())
+    jobs = JobLimiter(options["max-jobs"], options["max-queue"])
     backend = GitBackend(
         reactor=PipeReadingSpawner(reactor),
         gitPath=gitPath,
@@ -169,6 +241,7 @@ def makeService(options: Options) -> IService:
             configs=configs,
             anonymousPush=options["anonymous-push"],
             requireExportOk=options["require-export-ok"],
+            private=options["private"],
         ),
         backend=backend,
         clock=reactor,
@@ -177,12 +250,54 @@ def makeService(options: Options) -> IService:
         capabilities=CapabilityCache(
             gitPath=gitPath, environment=backend.environment(Caller(remoteAddr=""))
         ),
-        runBlocking=partial(deferToThreadPool, reactor, reactor.getThreadPool()),
+        runBlocking=runInThread,
+        jobs=jobs,
     )
-    site = GitSite(RootResource(server))
+    checkers = options["credCheckers"]
+    if checkers:
+        authenticator = BasicAuthenticator(makePortal(checkers, runInThread), options["realm"])
+        server.authenticate = lambda request: authenticator.authenticate(
+            request.getHeader(b"Authorization"),
+            str(getattr(request.getClientAddress(), "host", "-")),
+        )
+        server.challenge = authenticator.challenge
+    site = GuardedSite(
+        RootResource(server),
+        idleTimeout=options["idle-timeout"],
+        headerTimeout=options["header-timeout"],
+        logPath=options["access-log"],
+        logFormatter=accessLogFormatter,
+        reactor=reactor,
+    )
     top = MultiService()
-    for description, endpoint in options["endpoints"]:
-        ListeningService(description, endpoint, site, reactor).setServiceParent(top)
+    listeners = []
+    for description, endpoint, tls in options["endpoints"]:
+        listener = ListeningService(description, endpoint, site, reactor)
+        listener.setServiceParent(top)
+        listeners.append((listener, tls))
+
+    def whenListening() -> Deferred[None]:
+        def check(_: object) -> None:
+            for listener, tls in listeners:
+                if listener.port is None:
+                    raise RuntimeError(f"not listening on {listener.description}")
+                if checkers:
+                    warnIfPlaintextAuth(listener.description, listener.port.getHost(), tls)
+
+        return gatherResults([listener.listening for listener, _ in listeners]).addCallback(check)
+
+    CertificateReloadService(
+        [tls for _, tls in listeners if tls is not None], reactor.callFromThread
+    ).setServiceParent(top)
+    GracefulShutdownService(
+        jobs, site, options["shutdown-grace"], backend.killGrace, reactor
+    ).setServiceParent(top)
+    # Last, so that it is stopped first: STOPPING=1 before anything else.
+    SystemdNotifyService(
+        SystemdNotifier(os.environ),
+        whenListening,
+        f"serving {options['root']} (up to {options['max-jobs']} git jobs)",
+    ).setServiceParent(top)
     log.info("gitserve serving {root}", root=str(options["root"]))
     return top
 

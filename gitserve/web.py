@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from io import BytesIO
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -44,6 +44,9 @@ from gitserve.pktline import FLUSH, ProtocolError, parsePktLines, pktLine
 from gitserve.policy import Policy, Service
 from gitserve.repository import ConfigCache, Repository, resolveRepository
 from gitserve.service import Caller, GitBackend, GitProcessProtocol
+
+if TYPE_CHECKING:
+    from gitserve.limits import JobLimiter
 
 # http-backend's default for http.maxRequestBuffer: upload-pack negotiation is
 # buffered whole (a half-duplex client cannot read while it sends), so it is
@@ -136,6 +139,10 @@ class GitRequest(Request):
     continueWanted = False
     _continueSent = False
     _finishPending = False
+    # Set once authentication has decided (see GitServer.userFor); the
+    # access log shows the user.
+    authenticatedUser: str | None = None
+    userDecided = False
 
     def gotLength(self, length: int | None) -> None:
         if self.streamed:
@@ -283,6 +290,8 @@ class GitServer:
     @ivar authenticate: maps a request to its user (L{None} for anonymous);
         the default, with no authentication configured, makes everyone
         anonymous.
+    @ivar challenge: the C{WWW-Authenticate} value a 401 carries.
+    @ivar jobs: the cap on concurrent git children, if any.
     @ivar runBlocking: runs a blocking, thread-safe computation (the dumb
         C{info/refs} of a repository with many refs) off the reactor thread;
         the default runs it inline, which is what unit tests want.
@@ -295,22 +304,40 @@ class GitServer:
     configs: ConfigCache = field(default_factory=ConfigCache)
     maxPushSize: int = MAX_PUSH_SIZE
     authenticate: Callable[[Request], Deferred[str | None]] | None = None
+    challenge: bytes = b'Basic realm="gitserve"'
+    jobs: JobLimiter | None = None
     capabilities: CapabilityCache | None = None
     runBlocking: Callable[[Callable[[], Any]], Deferred[Any]] = maybeDeferred
 
     def userFor(self, request: Request) -> Deferred[str | None]:
-        """The authenticated user of C{request}, L{None} when anonymous."""
+        """
+        The authenticated user of C{request}, L{None} when anonymous; decided
+        once per request (private mode asks before routing, handlers again).
+        """
         if self.authenticate is None:
             return succeed(None)
-        return self.authenticate(request)
+        if getattr(request, "userDecided", False):
+            return succeed(request.authenticatedUser)  # type: ignore[attr-defined]
+
+        def remember(user: str | None) -> str | None:
+            request.authenticatedUser = user  # type: ignore[attr-defined]
+            request.userDecided = True  # type: ignore[attr-defined]
+            return user
+
+        return self.authenticate(request).addCallback(remember)
 
     def refusalFor(self, error: HTTPError) -> HTTPError:
         """
         The refusal the client gets. Without authentication configured there
         are no credentials to ask for, so "authenticate first" becomes 403.
         """
-        if isinstance(error, Unauthorized) and self.authenticate is None:
-            return Forbidden(error.message)
+        if isinstance(error, Unauthorized):
+            if self.authenticate is None:
+                return Forbidden(error.message)
+            # The challenge is what makes git ask for credentials (and retry).
+            return Unauthorized(
+                error.message, headers={**error.headers, b"WWW-Authenticate": self.challenge}
+            )
         return error
 
     def caller(self, request: Request, user: str | None, gitProtocol: bytes | None) -> Caller:
@@ -330,8 +357,11 @@ class GitServer:
         user: str | None,
         gitProtocol: bytes | None,
         advertise: bool,
-    ) -> GitProcessProtocol:
-        """Start git for C{request}; the protocol answers it from here on."""
+    ) -> Deferred[GitProcessProtocol]:
+        """
+        Start git for C{request} once a job slot is free; the protocol
+        answers it from there on.
+        """
         contentType = contentTypeOf(service, advertise)
         preamble = b""
         if advertise and not (service is Service.UPLOAD_PACK and protocolVersion(gitProtocol) >= 2):
@@ -342,18 +372,34 @@ class GitServer:
             f"{service.value}{' advertise' if advertise else ''} repo={repository.name} "
             f"user={user or '-'} protocol=v{protocolVersion(gitProtocol)}"
         )
-        protocol = GitProcessProtocol(
-            request,
-            self.clock,
-            contentType=contentType,
-            description=description,
-            preamble=preamble,
-            killGrace=self.backend.killGrace,
-        )
-        self.backend.spawn(
-            protocol, service, repository, self.caller(request, user, gitProtocol), advertise
-        )
-        return protocol
+
+        def start() -> GitProcessProtocol:
+            protocol = GitProcessProtocol(
+                request,
+                self.clock,
+                contentType=contentType,
+                description=description,
+                logFields={
+                    "service": service.value,
+                    "repository": repository.name,
+                    "user": user,
+                    "protocolVersion": protocolVersion(gitProtocol),
+                    "advertise": advertise,
+                },
+                preamble=preamble,
+                killGrace=self.backend.killGrace,
+            )
+            self.backend.spawn(
+                protocol, service, repository, self.caller(request, user, gitProtocol), advertise
+            )
+            return protocol
+
+        if self.jobs is None:
+            return maybeDeferred(start)
+        started = self.jobs.run(start)
+        # A client that leaves while queued gives up its place.
+        request.notifyFinish().addErrback(lambda _: started.cancel())
+        return started
 
 
 def contentTypeOf(service: Service, advertise: bool) -> bytes:
@@ -396,15 +442,12 @@ def getInfoRefs(
         return dumb.getDumbInfoRefs(server, request, repository, suffix)
     gitProtocol = gitProtocolOf(request)
 
-    def start(user: str | None) -> None:
+    def start(user: str | None) -> Deferred[None] | None:
         server.policy.checkService(repository, service, user)
         cache = server.capabilities
         if cache is None or service is not Service.UPLOAD_PACK or gitProtocol != VERSION_2:
-            protocol = server.runGit(
-                request, repository, service, user, gitProtocol, advertise=True
-            )
-            protocol.transport.closeStdin()
-            return
+            started = server.runGit(request, repository, service, user, gitProtocol, advertise=True)
+            return started.addCallback(lambda protocol: protocol.closeStdin())
         # Protocol v2: capabilities only, the same for every request until an
         # input changes (see gitserve.advertisement).
         key = cache.key(repository)
@@ -416,16 +459,20 @@ def getInfoRefs(
             request.setHeader(b"Content-Length", b"%d" % len(answer))
             request.write(answer)
             request.finish()
-            return
-        protocol = server.runGit(request, repository, service, user, gitProtocol, advertise=True)
-        protocol.output = bytearray()
+            return None
 
-        def keep(exitCode: int | None) -> None:
-            if exitCode == 0 and protocol.failure is None and protocol.output is not None:
-                cache.put(repository, key, bytes(protocol.output))
+        def cacheAnswer(protocol: GitProcessProtocol) -> None:
+            protocol.output = bytearray()
 
-        protocol.done.addCallback(keep)
-        protocol.closeStdin()
+            def keep(exitCode: int | None) -> None:
+                if exitCode == 0 and protocol.failure is None and protocol.output is not None:
+                    cache.put(repository, key, bytes(protocol.output))
+
+            protocol.done.addCallback(keep)
+            protocol.closeStdin()
+
+        started = server.runGit(request, repository, service, user, gitProtocol, advertise=True)
+        return started.addCallback(cacheAnswer)
 
     return server.userFor(request).addCallback(start)
 
@@ -470,14 +517,14 @@ def postUploadPack(
         server.policy.checkService(repository, service, user)
         return request.body.readAll().addCallback(lambda data: (user, data))
 
-    def start(result: tuple[str | None, bytes]) -> None:
+    def start(result: tuple[str | None, bytes]) -> Deferred[None]:
         user, data = result
         try:
             parsePktLines(data)
         except ProtocolError as e:
             raise BadRequest(f"protocol error: {e}") from e
-        protocol = server.runGit(request, repository, service, user, gitProtocol, advertise=False)
-        protocol.feedStdin(data)
+        started = server.runGit(request, repository, service, user, gitProtocol, advertise=False)
+        return started.addCallback(lambda protocol: protocol.feedStdin(data))
 
     return server.userFor(request).addCallback(checkUser).addCallback(start)
 
@@ -495,13 +542,13 @@ def postReceivePack(
     assert request.body is not None
     request.body.limit = server.maxPushSize
 
-    def start(user: str | None) -> None:
+    def start(user: str | None) -> Deferred[None]:
         server.policy.checkService(repository, service, user)
         server.runBlocking(partial(sweepStaleQuarantines, repository.gitDir)).addErrback(
             lambda failure: log.failure("sweeping push quarantines failed", failure)
         )
-        protocol = server.runGit(request, repository, service, user, gitProtocol, advertise=False)
-        protocol.streamStdin(request.body)
+        started = server.runGit(request, repository, service, user, gitProtocol, advertise=False)
+        return started.addCallback(lambda protocol: protocol.streamStdin(request.body))
 
     return server.userFor(request).addCallback(start)
 
@@ -548,16 +595,33 @@ class RootResource(Resource):
         self.gitServer = server
 
     def render(self, request: Request) -> bytes | int:
-        try:
-            result = self._dispatch(request)
-        except HTTPError as error:
-            return self._refuse(request, error)
+        if self.gitServer.policy.private:
+            result = self.gitServer.userFor(request).addCallback(self._dispatchPrivate, request)
+        else:
+            try:
+                result = self._dispatch(request)
+            except HTTPError as error:
+                return self._refuse(request, error)
         if isinstance(result, Deferred):
             finished = [False]
             request.notifyFinish().addBoth(lambda _: finished.__setitem__(0, True))
             result.addErrback(self._failed, request, finished)
             return NOT_DONE_YET
         return result
+
+    def _dispatchPrivate(self, user: str | None, request: Request) -> Any:
+        """
+        Private mode: nobody learns anything, not even whether a repository
+        exists, before authenticating, so this comes before routing.
+        """
+        if user is None:
+            raise Unauthorized("Authentication required")
+        result = self._dispatch(request)
+        if isinstance(result, bytes):
+            request.write(result)
+            request.finish()
+            return None
+        return result if isinstance(result, Deferred) else None
 
     def _dispatch(self, request: Request) -> Any:
         segments = []
@@ -592,7 +656,8 @@ class RootResource(Resource):
         return renderError(request, error)
 
     def _failed(self, failure: Failure, request: Request, finished: list[bool]) -> None:
-        if finished[0] or failure.check(BodyLost):
+        # CancelledError: the client left while its request waited for a job.
+        if finished[0] or failure.check(BodyLost, CancelledError):
             return
         if failure.check(HTTPError):
             body = self._refuse(request, failure.value)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -182,6 +183,17 @@ class Daemon:
         """How many file descriptors the daemon holds open."""
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
+    def settledFds(self, atMost: int, timeout: float = 10.0) -> int:
+        """
+        The daemon's open descriptors once they are down to C{atMost}, or
+        the count after C{timeout}: a peer's close reaches the reactor a
+        moment later on a loaded machine.
+        """
+        deadline = time.monotonic() + timeout
+        while (count := self.openFds()) > atMost and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return count
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -255,6 +267,35 @@ def startDaemon(
         raise AssertionError("gitserve did not start:\n" + "".join(lines))
     host, port = found[0]
     return Daemon(process, host, port, lines)
+
+
+def bigRepository(git: GitClient, root: Path, work: Path, megabytes: int) -> str:
+    """
+    C{root/big.git}, holding one commit with an incompressible blob of
+    C{megabytes}: a pack larger than any socket buffer. Returns the commit id.
+    """
+    git.run("init", "-q", str(work))
+    (work / "blob.bin").write_bytes(os.urandom(megabytes * 1024 * 1024))
+    git.run("add", "blob.bin", cwd=work)
+    git.run("commit", "-q", "-m", "big", cwd=work)
+    git.bare(root / "big.git")
+    git.run("push", "-q", str(root / "big.git"), "main", cwd=work)
+    return git.output("rev-parse", "HEAD", cwd=work)
+
+
+def startUploadPack(daemon: Daemon, body: bytes) -> socket.socket:
+    """
+    Send an upload-pack request on a raw socket with a small receive buffer,
+    and return the socket unread: a client that reads at its own pace.
+    """
+    sock = socket.create_connection((daemon.host, daemon.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.sendall(
+        b"POST /big.git/git-upload-pack HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/x-git-upload-pack-request\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )
+    return sock
 
 
 @pytest.fixture

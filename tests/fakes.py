@@ -5,10 +5,15 @@ running them, and a real GitSite driven over a StringTransport.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import IProcessTransport, IPushProducer, IReactorProcess
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -294,3 +299,52 @@ class SiteHarness:
     def child(self) -> FakeProcessTransport:
         assert len(self.reactor.spawned) == 1, self.reactor.spawned
         return self.reactor.spawned[0]
+
+
+class QueuedThreadRunner:
+    """
+    A stand-in for C{deferToThread} that runs nothing until told to.
+
+    Tests see what was handed to the thread pool (so they can prove that
+    work left the reactor thread) and decide when it completes.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred]] = []
+        self.calls = 0
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> Deferred:
+        self.calls += 1
+        d: Deferred = Deferred()
+        self.pending.append((f, args, d))
+        return d
+
+    def runAll(self) -> None:
+        """Run every queued call, as the pool would, and fire its Deferred."""
+        while self.pending:
+            f, args, d = self.pending.pop(0)
+            maybeDeferred(f, *args).chainDeferred(d)
+
+
+def scratchDirectory(case: Any) -> Path:
+    """
+    A fresh directory removed after the test; trial's own C{mktemp} would
+    leave its directories in the working tree when run by pytest.
+    """
+    path = Path(tempfile.mkdtemp(prefix="gitserve-test-"))
+    case.addCleanup(shutil.rmtree, path, True)
+    return path
+
+
+class FakeJob:
+    """What L{gitserve.limits.JobLimiter} tracks of a git child: its end, and a way to end it."""
+
+    def __init__(self) -> None:
+        self.done: Deferred[int | None] = Deferred()
+        self.terminated = False
+
+    def terminate(self) -> None:
+        self.terminated = True
+
+    def exit(self, code: int | None = 0) -> None:
+        self.done.callback(code)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import http.client
-import os
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
 from gitserve.pktline import FLUSH, parsePktLines, pktLine
-from tests.conftest import Daemon, GitClient
+from tests.conftest import Daemon, GitClient, bigRepository, startUploadPack
 
 
 def countObjects(git: GitClient, repository: Path) -> int:
@@ -218,25 +216,12 @@ def test_slow_reader_keeps_server_memory_flat(
     git: GitClient, serve, root: Path, tmp_path: Path
 ) -> None:
     """A client that stops reading pauses git: server RSS stays flat, the pack completes."""
-    work = tmp_path / "big"
-    git.run("init", "-q", str(work))
-    (work / "blob.bin").write_bytes(os.urandom(48 * 1024 * 1024))
-    git.run("add", "blob.bin", cwd=work)
-    git.run("commit", "-q", "-m", "big", cwd=work)
-    git.bare(root / "big.git")
-    git.run("push", "-q", str(root / "big.git"), "main", cwd=work)
-    head = git.output("rev-parse", "HEAD", cwd=work)
+    head = bigRepository(git, root, tmp_path / "big", 48)
     daemon = serve(root)
     baseline = daemon.rss()
 
     body = uploadPackRequest([head])
-    sock = socket.create_connection((daemon.host, daemon.port))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    sock.sendall(
-        b"POST /big.git/git-upload-pack HTTP/1.1\r\nHost: x\r\n"
-        b"Content-Type: application/x-git-upload-pack-request\r\n"
-        b"Content-Length: %d\r\n\r\n" % len(body) + body
-    )
+    sock = startUploadPack(daemon, body)
     received = sock.recv(1024 * 1024)
     # Stop reading long enough for git to have produced the whole pack many times over.
     peak = baseline

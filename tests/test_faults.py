@@ -109,7 +109,7 @@ def test_clientGoneMidClone(git: GitClient, root: Path, big: Path, serve, abrupt
         else:
             sock.close()
     assert not daemon.settledChildren(), "upload-pack outlived its client"
-    assert daemon.openFds() <= fdsBefore
+    assert daemon.settledFds(fdsBefore) <= fdsBefore
     fsckClean(git, root / "project.git")
     clone = root.parent / "clone"
     git.run("clone", "-q", daemon.url("project.git"), str(clone))
@@ -133,7 +133,7 @@ def test_realCloneKilled(git: GitClient, root: Path, big: Path, serve) -> None:
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not daemon.settledChildren()
-    assert daemon.openFds() <= fdsBefore
+    assert daemon.settledFds(fdsBefore) <= fdsBefore
     fsckClean(git, root / "project.git")
     git.run("clone", "-q", daemon.url("project.git"), str(root.parent / "clone-after"))
 
@@ -166,7 +166,7 @@ def test_clientGoneMidPush(git: GitClient, root: Path, big: Path, serve, abrupt:
     assert not daemon.settledChildren(), "receive-pack outlived its client"
     assert settledLeftovers(repo) == []
     assert git.output("rev-parse", "main", cwd=repo) == old
-    assert daemon.openFds() <= fdsBefore
+    assert daemon.settledFds(fdsBefore) <= fdsBefore
     fsckClean(git, repo)
     nextPushWorks(git, daemon, big, root)
     assert git.run("cat-file", "-e", new, cwd=repo, check=False).returncode != 0

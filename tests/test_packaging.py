@@ -70,3 +70,20 @@ def test_regular_install_lists_the_plugin(tmp_path: Path) -> None:
     )
     assert export.returncode == 0, export.stderr
     assert "usage: gitserve-export" in export.stdout
+    # --auth htpasswd: is a strcred plugin installed beside the twistd one.
+    assert (target / "twisted" / "plugins" / "gitserve_htpasswd.py").is_file()
+    auth = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "gitserve",
+            "--help-auth",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "htpasswd" in auth.stdout

@@ -1,0 +1,113 @@
+"""
+Graceful shutdown: stop taking work, let transfers in flight finish, then end
+what is left.
+
+twistd stops the application's services when it gets SIGTERM and waits for
+the L{Deferred}s their C{stopService} returns before the reactor stops. The
+listening services stop accepting at once; L{GracefulShutdownService} holds
+the reactor up until every git child has ended, or the grace period is over
+and the remaining children were ended (SIGTERM, then SIGKILL). git cleans up
+after SIGTERM itself: a push it did not finish leaves neither its quarantined
+objects nor ref locks, and a push it finished is whole, so every push is
+applied wholly or not at all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from gitserve.limits import GuardedSite, JobLimiter
+
+DEFAULT_SHUTDOWN_GRACE = 30.0
+
+# After SIGKILL, how long to wait for the children's pipes to close. A hook's
+# own child that outlives git can hold them open; the daemon stops anyway.
+REAP_MARGIN = 2.0
+
+
+class GracefulShutdownService(Service):
+    """Drain the git children when the daemon stops."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        jobs: JobLimiter,
+        site: GuardedSite,
+        grace: float,
+        killGrace: float,
+        clock: IReactorTime,
+    ) -> None:
+        """
+        @param site: its connections are closed as their requests end.
+        @param grace: C{--shutdown-grace}: how long transfers may go on.
+        @param killGrace: how long a child gets between SIGTERM and SIGKILL.
+        """
+        self._jobs = jobs
+        self._site = site
+        self._grace = grace
+        self._killGrace = killGrace
+        self._clock = clock
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._jobs.busy:
+            self.log.info(
+                "stopping: letting {busy} git operations finish (up to {grace}s)",
+                busy=self._jobs.busy,
+                grace=self._grace,
+            )
+        finished = gatherResults([self._jobs.whenIdle(), self._site.drainConnections()])
+        return self._within(finished, self._grace).addCallback(self._afterGrace)
+
+    def _within(self, d: Deferred[Any], seconds: float) -> Deferred[bool]:
+        """
+        Whether C{d} fires within C{seconds}. C{d} is left alone, not
+        cancelled: it is only watched.
+        """
+        result: Deferred[bool] = Deferred()
+
+        def expired() -> None:
+            if not result.called:
+                result.callback(False)
+
+        timer = self._clock.callLater(seconds, expired)
+
+        def fired(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+            if not result.called:
+                result.callback(True)
+
+        d.addBoth(fired)
+        return result
+
+    def _afterGrace(self, finished: bool) -> Deferred[None] | None:
+        if finished:
+            self.log.info("stopping: every transfer finished")
+            return None
+        self.log.warn(
+            "stopping: shutdown grace of {grace}s over; ending {count} git operations",
+            grace=self._grace,
+            count=len(self._jobs.running),
+        )
+        self._jobs.terminateAll()
+
+        def reaped(ended: bool) -> None:
+            if not ended:
+                self.log.error(
+                    "stopping: {count} git children did not end; stopping anyway",
+                    count=len(self._jobs.running),
+                )
+            # Their children are gone, so their requests are answered or
+            # aborted; whatever connection is left has nothing to finish.
+            self._site.abortConnections()
+
+        return self._within(self._jobs.whenIdle(), self._killGrace + REAP_MARGIN).addCallback(
+            reaped
+        )

@@ -1,0 +1,97 @@
+"""The production options of `twistd gitserve`: parsing, defaults and refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.logger import capturedLogs
+from twisted.python import usage
+
+from gitserve.auth import HtpasswdChecker
+from gitserve.limits import defaultMaxJobs
+from gitserve.tap import Options
+from gitserve.tls import warnIfPlaintextAuth
+from tests.certs import makeSelfSigned
+
+
+def parse(*args: str) -> Options:
+    options = Options()
+    options.parseOptions(list(args))
+    return options
+
+
+def test_defaults(tmp_path: Path) -> None:
+    """Without options: 4 x CPUs jobs, a queue of 8 x that, 30 s grace, no checkers."""
+    options = parse("--root", str(tmp_path))
+    assert options["max-jobs"] == defaultMaxJobs() >= 4
+    assert options["max-queue"] == 8 * options["max-jobs"]
+    assert options["shutdown-grace"] == 30
+    assert options["idle-timeout"] == 120
+    assert options["credCheckers"] == []
+
+
+def test_auth_htpasswd_and_strcred(tmp_path: Path) -> None:
+    """--auth takes the htpasswd plugin and Twisted's own checkers, repeatedly."""
+    users = tmp_path / "users"
+    users.write_text("")
+    options = parse("--root", str(tmp_path), "--auth", f"htpasswd:{users}", "--auth", "memory:a:b")
+    kinds = [type(c).__name__ for c in options["credCheckers"]]
+    assert kinds == [HtpasswdChecker.__name__, "InMemoryUsernamePasswordDatabaseDontUse"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--private"], "--private needs --auth"),
+        (["--max-jobs", "0"], "--max-jobs must be a positive integer"),
+        (["--max-queue", "-1"], "--max-queue must be a whole number"),
+        (["--shutdown-grace", "soon"], "--shutdown-grace must be a positive number"),
+        (["--idle-timeout", "0"], "--idle-timeout must be a positive number"),
+        (["--auth", "sshkey"], "Auth plugin not supported"),
+    ],
+)
+def test_refusals(tmp_path: Path, args: list[str], message: str) -> None:
+    """Nonsense is refused at start-up with a message naming the option."""
+    with pytest.raises(usage.UsageError) as caught:
+        parse("--root", str(tmp_path), *args)
+    assert message in str(caught.value)
+
+
+def test_ssl_listen_gets_a_reloadable_certificate(tmp_path: Path) -> None:
+    """--listen ssl:... is accepted exactly as Twisted spells it, with a reloadable certificate."""
+    key, cert = makeSelfSigned(tmp_path)
+    options = parse(
+        "--root", str(tmp_path), "--listen", f"ssl:8443:privateKey={key}:certKey={cert}"
+    )
+    [(_, _, tls)] = options["endpoints"]
+    assert tls is not None and tls.reload()
+
+
+def test_ssl_with_a_mismatched_key_is_refused(tmp_path: Path) -> None:
+    """A key that does not belong to the certificate stops the start-up."""
+    _, cert = makeSelfSigned(tmp_path)
+    otherKey, _ = makeSelfSigned(tmp_path, name="other")
+    with pytest.raises(usage.UsageError):
+        parse("--root", str(tmp_path), "--listen", f"ssl:8443:privateKey={otherKey}:certKey={cert}")
+
+
+@pytest.mark.parametrize(
+    "address, secure, warned",
+    [
+        (IPv4Address("TCP", "0.0.0.0", 8080), False, True),
+        (IPv4Address("TCP", "192.0.2.1", 8080), False, True),
+        (IPv6Address("TCP", "::", 8080), False, True),
+        (IPv4Address("TCP", "127.0.0.1", 8080), False, False),
+        (IPv6Address("TCP", "::1", 8080), False, False),
+        (IPv4Address("TCP", "0.0.0.0", 8443), True, False),
+        (UNIXAddress(b"/run/gitserve.sock"), False, False),
+    ],
+)
+def test_plaintext_basic_auth_warning(address: object, secure: bool, warned: bool) -> None:
+    """Basic auth over plain TCP beyond loopback is warned about; TLS, loopback and unix are not."""
+    with capturedLogs() as events:
+        result = warnIfPlaintextAuth("tcp:8080", address, object() if secure else None)  # type: ignore[arg-type]
+    assert result is warned
+    assert len(events) == (1 if warned else 0)
