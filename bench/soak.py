@@ -119,10 +119,14 @@ class Soak:
         return self._run("ls-remote", self.url)
 
     def push_branch(self, home: Path, clone: Path, index: int, n: int) -> tuple[bool, str]:
+        # Each worker's branch only moves forward (no force push): a
+        # stateless (v0/v1) clone that saw the old tip may still ask for it,
+        # as git allows for any commit reachable from a ref.
         branch = f"worker{index}"
-        self._run("checkout", "-q", "-B", branch, cwd=clone)
+        if not self._run("checkout", "-q", branch, cwd=clone)[0]:
+            self._run("checkout", "-q", "-b", branch, cwd=clone)
         self.git.commit(clone, f"w{index}/f{n % 50}.txt", f"{index} {n} {os.urandom(8).hex()}\n")
-        return self._run("push", "-q", "-f", "origin", f"HEAD:refs/heads/{branch}", cwd=clone)
+        return self._run("push", "-q", "origin", f"HEAD:refs/heads/{branch}", cwd=clone)
 
     def push_shared(self, home: Path, clone: Path, index: int, n: int) -> tuple[bool, str]:
         message = ""

@@ -355,6 +355,18 @@ def test_error_after_output_aborts(site: SiteHarness) -> None:
     assert not site.transport.value().endswith(b"0\r\n\r\n")
 
 
+def test_git_refusing_with_err_finishes_the_answer(site: SiteHarness) -> None:
+    """git's complete ERR refusal (e.g. "not our ref" after a race) reaches the client intact."""
+    site.request(b"POST", b"/project.git/git-upload-pack", UPLOAD_REQUEST, NEGOTIATION)
+    refusal = pktLine(b"ERR upload-pack: not our ref " + b"1" * 40)
+    site.child.protocol.outReceived(refusal)
+    site.child.exit(128)
+    assert not site.transport.disconnecting
+    response = site.response()
+    assert response.status == 200
+    assert parsePktLines(response.body) == [refusal[4:]]
+
+
 def test_client_pause_pauses_git(site: SiteHarness) -> None:
     """When the client's socket backs up, git's output is paused, and resumed after."""
     site.request(b"POST", b"/project.git/git-upload-pack", UPLOAD_REQUEST, NEGOTIATION)
