@@ -53,7 +53,7 @@ def sweepStaleQuarantines(
     @return: the directories removed.
     """
     now = time.time() if now is None else now
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list((gitDir / "objects").iterdir())
     except OSError:
