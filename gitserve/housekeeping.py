@@ -17,11 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorFromThreads
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 QUARANTINE_PREFIX = "tmp_objdir-incoming-"
 
@@ -29,6 +25,8 @@ QUARANTINE_PREFIX = "tmp_objdir-incoming-"
 # an orphaned receive-pack ends within seconds of losing its stdin, and a live
 # one keeps touching the files it writes.
 STALE_QUARANTINE_AGE = 600.0
+
+log = Logger()
 
 
 def newestChange(path: Path) -> float:
@@ -49,12 +47,13 @@ def sweepStaleQuarantines(
     """
     Remove the quarantine directories of C{gitDir} untouched for C{maxAge}.
 
-    Blocking file-system work: run it in a thread.
+    Blocking file-system work (it may delete a large abandoned pack): run
+    it in a thread.
 
     @return: the directories removed.
     """
     now = time.time() if now is None else now
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list((gitDir / "objects").iterdir())
     except OSError:
@@ -68,44 +67,6 @@ def sweepStaleQuarantines(
         except OSError:
             continue
         shutil.rmtree(entry, ignore_errors=True)
+        log.info("removed a stale push quarantine: {path}", path=str(entry))
         removed.append(entry)
     return removed
-
-
-class QuarantineSweeper:
-    """
-    Runs L{sweepStaleQuarantines} for a repository in the reactor's thread
-    pool: it may delete a large abandoned pack, and the reactor must not wait
-    for that. One sweep per repository at a time.
-    """
-
-    log = Logger()
-
-    def __init__(self, reactor: IReactorFromThreads, maxAge: float = STALE_QUARANTINE_AGE):
-        self.reactor = reactor
-        self.maxAge = maxAge
-        self._running: set[Path] = set()
-
-    def sweep(self, gitDir: Path) -> Deferred[list[Path]] | None:
-        """Start a sweep of C{gitDir} unless one is under way; its result, for tests."""
-        if gitDir in self._running:
-            return None
-        self._running.add(gitDir)
-        swept = deferToThreadPool(
-            self.reactor, self.reactor.getThreadPool(), sweepStaleQuarantines, gitDir, self.maxAge
-        )
-
-        def report(removed: list[Path]) -> list[Path]:
-            for path in removed:
-                self.log.info("removed a stale push quarantine: {path}", path=str(path))
-            return removed
-
-        def failed(failure: Failure) -> list[Path]:
-            self.log.failure(
-                "sweeping push quarantines of {gitDir} failed", failure, gitDir=str(gitDir)
-            )
-            return []
-
-        swept.addCallbacks(report, failed)
-        swept.addBoth(lambda result: (self._running.discard(gitDir), result)[1])
-        return swept

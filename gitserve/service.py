@@ -39,7 +39,7 @@ from zope.interface import implementer
 from gitserve.body import RequestBody
 from gitserve.errors import HTTPError, renderError
 from gitserve.headers import setNoCache
-from gitserve.pktline import errorLine
+from gitserve.pktline import ProtocolError, errorLine, parsePktLines
 from gitserve.policy import Service
 from gitserve.repository import Repository
 
@@ -51,6 +51,10 @@ DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 # git's stderr kept for the log and the error message; the rest is dropped.
 MAX_STDERR = 64 * 1024
+
+# An answer this short is kept, to tell a complete ERR refusal from a cut-off
+# answer when git fails after it began writing.
+MAX_SHORT_ANSWER = 4096
 
 # How long a child gets between SIGTERM and SIGKILL.
 KILL_GRACE = 5.0
@@ -216,7 +220,8 @@ class GitProcessProtocol(ProcessProtocol):
     before its first byte gets a clean error response (an ERR packet, which
     git shows as C{remote error: ...}); one that fails after the response
     began gets its connection aborted, so the client sees an error, never a
-    truncated success.
+    truncated success, unless what it wrote was itself a complete refusal
+    ending in an ERR packet, which is passed on whole.
 
     @ivar preamble: bytes sent before git's own output (the C{# service=}
         announcement of a v0 advertisement).
@@ -260,6 +265,7 @@ class GitProcessProtocol(ProcessProtocol):
         self.body: RequestBody | None = None
         self._killCall: IDelayedCall | None = None
         self._stdinOpen = True
+        self._shortAnswer = bytearray()
         request.notifyFinish().addErrback(self._requestLost)
 
     # Feeding stdin ---------------------------------------------------------
@@ -329,8 +335,24 @@ class GitProcessProtocol(ProcessProtocol):
             self.request.setHeader(b"Content-Type", self.contentType)
             setNoCache(self.request)
             data = self.preamble + data
+        if self.bytesOut < MAX_SHORT_ANSWER:
+            self._shortAnswer += data[: MAX_SHORT_ANSWER + 1 - len(self._shortAnswer)]
         self.bytesOut += len(data)
         self.request.write(data)
+
+    def _answeredWithError(self) -> bool:
+        """
+        Whether all git wrote is a few whole pkt-lines ending in an C{ERR}
+        packet: a complete refusal (C{not our ref} for a want that a push
+        made unreachable since the advertisement), not a cut-off answer.
+        """
+        if self.bytesOut > MAX_SHORT_ANSWER:
+            return False
+        try:
+            packets = parsePktLines(bytes(self._shortAnswer))
+        except ProtocolError:
+            return False
+        return bool(packets) and packets[-1].startswith(b"ERR ")
 
     def errReceived(self, data: bytes) -> None:
         if len(self.stderr) < MAX_STDERR:
@@ -353,7 +375,7 @@ class GitProcessProtocol(ProcessProtocol):
 
     def _answer(self, exitCode: int | None) -> None:
         if self.started:
-            if exitCode == 0 and self.failure is None:
+            if (exitCode == 0 or self._answeredWithError()) and self.failure is None:
                 self.request.finish()
             else:
                 # The response is under way: only a broken connection tells

@@ -24,7 +24,6 @@ from twisted.python.failure import Failure
 
 from gitserve.advertisement import CapabilityCache
 from gitserve.auth import DEFAULT_REALM, BasicAuthenticator, makePortal
-from gitserve.housekeeping import QuarantineSweeper
 from gitserve.limits import (
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
@@ -253,7 +252,6 @@ def makeService(options: Options) -> IService:
         ),
         runBlocking=runInThread,
         jobs=jobs,
-        sweeper=QuarantineSweeper(reactor),
     )
     checkers = options["credCheckers"]
     if checkers:

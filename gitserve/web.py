@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,7 @@ from gitserve.errors import (
     renderError,
 )
 from gitserve.headers import setNoCache
-from gitserve.housekeeping import QuarantineSweeper
+from gitserve.housekeeping import sweepStaleQuarantines
 from gitserve.pktline import FLUSH, ProtocolError, parsePktLines, pktLine
 from gitserve.policy import Policy, Service
 from gitserve.repository import ConfigCache, Repository, resolveRepository
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
 # buffered whole (a half-duplex client cannot read while it sends), so it is
 # capped.
 MAX_REQUEST_BUFFER = 10 * 1024 * 1024
+
+log = Logger()
 
 # Default --max-push-size: a push body (inflated) larger than this is refused.
 MAX_PUSH_SIZE = 2 * 1024**3
@@ -305,7 +308,6 @@ class GitServer:
     jobs: JobLimiter | None = None
     capabilities: CapabilityCache | None = None
     runBlocking: Callable[[Callable[[], Any]], Deferred[Any]] = maybeDeferred
-    sweeper: QuarantineSweeper | None = None
 
     def userFor(self, request: Request) -> Deferred[str | None]:
         """
@@ -542,8 +544,9 @@ def postReceivePack(
 
     def start(user: str | None) -> Deferred[None]:
         server.policy.checkService(repository, service, user)
-        if server.sweeper is not None:
-            server.sweeper.sweep(repository.gitDir)
+        server.runBlocking(partial(sweepStaleQuarantines, repository.gitDir)).addErrback(
+            lambda failure: log.failure("sweeping push quarantines failed", failure)
+        )
         started = server.runGit(request, repository, service, user, gitProtocol, advertise=False)
         return started.addCallback(lambda protocol: protocol.streamStdin(request.body))
 

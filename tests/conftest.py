@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.rawhttp import pushCommands
+
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"gitserve listening on ([0-9.]+):(\d+)")
 START_TIMEOUT = 30.0
@@ -90,6 +92,29 @@ class GitClient:
         self.run("commit", "-q", "-m", message or f"change {name}", cwd=worktree)
         return self.output("rev-parse", "HEAD", cwd=worktree)
 
+    def pushBody(self, work: Path, old: str, new: str, ref: str = "refs/heads/main") -> bytes:
+        """
+        The body a v0 push of C{ref} from C{old} to C{new} sends: the command
+        (with report-status), a flush, and the pack git builds for it.
+        """
+        pack = subprocess.run(
+            ["git", "pack-objects", "--stdout", "--revs", "-q"],
+            input=f"{new}\n^{old}\n".encode(),
+            cwd=work,
+            env=self.env,
+            capture_output=True,
+            check=True,
+        ).stdout
+        return pushCommands(old, new, ref) + pack
+
+    def seed(self, work: Path, repo: Path, **config: str) -> str:
+        """A worktree with one commit, pushed to main of a new bare C{repo}; the commit."""
+        self.run("init", "-q", str(work))
+        head = self.commit(work, "a.txt", "a\n")
+        self.bare(repo, **config)
+        self.run("push", "-q", str(repo), "main", cwd=work)
+        return head
+
     def bare(self, path: Path, **config: str) -> Path:
         """A new bare repository with C{section.key=value} settings."""
         self.run("init", "-q", "--bare", str(path))
@@ -136,6 +161,13 @@ class Daemon:
         except OSError:
             return []
         return [int(pid) for pid in text.split()]
+
+    def startedChildren(self, timeout: float = 10.0) -> list[int]:
+        """The daemon's children once there is one (or none after C{timeout})."""
+        deadline = time.monotonic() + timeout
+        while not (children := self.children()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return children
 
     def settledChildren(self, timeout: float = 10.0) -> list[int]:
         """

@@ -225,3 +225,42 @@ def streamUntilAnswered(
         # drop what is still in flight, so this does not wait for a close.
         received += readAll(sock, timeout=1)
     return StreamOutcome(sent, Response(received), time.monotonic() - started)
+
+
+def startFetch(host: str, port: int, commit: str, atLeast: int) -> socket.socket:
+    """
+    A raw v0 fetch of C{commit} whose answer has begun: the socket after
+    C{atLeast} bytes of it were read, the rest still coming.
+    """
+    sock = connect(host, port)
+    sock.sendall(
+        request(
+            "POST",
+            "/project.git/git-upload-pack",
+            {"Content-Type": UPLOAD_PACK_REQUEST},
+            body=wantRequest(commit),
+        )
+    )
+    got = 0
+    while got < atLeast:
+        data = sock.recv(65536)
+        assert data, "the daemon closed before sending that much"
+        got += len(data)
+    return sock
+
+
+def startPush(host: str, port: int, firstPart: bytes, headers: dict[str, str] | None = None):
+    """A raw push to project.git whose body has begun with C{firstPart} (chunked)."""
+    sock = connect(host, port)
+    sock.sendall(
+        request(
+            "POST",
+            "/project.git/git-receive-pack",
+            headers or {"Content-Type": RECEIVE_PACK_REQUEST, "Transfer-Encoding": "chunked"},
+        )
+    )
+    chunked = "Content-Length" not in (headers or {})
+    for i in range(0, len(firstPart), 65536):
+        piece = firstPart[i : i + 65536]
+        sock.sendall(chunk(piece) if chunked else piece)
+    return sock

@@ -86,10 +86,8 @@ def poisoned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Poisoned]:
     git = GitClient(base / "home")
     outside = git.bare(base / "outside.git")
     work = base / "work"
-    git.run("init", "-q", str(work))
-    git.commit(work, "a.txt", "a\n")
-    repo = git.bare(base / "srv" / "project.git", http__receivepack="true")
-    git.run("push", "-q", str(repo), "main", cwd=work)
+    repo = base / "srv" / "project.git"
+    git.seed(work, repo, http__receivepack="true")
     hook = repo / "hooks" / "pre-receive"
     hook.write_text(f"#!/bin/sh\nenv > {base / 'hook-env.txt'}\ncat >/dev/null\n")
     hook.chmod(0o755)

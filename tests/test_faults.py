@@ -19,15 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Daemon, GitClient
-from tests.rawhttp import (
-    RECEIVE_PACK_REQUEST,
-    UPLOAD_PACK_REQUEST,
-    chunk,
-    connect,
-    pushCommands,
-    request,
-    wantRequest,
-)
+from tests.rawhttp import startFetch, startPush
 
 BLOB_SIZE = 6 * 1024 * 1024
 
@@ -72,17 +64,6 @@ def hardClose(sock: socket.socket) -> None:
     sock.close()
 
 
-def packFor(git: GitClient, work: Path, revs: str) -> bytes:
-    return subprocess.run(
-        ["git", "pack-objects", "--stdout", "--revs", "-q"],
-        input=revs.encode(),
-        cwd=work,
-        env=git.env,
-        capture_output=True,
-        check=True,
-    ).stdout
-
-
 @pytest.fixture
 def big(git: GitClient, root: Path, tmp_path: Path) -> Path:
     """A worktree whose pushed history holds a few MB of incompressible data."""
@@ -122,20 +103,7 @@ def test_clientGoneMidClone(git: GitClient, root: Path, big: Path, serve, abrupt
     fdsBefore = warmedFds(git, daemon)
     head = git.output("rev-parse", "HEAD", cwd=big)
     for _ in range(3):
-        sock = connect(daemon.host, daemon.port)
-        sock.sendall(
-            request(
-                "POST",
-                "/project.git/git-upload-pack",
-                {"Content-Type": UPLOAD_PACK_REQUEST},
-                body=wantRequest(head),
-            )
-        )
-        got = 0
-        while got < 64 * 1024:
-            data = sock.recv(65536)
-            assert data, "the daemon closed before sending a pack"
-            got += len(data)
+        sock = startFetch(daemon.host, daemon.port, head, 64 * 1024)
         if abrupt:
             hardClose(sock)
         else:
@@ -178,7 +146,7 @@ def bigPushBody(git: GitClient, work: Path, ref: str = "refs/heads/main") -> tup
     git.run("commit", "-q", "-m", "big2", cwd=work)
     new = git.output("rev-parse", "HEAD", cwd=work)
     git.run("reset", "-q", "--hard", old, cwd=work)
-    return new, pushCommands(old, new, ref) + packFor(git, work, f"{new}\n^{old}\n")
+    return new, git.pushBody(work, old, new, ref)
 
 
 @pytest.mark.parametrize("abrupt", [False, True], ids=["close", "reset"])
@@ -189,21 +157,8 @@ def test_clientGoneMidPush(git: GitClient, root: Path, big: Path, serve, abrupt:
     old = git.output("rev-parse", "main", cwd=repo)
     new, body = bigPushBody(git, big)
     fdsBefore = warmedFds(git, daemon)
-    sock = connect(daemon.host, daemon.port)
-    sock.sendall(
-        request(
-            "POST",
-            "/project.git/git-receive-pack",
-            {"Content-Type": RECEIVE_PACK_REQUEST, "Transfer-Encoding": "chunked"},
-        )
-    )
-    half = body[: len(body) // 2]
-    for i in range(0, len(half), 65536):
-        sock.sendall(chunk(half[i : i + 65536]))
-    deadline = time.monotonic() + 10
-    while not daemon.children() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert daemon.children(), "receive-pack never started"
+    sock = startPush(daemon.host, daemon.port, body[: len(body) // 2])
+    assert daemon.startedChildren(), "receive-pack never started"
     if abrupt:
         hardClose(sock)
     else:
@@ -223,19 +178,8 @@ def test_daemonKilledMidPushThenRestarted(git: GitClient, root: Path, big: Path,
     repo = root / "project.git"
     old = git.output("rev-parse", "main", cwd=repo)
     _, body = bigPushBody(git, big)
-    sock = connect(daemon.host, daemon.port)
-    sock.sendall(
-        request(
-            "POST",
-            "/project.git/git-receive-pack",
-            {"Content-Type": RECEIVE_PACK_REQUEST, "Transfer-Encoding": "chunked"},
-        )
-    )
-    sock.sendall(chunk(body[: len(body) // 2]))
-    deadline = time.monotonic() + 10
-    while not daemon.children() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    orphans = daemon.children()
+    sock = startPush(daemon.host, daemon.port, body[: len(body) // 2])
+    orphans = daemon.startedChildren()
     assert orphans, "receive-pack never started"
     daemon.process.send_signal(signal.SIGKILL)
     daemon.process.wait()

@@ -66,15 +66,12 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     """A daemon with small caps, serving a pushable project.git."""
     base = tmp_path_factory.mktemp("bodies")
     git = GitClient(base / "home")
-    work = base / "work"
-    git.run("init", "-q", str(work))
-    head = git.commit(work, "a.txt", "a\n")
-    repo = git.bare(
+    head = git.seed(
+        base / "work",
         base / "srv" / "project.git",
         http__receivepack="true",
         http__maxRequestBuffer=str(NEGOTIATION_CAP),
     )
-    git.run("push", "-q", str(repo), "main", cwd=work)
     daemon = startDaemon(base / "srv", "--max-push-size", str(PUSH_CAP))
     try:
         yield Target(daemon, git, base, head)

@@ -6,7 +6,6 @@ repository does not change.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Daemon, GitClient, startDaemon
-from tests.rawhttp import RECEIVE_PACK_REQUEST, exchange, pushCommands, request
+from tests.rawhttp import RECEIVE_PACK_REQUEST, exchange, request
 
 
 @dataclass
@@ -27,19 +26,6 @@ class PushTarget:
     body: bytes
 
 
-def packFor(git: GitClient, work: Path, new: str, old: str) -> bytes:
-    """The pack git would send to move a ref from C{old} to C{new}."""
-    result = subprocess.run(
-        ["git", "pack-objects", "--stdout", "--revs", "-q"],
-        input=f"{new}\n^{old}\n".encode(),
-        cwd=work,
-        env=git.env,
-        capture_output=True,
-        check=True,
-    )
-    return result.stdout
-
-
 def refsOf(git: GitClient, repo: Path) -> str:
     return git.output("for-each-ref", "--format=%(objectname) %(refname)", cwd=repo)
 
@@ -50,12 +36,10 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PushTarget]:
     base = tmp_path_factory.mktemp("push")
     git = GitClient(base / "home")
     work = base / "work"
-    git.run("init", "-q", str(work))
-    old = git.commit(work, "a.txt", "a\n")
-    repo = git.bare(base / "srv" / "project.git")
-    git.run("push", "-q", str(repo), "main", cwd=work)
+    repo = base / "srv" / "project.git"
+    old = git.seed(work, repo)
     new = git.commit(work, "pushed.txt", "should never land\n")
-    body = pushCommands(old, new, "refs/heads/main") + packFor(git, work, new, old)
+    body = git.pushBody(work, old, new)
     daemon = startDaemon(base / "srv")
     try:
         yield PushTarget(daemon, git, repo, work, old, body)

@@ -355,6 +355,18 @@ def test_error_after_output_aborts(site: SiteHarness) -> None:
     assert not site.transport.value().endswith(b"0\r\n\r\n")
 
 
+def test_git_refusing_with_err_finishes_the_answer(site: SiteHarness) -> None:
+    """git's complete ERR refusal (e.g. "not our ref" after a race) reaches the client intact."""
+    site.request(b"POST", b"/project.git/git-upload-pack", UPLOAD_REQUEST, NEGOTIATION)
+    refusal = pktLine(b"ERR upload-pack: not our ref " + b"1" * 40)
+    site.child.protocol.outReceived(refusal)
+    site.child.exit(128)
+    assert not site.transport.disconnecting
+    response = site.response()
+    assert response.status == 200
+    assert parsePktLines(response.body) == [refusal[4:]]
+
+
 def test_client_pause_pauses_git(site: SiteHarness) -> None:
     """When the client's socket backs up, git's output is paused, and resumed after."""
     site.request(b"POST", b"/project.git/git-upload-pack", UPLOAD_REQUEST, NEGOTIATION)
@@ -376,6 +388,28 @@ def test_disconnect_ends_git(site: SiteHarness) -> None:
     site.reactor.advance(site.server.backend.killGrace + 0.1)
     assert child.signals == ["TERM", "KILL"]
     child.exit(-9)
+
+
+def test_disconnect_mid_push_closes_stdin_before_signals(root: Path) -> None:
+    """A pusher gone mid-body: git gets EOF first, TERM after the grace, KILL after that."""
+    site = SiteHarness(root, anonymousPush=True)
+    site.send(
+        b"POST /project.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/x-git-receive-pack-request\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    )
+    child = site.child
+    site.channel.connectionLost(Failure(ConnectionDone()))
+    # EOF lets receive-pack fail and remove its quarantine itself, which a
+    # signal would not (git >= 2.38 skips that cleanup on signals).
+    assert child.stdinClosed
+    assert child.signals == []
+    site.reactor.advance(TERM_GRACE)
+    assert child.signals == ["TERM"]
+    site.reactor.advance(site.server.backend.killGrace)
+    assert child.signals == ["TERM", "KILL"]
+    child.exit(-9)
+    assert not [call for call in site.reactor.getDelayedCalls() if call.active()]
 
 
 def test_disconnect_after_exit_leaves_nothing_scheduled(site: SiteHarness) -> None:
