@@ -212,8 +212,10 @@ class RequestBody:
         Whether this body wants the network paused right now (no consumer
         yet, or a consumer that is backed up): the channel asks, so that its
         own resuming, when its writes drain, does not undo the body's pause.
+        Once the client sent it all, the connection's pace is the channel's
+        business again (pipelined requests), whatever the consumer does.
         """
-        return self._networkPaused
+        return self._networkPaused and not self._complete
 
     # Fed by the request -------------------------------------------------
 

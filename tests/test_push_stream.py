@@ -318,3 +318,16 @@ def test_streamedPostOpensNoSpoolFile(site: SiteHarness, framing: bytes) -> None
     site.send(b"5\r\nhello\r\n" if b"chunked" in framing else b"hello")
     assert request.content.getvalue() == b""
     assert site.child.stdin == b"hello"
+
+
+def test_completeBodyNoLongerHoldsTheNetwork(site: SiteHarness) -> None:
+    """A body that arrived whole while git was backed up leaves the connection to the channel."""
+    body = b"x" * (PIPE_CAPACITY + 10)
+    site.send(RECEIVE_HEADERS + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    [request] = site.channel.requests
+    assert request.body.complete
+    assert site.child.unread > PIPE_CAPACITY, "git is still backed up"
+    assert not request.body.holdsNetwork()
+    site.child.readStdin()
+    assert site.child.stdinClosed
+    assert bytes(site.child.stdin) == body
