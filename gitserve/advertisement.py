@@ -28,10 +28,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from dulwich.config import ConfigFile
-
+from gitserve.filestamps import ConfigClosures, Stamp, UnkeyableConfig, stampOf
 from gitserve.pktline import FLUSH_PKT, PktLineParser, ProtocolError
-from gitserve.repository import Repository
+from gitserve.repository import Repository, parseGitBoolean
 
 # The Git-Protocol value the fast path answers; anything else goes to git.
 VERSION_2 = b"version=2"
@@ -70,112 +69,9 @@ KNOWN_ENVIRONMENT = PER_REQUEST_ENVIRONMENT | {
     "GIT_CONFIG_NOSYSTEM",
 }
 
-# What identifies a version of a file: a rewrite (git config writes a new file
-# and renames it) changes the inode; an edit in place changes size or mtime;
-# chown and chmod change ctime (and ownership is what safe.directory checks).
-Stamp = tuple[int, int, int, int, int, int] | None
-
-
-def stampOf(path: str) -> Stamp:
-    """The stamp of C{path}, L{None} when there is nothing there."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_uid)
-
-
 def _isRacy(stamp: Stamp, now: float) -> bool:
     return stamp is not None and stamp[3] / 1e9 > now - RACY_SECONDS
 
-
-class _Unkeyable(Exception):
-    """An input of the advertisement that a stamp cannot stand for."""
-
-
-@dataclass
-class _Closure:
-    """A config file and every file it includes, with their stamps when parsed."""
-
-    stamps: tuple[tuple[str, Stamp], ...]
-
-
-# git stops following includes this deep (config.c, MAX_INCLUDE_DEPTH).
-MAX_INCLUDE_DEPTH = 10
-
-
-def includeTarget(value: bytes, including: str, home: str | None) -> str | None:
-    """
-    The file an C{include.path} value names, resolved as git resolves it: a
-    leading C{~/} is the child's C{HOME}, C{~user/} that user's home, and a
-    relative path is relative to the including file's directory.
-    """
-    path = os.fsdecode(value)
-    if path.startswith("~/") or path == "~":
-        if not home:
-            return None
-        path = home + path[1:]
-    elif path.startswith("~"):
-        expanded = os.path.expanduser(path)
-        if expanded == path:
-            return None
-        path = expanded
-    return os.path.abspath(os.path.join(os.path.dirname(including), path))
-
-
-class ConfigClosures:
-    """
-    The files each config file pulls in through C{include.path}, re-parsed
-    only when one of them changes.
-
-    @ivar home: the C{HOME} git runs with, for C{~/} in include paths.
-    """
-
-    def __init__(self, home: str | None, maxEntries: int = 4 * MAX_ENTRIES) -> None:
-        self.home = home
-        self.maxEntries = maxEntries
-        self._closures: OrderedDict[str, _Closure] = OrderedDict()
-
-    def stamps(self, path: str) -> tuple[tuple[str, Stamp], ...]:
-        """
-        The stamps of C{path} and of everything it includes (missing files
-        included: creating one changes the config).
-
-        @raise _Unkeyable: a file uses C{includeIf}, or cannot be parsed.
-        """
-        cached = self._closures.get(path)
-        if cached is not None and all(stampOf(p) == s for p, s in cached.stamps):
-            self._closures.move_to_end(path)
-            return cached.stamps
-        seen: dict[str, Stamp] = {}
-        self._follow(path, 0, seen)
-        closure = _Closure(tuple(seen.items()))
-        self._closures[path] = closure
-        self._closures.move_to_end(path)
-        while len(self._closures) > self.maxEntries:
-            self._closures.popitem(last=False)
-        return closure.stamps
-
-    def _follow(self, path: str, depth: int, seen: dict[str, Stamp]) -> None:
-        # Stamped before parsing: a change during the parse shows next time.
-        seen[path] = stampOf(path)
-        if seen[path] is None or depth > MAX_INCLUDE_DEPTH:
-            return
-        try:
-            config = ConfigFile.from_path(path, expand_includes=False)
-        except (OSError, ValueError) as e:
-            raise _Unkeyable(f"{path}: {e}") from e
-        for section in config.sections():
-            if section[0].lower() == b"includeif":
-                # Its conditions read the branch, other config, the path...:
-                # more than file stamps can stand for.
-                raise _Unkeyable(f"{path} uses includeIf")
-            if section[0].lower() != b"include":
-                continue
-            for value in config.get_multivar(section, b"path"):
-                target = includeTarget(value, path, self.home)
-                if target is not None and target not in seen:
-                    self._follow(target, depth + 1, seen)
 
 
 @dataclass
@@ -242,7 +138,7 @@ class CapabilityCache:
             for path in self._daemonConfigs:
                 stamps.extend(self._closures.stamps(path))
             stamps.extend(self._closures.stamps(gitDir + "/config"))
-        except (OSError, _Unkeyable):
+        except (OSError, UnkeyableConfig):
             return None
         # The git directory's identity and owner (safe.directory), not its
         # mtime: that changes with every lock file git creates in it.
@@ -315,4 +211,4 @@ def cacheable(answer: bytes) -> bool:
 
 
 def _gitBoolean(value: str | None) -> bool:
-    return value is not None and value.strip().lower() in ("1", "true", "yes", "on")
+    return value is not None and parseGitBoolean(value.encode()) is True

@@ -15,7 +15,6 @@ import hashlib
 import hmac
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.guard import BasicCredentialFactory
 from zope.interface import Interface, implementer
+
+from gitserve.filestamps import stampOf
 
 # The prefixes `htpasswd -B` writes ($2y$) and the other spellings of the same
 # bcrypt scheme; pyca/bcrypt verifies all three.
@@ -104,18 +105,6 @@ def parseHtpasswd(path: Path, text: str) -> dict[str, bytes]:
     return entries
 
 
-@dataclass(frozen=True)
-class _Stamp:
-    mtimeNs: int
-    size: int
-    inode: int
-
-
-def _stampOf(path: Path) -> _Stamp:
-    st = path.stat()
-    return _Stamp(st.st_mtime_ns, st.st_size, st.st_ino)
-
-
 @implementer(ICredentialsChecker)
 class HtpasswdChecker:
     """
@@ -161,7 +150,7 @@ class HtpasswdChecker:
         # takes as long as for a known user and does not reveal who exists.
         self._dummyHash = bcrypt.hashpw(os.urandom(16), bcrypt.gensalt(rounds=5))
         try:
-            self._stamp = _stampOf(path)
+            self._stamp = stampOf(str(path))
             self._entries = parseHtpasswd(path, path.read_text(encoding="utf-8"))
         except OSError as e:
             raise HtpasswdError(path, None, e.strerror or str(e)) from e
@@ -171,7 +160,7 @@ class HtpasswdChecker:
     def _refresh(self) -> None:
         """Re-read the file if it changed since it was last read."""
         try:
-            stamp = _stampOf(self._path)
+            stamp = stampOf(str(self._path))
             if stamp == self._stamp:
                 return
             entries = parseHtpasswd(self._path, self._path.read_text(encoding="utf-8"))

@@ -29,6 +29,13 @@ from gitserve.web import GitChannel, GitSite
 RETRY_AFTER = 10
 
 DEFAULT_HEADER_TIMEOUT = 30.0
+
+# A request body must average at least this many bytes a second over each
+# idle-timeout window (Apache's mod_reqtimeout asks for 500): a client that
+# trickles a byte at a time keeps resetting the idle timer for ever, while
+# its push holds a git child and a job slot. Time the server itself holds the
+# body back (git not reading, no job slot yet) never counts against it.
+MIN_BODY_RATE = 256
 DEFAULT_IDLE_TIMEOUT = 120.0
 
 
@@ -169,25 +176,66 @@ class GuardedChannel(GitChannel):
         buffer is full and has paused us), the connection may stay stuck
         this long. Waiting on git (the client caught up, git still working)
         never counts, and neither does a push body the server holds back
-        (see L{timeoutConnection}).
+        (see L{timeoutConnection});
+      - a request body must arrive at L{MIN_BODY_RATE} bytes a second or
+        more, measured over windows of C{stallTimeout}, except in windows
+        where the server held it back.
     """
 
     headerTimeout: float | None = None
     stallTimeout: float | None = None
     _headerCall: IDelayedCall | None = None
     _stallCall: IDelayedCall | None = None
+    _bodyCall: IDelayedCall | None = None
+    _bodyBytes = 0
+    _bodyHeld = False
     _awaitingHeaders = True
     log = Logger()
 
     def dataReceived(self, data: bytes) -> None:
         if self._awaitingHeaders and self._headerCall is None and self.headerTimeout:
             self._headerCall = self.callLater(self.headerTimeout, self._headersTooSlow)
+        if self._bodyCall is not None:
+            self._bodyBytes += len(data)
         super().dataReceived(data)
+        body = self._pendingBody()
+        if body is not None and body.holdsNetwork():
+            self._bodyHeld = True
 
     def allHeadersReceived(self) -> None:
         self._awaitingHeaders = False
         self._cancel("_headerCall")
         super().allHeadersReceived()
+        if self.stallTimeout and self._pendingBody() is not None:
+            self._startBodyWindow()
+
+    def allContentReceived(self) -> None:
+        self._cancel("_bodyCall")
+        super().allContentReceived()
+
+    def _pendingBody(self) -> Any:
+        """The streamed body of the request being received, if unfinished."""
+        body = getattr(self.requests[-1], "body", None) if self.requests else None
+        return body if body is not None and not body.complete else None
+
+    def _startBodyWindow(self) -> None:
+        self._bodyBytes = 0
+        self._bodyHeld = False
+        self._bodyCall = self.callLater(self.stallTimeout, self._checkBodyRate)
+
+    def _checkBodyRate(self) -> None:
+        self._bodyCall = None
+        body = self._pendingBody()
+        if body is None:
+            return
+        held = self._bodyHeld or body.holdsNetwork()
+        if not held and self._bodyBytes < MIN_BODY_RATE * (self.stallTimeout or 0):
+            self._drop(
+                f"request body slower than {MIN_BODY_RATE} bytes/s over {{seconds}}s",
+                self.stallTimeout,
+            )
+            return
+        self._startBodyWindow()
 
     def requestDone(self, request: Any) -> None:
         self._awaitingHeaders = True
@@ -205,6 +253,7 @@ class GuardedChannel(GitChannel):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel("_headerCall")
         self._cancel("_stallCall")
+        self._cancel("_bodyCall")
         super().connectionLost(reason)
         closed = getattr(self.site, "channelClosed", None)
         if closed is not None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from dulwich.config import ConfigFile
 
+from gitserve.filestamps import ConfigClosures, Stamp, UnkeyableConfig
+
 # The suffixes git's own enter_repo() tries, in its order, so that /foo finds
 # foo/.git, foo and foo.git exactly as `git clone host:foo` would.
 GIT_SUFFIXES = ("/.git", "", ".git/.git", ".git")
@@ -152,41 +154,50 @@ def parseGitBoolean(value: bytes | None) -> bool | None:
 
 @dataclass(frozen=True)
 class _CachedConfig:
-    stamp: tuple[int, int, int]
+    stamps: tuple[tuple[str, Stamp], ...]
     config: ConfigFile
 
 
 class ConfigCache:
     """
     Each repository's config file, parsed with dulwich and re-read only when
-    it changes, so the per-request switches cost a C{stat}, not a parse.
+    it or a file it includes changes, so the per-request switches cost a few
+    C{stat}s, not a parse.
+
+    @param home: the C{HOME} git runs with, for C{~/} in C{include.path}.
     """
 
-    def __init__(self) -> None:
-        self._cache: dict[Path, _CachedConfig] = {}
+    def __init__(self, home: str | None = None) -> None:
+        self._cache: dict[str, _CachedConfig] = {}
+        self._closures = ConfigClosures(home)
 
     def configFor(self, repository: Repository) -> ConfigFile:
         """
-        The repository's own config (not the user's or the system's: those
-        hold no per-repository switches, and git itself reads them anyway).
+        The repository's own config, includes followed (not the user's or
+        the system's: those hold no per-repository switches, and git itself
+        reads them anyway).
         """
-        path = repository.gitDir / "config"
+        path = str(repository.gitDir / "config")
         try:
-            st = path.stat()
-        except OSError:
+            stamps: tuple[tuple[str, Stamp], ...] | None = self._closures.stamps(path)
+        except UnkeyableConfig:
+            # includeIf (whose conditions no stamp covers) or a file dulwich
+            # cannot parse: read it afresh every time rather than trust a copy.
+            stamps = None
+        if stamps is not None and stamps[0][1] is None:
             self._cache.pop(path, None)
             return ConfigFile()
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
         cached = self._cache.get(path)
-        if cached is not None and cached.stamp == stamp:
+        if cached is not None and cached.stamps == stamps:
             return cached.config
         try:
-            config = ConfigFile.from_path(str(path))
+            config = ConfigFile.from_path(path)
         except (OSError, ValueError):
             # A config git cannot parse either; treat as empty, git will
             # complain in its own words when it runs.
             config = ConfigFile()
-        self._cache[path] = _CachedConfig(stamp, config)
+        if stamps is not None:
+            self._cache[path] = _CachedConfig(stamps, config)
         return config
 
     def getBoolean(self, repository: Repository, section: str, name: str) -> bool | None:

@@ -225,7 +225,7 @@ def makeService(options: Options) -> IService:
             "and pushes will fail"
         )
         gitPath = "git"
-    configs = ConfigCache()
+    configs = ConfigCache(home=os.environ.get("HOME"))
     # Blocking work (password hashing, dumb ref lists) goes to the reactor's pool.
     runInThread = partial(deferToThreadPool, reactor, reactor.getThreadPool())
     jobs = JobLimiter(options["max-jobs"], options["max-queue"])

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gitserve.advertisement import CapabilityCache, ConfigClosures, cacheable, stampOf
+from gitserve.advertisement import CapabilityCache, cacheable
+from gitserve.filestamps import ConfigClosures, stampOf
 from gitserve.pktline import FLUSH, pktLine
 from gitserve.repository import Repository
 from tests.fakes import SiteHarness, makeRepository

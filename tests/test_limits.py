@@ -9,7 +9,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from gitserve.errors import ServiceUnavailable
-from gitserve.limits import GuardedSite, JobLimiter
+from gitserve.limits import MIN_BODY_RATE, GuardedSite, JobLimiter
 from tests.fakes import FakeJob
 
 CLIENT = IPv4Address("TCP", "192.0.2.7", 40000)
@@ -21,6 +21,16 @@ class SlowResource(Resource):
     isLeaf = True
 
     def render(self, request: object) -> int:
+        return NOT_DONE_YET
+
+
+class BodyReadingResource(Resource):
+    """Reads a POST's streamed body, as a push does, and never answers."""
+
+    isLeaf = True
+
+    def render(self, request: object) -> int:
+        request.body.readAll()  # type: ignore[attr-defined]
         return NOT_DONE_YET
 
 
@@ -116,6 +126,39 @@ class GuardedChannelTests(SynchronousTestCase):
             self.channel.pauseProducing()
             self.clock.advance(9)
             self.channel.resumeProducing()
+        self.assertFalse(self.transport.disconnected)
+
+    def postWith(self, resource: Resource) -> None:
+        """Start a POST (100 kB announced) on a fresh channel serving C{resource}."""
+        self.site = GuardedSite(resource, idleTimeout=10, headerTimeout=3, reactor=self.clock)
+        self.channel = self.site.buildProtocol(CLIENT)
+        self.transport = StringTransport(peerAddress=CLIENT)
+        self.channel.makeConnection(self.transport)
+        self.channel.dataReceived(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+
+    def test_tricklingBodyIsDropped(self) -> None:
+        """A body trickled a byte every 5 s (never idle for 10 s) is cut for its rate."""
+        self.postWith(BodyReadingResource())
+        self.channel.dataReceived(b"x")
+        self.clock.advance(5)
+        self.channel.dataReceived(b"x")
+        self.assertFalse(self.transport.disconnected)
+        self.clock.advance(5.1)
+        self.assertTrue(self.transport.disconnected)
+
+    def test_steadyBodyIsKept(self) -> None:
+        """A body arriving above the minimum rate is never cut."""
+        self.postWith(BodyReadingResource())
+        for _ in range(20):
+            self.channel.dataReceived(b"x" * (MIN_BODY_RATE * 5))
+            self.clock.advance(5)
+        self.assertFalse(self.transport.disconnected)
+
+    def test_bodyTheServerHoldsIsKept(self) -> None:
+        """A body the server does not read yet (no job slot, git busy) is not the client's fault."""
+        self.postWith(SlowResource())
+        self.channel.dataReceived(b"x")
+        self.clock.advance(60)
         self.assertFalse(self.transport.disconnected)
 
     def test_drainClosesIdleConnections(self) -> None:

@@ -125,3 +125,19 @@ def test_config_is_reread_when_it_changes(root: Path) -> None:
     config.write_text(config.read_text() + "[http]\n\treceivepack = yes\n")
     os.utime(config, ns=(1, 1))
     assert configs.getBoolean(repository, "http", "receivepack") is True
+
+
+def test_included_config_is_followed_and_reread(root: Path) -> None:
+    """A switch set through include.path counts, and editing only the included file is seen."""
+    repository = resolveRepository(root, [b"bare"])
+    assert repository is not None
+    config = repository.gitDir / "config"
+    config.write_text(config.read_text() + "[include]\n\tpath = switches.cfg\n")
+    switches = repository.gitDir / "switches.cfg"
+    switches.write_text("[http]\n\tuploadpack = false\n")
+    configs = ConfigCache()
+    assert configs.getBoolean(repository, "http", "uploadpack") is False
+    switches.write_text("[http]\n\tuploadpack = true\n\treceivepack = true\n")
+    os.utime(switches, ns=(1, 1))
+    assert configs.getBoolean(repository, "http", "receivepack") is True
+    assert configs.getBoolean(repository, "http", "uploadpack") is True

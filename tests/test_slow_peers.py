@@ -144,15 +144,30 @@ def test_silentHeadersAreCut(daemon: Daemon) -> None:
 
 
 def test_tricklingPushBodyIsCutAndItsChildEnded(daemon: Daemon, big: str) -> None:
-    """A push body slower than the idle timeout is cut; its receive-pack is ended."""
+    """A push body trickled a byte at a time is cut (by the idle timer, or the body rate)."""
     fdsBefore = daemon.openFds()
     first = pushCommands(big, "1" * 40, "refs/heads/slow")[:10]
     headers = {"Content-Type": RECEIVE_PACK_REQUEST, "Content-Length": "100000"}
     with startPush(daemon.host, daemon.port, first, headers) as sock:
         assert daemon.startedChildren(5), "receive-pack did not start"
-        stillOpen = trickle(sock, b"x" * 100, IDLE * 2.5, 20)
+        # A byte every half idle-timeout: the idle timer never fires, only
+        # the minimum body rate can catch it.
+        stillOpen = trickle(sock, b"x" * 100, IDLE / 2, 20)
     assert not stillOpen, "the server kept waiting on a trickled body"
     assertClean(daemon, fdsBefore)
+
+
+def test_pushUnderShortTimersLands(daemon: Daemon, git: GitClient, tmp_path: Path) -> None:
+    """The timers cut slow peers only: a normal push of a few MB lands under them."""
+    clone = tmp_path / "pusher"
+    git.run("clone", "-q", daemon.url("project.git"), str(clone))
+    (clone / "more.bin").write_bytes(os.urandom(4 * 1024 * 1024))
+    git.run("add", "more.bin", cwd=clone)
+    git.run("commit", "-q", "-m", "more", cwd=clone)
+    git.run("push", "-q", "origin", "main", cwd=clone)
+    assert git.output("ls-remote", daemon.url("project.git"), "main").split()[0] == git.output(
+        "rev-parse", "HEAD", cwd=clone
+    )
 
 
 def test_readerThatStopsIsCutAndItsChildEnded(daemon: Daemon, big: str) -> None:
