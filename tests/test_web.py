@@ -17,6 +17,12 @@ from tests.fakes import SiteHarness, makeRepository
 UPLOAD_REQUEST = {b"Content-Type": b"application/x-git-upload-pack-request"}
 RECEIVE_REQUEST = {b"Content-Type": b"application/x-git-receive-pack-request"}
 NEGOTIATION = pktLine(b"want " + b"a" * 40 + b"\n") + FLUSH + pktLine(b"done\n")
+# The headers of a chunked push, the body to follow.
+CHUNKED_PUSH = (
+    b"POST /project.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n"
+    b"Content-Type: application/x-git-receive-pack-request\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
 NO_CACHE = {
     b"expires": b"Fri, 01 Jan 1980 00:00:00 GMT",
     b"pragma": b"no-cache",
@@ -242,11 +248,7 @@ def test_broken_gzip_is_400(site: SiteHarness) -> None:
 
 def test_anonymous_push_refused_without_reading_the_body(site: SiteHarness) -> None:
     """Anonymous receive-pack is refused (403, no auth configured) from the headers alone."""
-    site.send(
-        b"POST /project.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n"
-        b"Content-Type: application/x-git-receive-pack-request\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n"
-    )
+    site.send(CHUNKED_PUSH)
     response = site.response()
     assert response.status == 403
     assert b"Anonymous push is not allowed" in response.body
@@ -255,11 +257,7 @@ def test_anonymous_push_refused_without_reading_the_body(site: SiteHarness) -> N
 
 def test_refused_body_is_dropped_up_to_a_limit(site: SiteHarness) -> None:
     """A refused request's body is discarded, and past the discard limit the connection closes."""
-    site.send(
-        b"POST /project.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n"
-        b"Content-Type: application/x-git-receive-pack-request\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n"
-    )
+    site.send(CHUNKED_PUSH)
     chunk = b"x" * 65536
     for _ in range(DISCARD_LIMIT // len(chunk)):
         site.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
@@ -279,11 +277,7 @@ def test_refused_small_body_keeps_the_connection(site: SiteHarness) -> None:
 def test_push_streams_into_git_with_back_pressure(root: Path) -> None:
     """receive-pack starts at the headers; body chunks reach stdin as they come, paced by git."""
     site = SiteHarness(root, anonymousPush=True)
-    site.send(
-        b"POST /project.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n"
-        b"Content-Type: application/x-git-receive-pack-request\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n"
-    )
+    site.send(CHUNKED_PUSH)
     child = site.child
     assert child.args[1] == "receive-pack"
     assert child.stdinProducer is not None
@@ -308,11 +302,7 @@ def test_push_over_the_size_limit_ends_git(root: Path) -> None:
     """A streamed push past --max-push-size stops git and answers 413."""
     site = SiteHarness(root, anonymousPush=True)
     site.server.maxPushSize = 10
-    site.send(
-        b"POST /project.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n"
-        b"Content-Type: application/x-git-receive-pack-request\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n"
-    )
+    site.send(CHUNKED_PUSH)
     site.send(b"10\r\n" + b"y" * 16 + b"\r\n")
     child = site.child
     assert child.stdinClosed
@@ -393,11 +383,7 @@ def test_disconnect_ends_git(site: SiteHarness) -> None:
 def test_disconnect_mid_push_closes_stdin_before_signals(root: Path) -> None:
     """A pusher gone mid-body: git gets EOF first, TERM after the grace, KILL after that."""
     site = SiteHarness(root, anonymousPush=True)
-    site.send(
-        b"POST /project.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n"
-        b"Content-Type: application/x-git-receive-pack-request\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
-    )
+    site.send(CHUNKED_PUSH + b"5\r\nhello\r\n")
     child = site.child
     site.channel.connectionLost(Failure(ConnectionDone()))
     # EOF lets receive-pack fail and remove its quarantine itself, which a
@@ -426,11 +412,7 @@ def test_disconnect_after_exit_leaves_nothing_scheduled(site: SiteHarness) -> No
 def test_git_ending_mid_push_drops_the_rest_of_the_body(root: Path) -> None:
     """When receive-pack dies while the body still streams, the client gets git's answer."""
     site = SiteHarness(root, anonymousPush=True)
-    site.send(
-        b"POST /project.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n"
-        b"Content-Type: application/x-git-receive-pack-request\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
-    )
+    site.send(CHUNKED_PUSH + b"5\r\nhello\r\n")
     child = site.child
     child.protocol.errReceived(b"fatal: protocol error: bad line length character: hell\n")
     child.exit(128)
