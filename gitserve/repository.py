@@ -152,6 +152,21 @@ def parseGitBoolean(value: bytes | None) -> bool | None:
         return None
 
 
+_SIZE_SUFFIXES = {b"k": 1024, b"m": 1024**2, b"g": 1024**3}
+
+
+def parseGitSize(value: bytes) -> int | None:
+    """
+    A byte count as git writes sizes (C{http.maxRequestBuffer}, and our
+    C{--max-push-size}): digits with an optional binary k/m/g suffix.
+    L{None} for anything else.
+    """
+    text = value.strip().lower()
+    scale = _SIZE_SUFFIXES.get(text[-1:], 1)
+    digits = text[:-1] if scale != 1 else text
+    return int(digits) * scale if digits.isdigit() else None
+
+
 @dataclass(frozen=True)
 class _CachedConfig:
     stamps: tuple[tuple[str, Stamp], ...]

@@ -33,7 +33,7 @@ from gitserve.limits import (
 )
 from gitserve.logs import accessLogFormatter
 from gitserve.policy import Policy
-from gitserve.repository import ConfigCache
+from gitserve.repository import ConfigCache, parseGitSize
 from gitserve.service import Caller, GitBackend, PipeReadingSpawner
 from gitserve.shutdown import DEFAULT_SHUTDOWN_GRACE, GracefulShutdownService
 from gitserve.systemd import SystemdNotifier, SystemdNotifyService
@@ -42,21 +42,16 @@ from gitserve.web import MAX_PUSH_SIZE, GitServer, GitSite, RootResource
 
 DEFAULT_LISTEN = "tcp:8080"
 
-_SIZE_SUFFIXES = {"k": 1024, "m": 1024**2, "g": 1024**3}
-
-
 def parseSize(text: str) -> int:
     """
     A byte count with an optional k/m/g suffix (binary, as git's own sizes).
 
     @raise usage.UsageError: for anything else.
     """
-    value = text.strip().lower()
-    scale = _SIZE_SUFFIXES.get(value[-1:], 1)
-    digits = value[:-1] if scale != 1 else value
-    if not digits.isdigit():
+    size = parseGitSize(text.encode("utf-8", "replace"))
+    if size is None:
         raise usage.UsageError(f"not a size: {text!r} (use e.g. 500m or 2g)")
-    return int(digits) * scale
+    return size
 
 
 def _positive(name: str, text: str, integer: bool = False) -> float:

@@ -42,7 +42,7 @@ from gitserve.headers import setNoCache
 from gitserve.housekeeping import sweepStaleQuarantines
 from gitserve.pktline import FLUSH, ProtocolError, parsePktLines, pktLine
 from gitserve.policy import Policy, Service
-from gitserve.repository import ConfigCache, Repository, resolveRepository
+from gitserve.repository import ConfigCache, Repository, parseGitSize, resolveRepository
 from gitserve.service import Caller, GitBackend, GitProcessProtocol
 
 if TYPE_CHECKING:
@@ -490,13 +490,8 @@ def _checkPostHeaders(request: Request, service: Service, limit: int) -> None:
 def _requestBufferLimit(server: GitServer, repository: Repository) -> int:
     """http.maxRequestBuffer of the repository, as http-backend reads it."""
     values = server.configs.getAll(repository, "http", "maxRequestBuffer")
-    if values:
-        text = values[-1].strip().lower()
-        scale = {b"k": 1024, b"m": 1024**2, b"g": 1024**3}.get(text[-1:], 1)
-        digits = text[:-1] if scale != 1 else text
-        if digits.isdigit():
-            return int(digits) * scale
-    return MAX_REQUEST_BUFFER
+    size = parseGitSize(values[-1]) if values else None
+    return MAX_REQUEST_BUFFER if size is None else size
 
 
 def postUploadPack(
