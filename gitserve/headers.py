@@ -22,6 +22,17 @@ def setNoCache(request: Request) -> None:
         request.setHeader(name, value)
 
 
+def startGitResponse(request: Request, contentType: bytes) -> None:
+    """
+    The head of a smart-protocol answer: 200, the service's content type,
+    never cached. Whether git answers or a cached advertisement does, the
+    client sees the same headers.
+    """
+    request.setResponseCode(200)
+    request.setHeader(b"Content-Type", contentType)
+    setNoCache(request)
+
+
 def setCacheForever(request: Request, now: float) -> None:
     """
     Mark a response as cacheable for a year (http-backend's hdr_cache_forever):

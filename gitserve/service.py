@@ -38,7 +38,7 @@ from zope.interface import implementer
 
 from gitserve.body import RequestBody
 from gitserve.errors import HTTPError, renderError
-from gitserve.headers import setNoCache
+from gitserve.headers import startGitResponse
 from gitserve.pktline import ProtocolError, errorLine, parsePktLines
 from gitserve.policy import Service
 from gitserve.repository import Repository
@@ -331,9 +331,7 @@ class GitProcessProtocol(ProcessProtocol):
             return
         if not self.started:
             self.started = True
-            self.request.setResponseCode(200)
-            self.request.setHeader(b"Content-Type", self.contentType)
-            setNoCache(self.request)
+            startGitResponse(self.request, self.contentType)
             data = self.preamble + data
         if self.bytesOut < MAX_SHORT_ANSWER:
             self._shortAnswer += data[: MAX_SHORT_ANSWER + 1 - len(self._shortAnswer)]
@@ -389,9 +387,7 @@ class GitProcessProtocol(ProcessProtocol):
             self.request.write(renderError(self.request, error))
             self.request.finish()
             return
-        self.request.setResponseCode(200)
-        self.request.setHeader(b"Content-Type", self.contentType)
-        setNoCache(self.request)
+        startGitResponse(self.request, self.contentType)
         if exitCode != 0:
             self.request.write(errorLine(self.clientMessage()))
         self.request.finish()

@@ -38,7 +38,7 @@ from gitserve.errors import (
     UnsupportedMediaType,
     renderError,
 )
-from gitserve.headers import setNoCache
+from gitserve.headers import startGitResponse
 from gitserve.housekeeping import sweepStaleQuarantines
 from gitserve.pktline import FLUSH, ProtocolError, parsePktLines, pktLine
 from gitserve.policy import Policy, Service
@@ -453,9 +453,7 @@ def getInfoRefs(
         key = cache.key(repository)
         answer = cache.get(repository, key)
         if answer is not None:
-            request.setResponseCode(200)
-            request.setHeader(b"Content-Type", contentTypeOf(service, advertise=True))
-            setNoCache(request)
+            startGitResponse(request, contentTypeOf(service, advertise=True))
             request.setHeader(b"Content-Length", b"%d" % len(answer))
             request.write(answer)
             request.finish()
