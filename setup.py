@@ -1,6 +1,6 @@
 """Packaging for gitserve: the library, the twistd plugin and the console scripts."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="gitserve",
@@ -12,7 +12,7 @@ setup(
     python_requires=">=3.11",
     # "twisted.plugins" is listed by hand: it is a namespace shared with Twisted
     # itself, so it must not hold an __init__.py and find_packages() would miss it.
-    packages=["gitserve", "twisted.plugins"],
+    packages=[*find_packages(include=["gitserve", "gitserve.*"]), "twisted.plugins"],
     package_data={"twisted.plugins": ["gitserve_plugin.py", "gitserve_htpasswd.py"]},
     install_requires=[
         # 24.7.0 fixed request smuggling and pipelining bugs in twisted.web.

@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from twisted.web.guard import BasicCredentialFactory
 from zope.interface import Interface, implementer
 
-from gitserve.filestamps import stampOf
+from gitserve.core.filestamps import stampOf
 
 # The prefixes `htpasswd -B` writes ($2y$) and the other spellings of the same
 # bcrypt scheme; pyca/bcrypt verifies all three.

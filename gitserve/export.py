@@ -40,9 +40,9 @@ from dulwich.pack import PackHint, write_pack_from_container, write_pack_index
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 
-from gitserve.dumb import formatInfoPacks, generateInfoRefs, listPacks
-from gitserve.policy import Policy
-from gitserve.repository import ConfigCache, Repository
+from gitserve.core.dumbfiles import formatInfoPacks, generateInfoRefs, listPacks
+from gitserve.core.policy import Policy
+from gitserve.core.repository import ConfigCache, Repository
 
 LOCK_NAME = "gitserve-export.lock"
 

@@ -22,25 +22,28 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from gitserve.advertisement import CapabilityCache
-from gitserve.auth import DEFAULT_REALM, BasicAuthenticator, makePortal
-from gitserve.limits import (
-    DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT,
-    GuardedSite,
-    JobLimiter,
-    defaultMaxJobs,
+from gitserve.app.shutdown import DEFAULT_SHUTDOWN_GRACE, GracefulShutdownService
+from gitserve.app.systemd import SystemdNotifier, SystemdNotifyService
+from gitserve.app.tls import (
+    CertificateReloadService,
+    reloadableServerFromString,
+    warnIfPlaintextAuth,
 )
-from gitserve.logs import accessLogFormatter
-from gitserve.policy import Policy
-from gitserve.repository import ConfigCache, parseGitSize
-from gitserve.service import Caller, GitBackend, PipeReadingSpawner
-from gitserve.shutdown import DEFAULT_SHUTDOWN_GRACE, GracefulShutdownService
-from gitserve.systemd import SystemdNotifier, SystemdNotifyService
-from gitserve.tls import CertificateReloadService, reloadableServerFromString, warnIfPlaintextAuth
-from gitserve.web import MAX_PUSH_SIZE, GitServer, GitSite, RootResource
+from gitserve.auth import DEFAULT_REALM, BasicAuthenticator, makePortal
+from gitserve.core.advertisement import CapabilityCache
+from gitserve.core.jobs import JobLimiter, defaultMaxJobs
+from gitserve.core.operations import GitCore
+from gitserve.core.policy import Policy
+from gitserve.core.process import Caller, GitBackend
+from gitserve.core.repository import ConfigCache, parseGitSize
+from gitserve.http.accesslog import accessLogFormatter
+from gitserve.http.channel import DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, GitSite
+from gitserve.http.context import MAX_PUSH_SIZE, HTTPContext
+from gitserve.http.routes import RootResource
+from gitserve.twistedinternals import PipeReadingSpawner
 
 DEFAULT_LISTEN = "tcp:8080"
+
 
 def parseSize(text: str) -> int:
     """
@@ -230,7 +233,7 @@ def makeService(options: Options) -> IService:
         environ=dict(os.environ),
         available=available,
     )
-    server = GitServer(
+    core = GitCore(
         root=options["root"],
         policy=Policy(
             configs=configs,
@@ -241,23 +244,23 @@ def makeService(options: Options) -> IService:
         backend=backend,
         clock=reactor,
         configs=configs,
-        maxPushSize=options["max-push-size"],
         capabilities=CapabilityCache(
             gitPath=gitPath, environment=backend.environment(Caller(remoteAddr=""))
         ),
         runBlocking=runInThread,
         jobs=jobs,
     )
+    context = HTTPContext(core, maxPushSize=options["max-push-size"])
     checkers = options["credCheckers"]
     if checkers:
         authenticator = BasicAuthenticator(makePortal(checkers, runInThread), options["realm"])
-        server.authenticate = lambda request: authenticator.authenticate(
+        context.authenticate = lambda request: authenticator.authenticate(
             request.getHeader(b"Authorization"),
             str(getattr(request.getClientAddress(), "host", "-")),
         )
-        server.challenge = authenticator.challenge
-    site = GuardedSite(
-        RootResource(server),
+        context.challenge = authenticator.challenge
+    site = GitSite(
+        RootResource(context),
         idleTimeout=options["idle-timeout"],
         headerTimeout=options["header-timeout"],
         logPath=options["access-log"],

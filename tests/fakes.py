@@ -20,10 +20,14 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gitserve.policy import Policy
-from gitserve.repository import ConfigCache
-from gitserve.service import GitBackend
-from gitserve.web import GitChannel, GitServer, GitSite, RootResource
+from gitserve.core.operations import GitCore
+from gitserve.core.policy import Policy
+from gitserve.core.process import GitBackend
+from gitserve.core.repository import ConfigCache
+from gitserve.http.body import RequestBody
+from gitserve.http.channel import GitChannel, GitSite
+from gitserve.http.context import HTTPContext
+from gitserve.http.routes import RootResource
 
 CLIENT = IPv4Address("TCP", "192.0.2.7", 40000)
 
@@ -253,14 +257,15 @@ class SiteHarness:
 
     def __post_init__(self) -> None:
         configs = ConfigCache()
-        self.server = GitServer(
+        self.core = GitCore(
             root=self.root.resolve(),
             policy=Policy(configs, self.anonymousPush, self.requireExportOk),
             backend=GitBackend(self.reactor, "/usr/bin/git", self.environ),
             clock=self.reactor,
             configs=configs,
         )
-        self.site = GitSite(RootResource(self.server), reactor=self.reactor)
+        self.context = HTTPContext(self.core)
+        self.site = GitSite(RootResource(self.context), reactor=self.reactor)
         self.connect()
 
     def connect(self) -> None:
@@ -337,7 +342,7 @@ def scratchDirectory(case: Any) -> Path:
 
 
 class FakeJob:
-    """What L{gitserve.limits.JobLimiter} tracks of a git child: its end, and a way to end it."""
+    """What L{gitserve.core.jobs.JobLimiter} tracks of a git child: its end, and a way to end it."""
 
     def __init__(self) -> None:
         self.done: Deferred[int | None] = Deferred()
@@ -348,3 +353,10 @@ class FakeJob:
 
     def exit(self, code: int | None = 0) -> None:
         self.done.callback(code)
+
+
+def cappedBody(network: Any, limit: int, contentEncoding: bytes | None) -> RequestBody:
+    """A request body over C{network}, capped at C{limit} as a handler caps it."""
+    body = RequestBody(network, contentEncoding=contentEncoding)
+    body.setLimit(limit)
+    return body

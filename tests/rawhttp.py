@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from gitserve.pktline import FLUSH, pktLine
+from gitserve.core.pktline import FLUSH, pktLine
 
 
 @dataclass

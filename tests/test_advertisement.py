@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from gitserve.advertisement import CapabilityCache, cacheable
-from gitserve.filestamps import ConfigClosures, stampOf
-from gitserve.pktline import FLUSH, pktLine
-from gitserve.repository import Repository
+from gitserve.core.advertisement import CapabilityCache, cacheable
+from gitserve.core.filestamps import ConfigClosures, stampOf
+from gitserve.core.pktline import FLUSH, pktLine
+from gitserve.core.repository import Repository
 from tests.fakes import SiteHarness, makeRepository
 
 ANSWER = (
@@ -192,7 +192,7 @@ def fastSite(tmp_path: Path) -> SiteHarness:
     age(gitDir / "HEAD")
     site = SiteHarness(tmp_path)
     gitBinary = write(tmp_path / "fake-git", "")
-    site.server.capabilities = CapabilityCache(
+    site.context.core.capabilities = CapabilityCache(
         gitPath=str(gitBinary),
         environment={"PATH": "/usr/bin", "GIT_CONFIG_NOSYSTEM": "1"},
     )

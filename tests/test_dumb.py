@@ -1,4 +1,4 @@
-"""Unit tests for gitserve.dumb: the generated texts, the file guard and the file responses."""
+"""Unit tests for gitserve.http.dumb: the generated texts, the file guard and the file responses."""
 
 from __future__ import annotations
 
@@ -15,7 +15,20 @@ from twisted.web import http
 from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.test.requesthelper import DummyChannel
 
-from gitserve.dumb import (
+from gitserve.core.dumbfiles import (
+    ServedFile,
+    generateHead,
+    generateInfoPacks,
+    generateInfoRefs,
+    isRefHidden,
+    isValidRefName,
+    listPacks,
+    openServedFile,
+)
+from gitserve.core.errors import Forbidden
+from gitserve.core.policy import Policy
+from gitserve.core.repository import ConfigCache, Repository
+from gitserve.http.dumb import (
     CHUNK_SIZE,
     CHUNKS_PER_TURN,
     IDX_FILE,
@@ -23,22 +36,11 @@ from gitserve.dumb import (
     PACK_FILE,
     TEXT_FILE,
     FileRangeProducer,
-    ServedFile,
     Unsatisfiable,
-    generateHead,
-    generateInfoPacks,
-    generateInfoRefs,
     isNotModified,
-    isRefHidden,
-    isValidRefName,
-    listPacks,
-    openServedFile,
     parseRange,
     serveFile,
 )
-from gitserve.errors import Forbidden
-from gitserve.policy import Policy
-from gitserve.repository import ConfigCache, Repository
 
 from .conftest import GitClient
 from .gitrepos import mixedRepository

@@ -119,7 +119,7 @@ def test_dumbRoutesRefusePost(site: SiteHarness) -> None:
 
 def test_withoutGitUploadPackFallsBackToDumb(site: SiteHarness) -> None:
     """No git binary: info/refs?service=git-upload-pack gets the plain ref list, no child."""
-    site.server.backend.available = False
+    site.context.core.backend.available = False
     site.request(b"GET", b"/project.git/info/refs?service=git-upload-pack")
     response = site.response()
     assert response.status == 200
@@ -148,7 +148,7 @@ class HeldWork:
 def test_infoRefsIsGeneratedOffTheReactor(site: SiteHarness) -> None:
     """info/refs goes through runBlocking; the answer is written when the work is done."""
     held = HeldWork()
-    site.server.runBlocking = held
+    site.context.core.runBlocking = held
     site.request(b"GET", b"/project.git/info/refs")
     assert site.responses() == []
     assert len(held.pending) == 1
@@ -162,7 +162,7 @@ def test_infoRefsIsGeneratedOffTheReactor(site: SiteHarness) -> None:
 def test_clientGoneWhileRefsAreReadGetsNothing(site: SiteHarness) -> None:
     """A client that leaves while info/refs is being generated gets nothing written."""
     held = HeldWork()
-    site.server.runBlocking = held
+    site.context.core.runBlocking = held
     site.request(b"GET", b"/project.git/info/refs")
     site.channel.connectionLost(Failure(ConnectionDone()))
     held.release()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gitserve.pktline import FLUSH, parsePktLines, pktLine
+from gitserve.core.pktline import FLUSH, parsePktLines, pktLine
 from tests.conftest import Daemon, GitClient, bigRepository, startUploadPack
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gitserve.dumb import generateInfoRefs, listPacks
+from gitserve.core.dumbfiles import generateInfoRefs, listPacks
 from gitserve.export import LOCK_NAME, export, main, parseInfoRefs
 
 from .conftest import GitClient

@@ -17,9 +17,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 
-from gitserve.body import INFLATE_STEP, BodyLost, RequestBody
-from gitserve.errors import BadRequest, RequestTooLarge
-from gitserve.pktline import (
+from gitserve.core.errors import InvalidRequest, TooLarge
+from gitserve.core.pktline import (
     FLUSH_PKT,
     MAX_PAYLOAD,
     PktLineParser,
@@ -28,8 +27,11 @@ from gitserve.pktline import (
     parsePktLines,
     pktLine,
 )
-from gitserve.repository import isSafeSegment, resolveRepository
-from gitserve.web import matchRoute
+from gitserve.core.repository import isSafeSegment, resolveRepository
+from gitserve.http.body import INFLATE_STEP, BodyLost
+from gitserve.http.routes import matchRoute
+
+from .fakes import cappedBody
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -110,7 +112,7 @@ def readBody(
 ) -> tuple[bytes | None, Exception | None]:
     """Feed pieces to a RequestBody as the network would; its result or error."""
     network = StringTransport()
-    body = RequestBody(network, limit=limit, contentEncoding=encoding)
+    body = cappedBody(network, limit, encoding)
     result: list[bytes] = []
     errors: list[Exception] = []
     body.readAll().addCallbacks(result.append, lambda f: errors.append(f.value))
@@ -132,7 +134,7 @@ def test_gzipReaderOnGarbageRaisesOnlyDocumentedErrors(
     """Arbitrary bytes declared as gzip: a body, a 400 or a 413, never anything else."""
     result, error = readBody(splitAt(data, cuts), limit)
     if error is not None:
-        assert isinstance(error, BadRequest | RequestTooLarge), repr(error)
+        assert isinstance(error, InvalidRequest | TooLarge), repr(error)
     else:
         assert result is not None and len(result) <= limit
 
@@ -150,14 +152,14 @@ def test_gzipReaderInflatesExactlyUpToTheCap(data: bytes, cuts: list[int], limit
     if len(data) <= limit:
         assert error is None and result == data
     else:
-        assert isinstance(error, RequestTooLarge)
+        assert isinstance(error, TooLarge)
 
 
 def test_gzipBombKeepsAtMostTheCap() -> None:
     """A 64 MiB bomb in one network read is cut at the cap: no more than cap + a step is held."""
     bomb = gzip.compress(b"\0" * (64 * 1024 * 1024), compresslevel=9)
     network = StringTransport()
-    body = RequestBody(network, limit=1024 * 1024, contentEncoding=b"gzip")
+    body = cappedBody(network, 1024 * 1024, b"gzip")
     sizes: list[int] = []
 
     class Counting:
@@ -173,14 +175,14 @@ def test_gzipBombKeepsAtMostTheCap() -> None:
     errors: list[Exception] = []
     body.streamTo(Counting()).addErrback(lambda f: errors.append(f.value))
     body.dataReceived(bomb)
-    assert isinstance(errors[0], RequestTooLarge)
+    assert isinstance(errors[0], TooLarge)
     assert sum(sizes) <= 1024 * 1024
     assert max(sizes) <= INFLATE_STEP
 
 
 def test_lostBodyIsBodyLost() -> None:
     """A client leaving mid-body fails the read with BodyLost, the documented error."""
-    body = RequestBody(StringTransport(), limit=100, contentEncoding=None)
+    body = cappedBody(StringTransport(), 100, None)
     errors: list[Exception] = []
     body.readAll().addErrback(lambda f: errors.append(f.value))
     body.dataReceived(b"0000")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gitserve.pktline import pktLine
+from gitserve.core.pktline import pktLine
 from tests.conftest import Daemon, GitClient, startDaemon
 from tests.rawhttp import (
     LAST_CHUNK,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from gitserve.housekeeping import STALE_QUARANTINE_AGE, sweepStaleQuarantines
+from gitserve.core.housekeeping import STALE_QUARANTINE_AGE, sweepStaleQuarantines
 
 NOW = 1_800_000_000.0
 

@@ -1,4 +1,4 @@
-"""Unit tests for gitserve.limits: the job queue and the connection deadlines."""
+"""Unit tests for gitserve.http.channel: the job queue and the connection deadlines."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from gitserve.errors import ServiceUnavailable
-from gitserve.limits import MIN_BODY_RATE, GuardedSite, JobLimiter
+from gitserve.core.errors import Busy
+from gitserve.core.jobs import JobLimiter
+from gitserve.http.channel import MIN_BODY_RATE, GitSite
 from tests.fakes import FakeJob
 
 CLIENT = IPv4Address("TCP", "192.0.2.7", 40000)
@@ -49,8 +50,8 @@ class JobLimiterTests(SynchronousTestCase):
         results = [self.jobs.run(self.start) for _ in range(4)]
         self.assertEqual(len(self.started), 2)
         self.assertEqual(self.jobs.queued, 2)
-        refused = self.failureResultOf(self.jobs.run(self.start), ServiceUnavailable)
-        self.assertEqual(refused.value.headers[b"Retry-After"], b"10")
+        refused = self.failureResultOf(self.jobs.run(self.start), Busy)
+        self.assertEqual(refused.value.retryAfter, 10)
         self.started[1].exit()
         self.assertIs(self.successResultOf(results[2]), self.started[2])
         self.assertNoResult(results[3])
@@ -83,13 +84,13 @@ class JobLimiterTests(SynchronousTestCase):
             waiting = self.jobs.run(self.start)
         self.jobs.terminateAll()
         self.assertTrue(all(job.terminated for job in self.started))
-        self.failureResultOf(waiting, ServiceUnavailable)
+        self.failureResultOf(waiting, Busy)
 
 
 class GuardedChannelTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
-        self.site = GuardedSite(SlowResource(), idleTimeout=10, headerTimeout=3, reactor=self.clock)
+        self.site = GitSite(SlowResource(), idleTimeout=10, headerTimeout=3, reactor=self.clock)
         self.channel = self.site.buildProtocol(CLIENT)
         self.transport = StringTransport(peerAddress=CLIENT)
         self.channel.makeConnection(self.transport)
@@ -130,7 +131,7 @@ class GuardedChannelTests(SynchronousTestCase):
 
     def postWith(self, resource: Resource) -> None:
         """Start a POST (100 kB announced) on a fresh channel serving C{resource}."""
-        self.site = GuardedSite(resource, idleTimeout=10, headerTimeout=3, reactor=self.clock)
+        self.site = GitSite(resource, idleTimeout=10, headerTimeout=3, reactor=self.clock)
         self.channel = self.site.buildProtocol(CLIENT)
         self.transport = StringTransport(peerAddress=CLIENT)
         self.channel.makeConnection(self.transport)

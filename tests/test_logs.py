@@ -1,4 +1,4 @@
-"""Unit tests for gitserve.logs: the combined log format with the verified user."""
+"""Unit tests for gitserve.http.accesslog: the combined log format with the verified user."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from twisted.internet.address import IPv4Address
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from gitserve.logs import accessLogFormatter
+from gitserve.http.accesslog import accessLogFormatter
 
 STAMP = "[21/Nov/2026:11:49:28 +0000]"
 

@@ -9,10 +9,10 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.logger import capturedLogs
 from twisted.python import usage
 
+from gitserve.app.tls import warnIfPlaintextAuth
 from gitserve.auth import HtpasswdChecker
-from gitserve.limits import defaultMaxJobs
+from gitserve.core.jobs import defaultMaxJobs
 from gitserve.tap import Options
-from gitserve.tls import warnIfPlaintextAuth
 from tests.certs import makeSelfSigned
 
 

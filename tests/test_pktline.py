@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gitserve.pktline import (
+from gitserve.core.pktline import (
     DELIM_PKT,
     FLUSH_PKT,
     MAX_PAYLOAD,

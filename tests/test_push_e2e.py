@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from gitserve.pktline import FLUSH, pktLine
+from gitserve.core.pktline import FLUSH, pktLine
 from tests.conftest import Daemon, GitClient
 
 # The daemon's own resident memory may not pass this during a push (issue 5).

@@ -18,8 +18,9 @@ from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.testing import MemoryReactor
 from zope.interface.verify import verifyObject
 
-from gitserve.body import INFLATE_STEP
-from gitserve.service import PIPE_READ_SIZE, TERM_GRACE, _PipeReader
+from gitserve.core.process import TERM_GRACE
+from gitserve.http.body import INFLATE_STEP
+from gitserve.twistedinternals import PIPE_READ_SIZE, _PipeReader
 from tests.fakes import (
     PIPE_CAPACITY,
     FakeProcessReactor,
@@ -40,7 +41,7 @@ def makeSite(root: Path, config: str, maxPushSize: int | None = None) -> SiteHar
     makeRepository(root / "repo.git", config)
     site = SiteHarness(root, reactor=FakeProcessReactor(pipeCapacity=PIPE_CAPACITY))
     if maxPushSize is not None:
-        site.server.maxPushSize = maxPushSize
+        site.context.maxPushSize = maxPushSize
     return site
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gitserve.repository import ConfigCache, parseGitBoolean, resolveRepository
+from gitserve.core.repository import ConfigCache, parseGitBoolean, resolveRepository
 from tests.fakes import makeRepository
 
 

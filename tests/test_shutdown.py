@@ -1,4 +1,4 @@
-"""Unit tests for gitserve.shutdown: drain, then end what is left, with a clock."""
+"""Unit tests for gitserve.app.shutdown: drain, then end what is left, with a clock."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from gitserve.limits import JobLimiter
-from gitserve.shutdown import REAP_MARGIN, GracefulShutdownService
+from gitserve.app.shutdown import REAP_MARGIN, GracefulShutdownService
+from gitserve.core.jobs import JobLimiter
 from tests.fakes import FakeJob
 
 

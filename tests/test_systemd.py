@@ -1,4 +1,4 @@
-"""Unit tests for gitserve.systemd: sd_notify over a datagram socket the test owns."""
+"""Unit tests for gitserve.app.systemd: sd_notify over a datagram socket the test owns."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import tempfile
 from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import SynchronousTestCase
 
-from gitserve.systemd import SystemdNotifier, SystemdNotifyService
+from gitserve.app.systemd import SystemdNotifier, SystemdNotifyService
 
 
 class NotifySocket:

@@ -1,4 +1,4 @@
-"""Unit tests for gitserve.tls: ssl: descriptions with a certificate that reloads."""
+"""Unit tests for gitserve.app.tls: ssl: descriptions with a certificate that reloads."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from twisted.logger import capturedLogs
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase
 
-from gitserve.tls import CertificateReloadService, reloadableServerFromString
+from gitserve.app.tls import CertificateReloadService, reloadableServerFromString
 from tests.certs import makeSelfSigned
 from tests.fakes import scratchDirectory
 

@@ -9,9 +9,10 @@ import pytest
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 
-from gitserve.pktline import FLUSH, parsePktLines, pktLine
-from gitserve.service import TERM_GRACE
-from gitserve.web import DISCARD_LIMIT, MAX_REQUEST_BUFFER
+from gitserve.core.pktline import FLUSH, parsePktLines, pktLine
+from gitserve.core.process import TERM_GRACE
+from gitserve.http.channel import DISCARD_LIMIT
+from gitserve.http.smart import MAX_REQUEST_BUFFER
 from tests.fakes import SiteHarness, makeRepository
 
 UPLOAD_REQUEST = {b"Content-Type": b"application/x-git-upload-pack-request"}
@@ -301,7 +302,7 @@ def test_push_streams_into_git_with_back_pressure(root: Path) -> None:
 def test_push_over_the_size_limit_ends_git(root: Path) -> None:
     """A streamed push past --max-push-size stops git and answers 413."""
     site = SiteHarness(root, anonymousPush=True)
-    site.server.maxPushSize = 10
+    site.context.maxPushSize = 10
     site.send(CHUNKED_PUSH)
     site.send(b"10\r\n" + b"y" * 16 + b"\r\n")
     child = site.child
@@ -375,7 +376,7 @@ def test_disconnect_ends_git(site: SiteHarness) -> None:
     child.protocol.outReceived(b"0008NAK\n")
     site.channel.connectionLost(Failure(ConnectionDone()))
     assert child.signals == ["TERM"]
-    site.reactor.advance(site.server.backend.killGrace + 0.1)
+    site.reactor.advance(site.context.core.backend.killGrace + 0.1)
     assert child.signals == ["TERM", "KILL"]
     child.exit(-9)
 
@@ -392,7 +393,7 @@ def test_disconnect_mid_push_closes_stdin_before_signals(root: Path) -> None:
     assert child.signals == []
     site.reactor.advance(TERM_GRACE)
     assert child.signals == ["TERM"]
-    site.reactor.advance(site.server.backend.killGrace)
+    site.reactor.advance(site.context.core.backend.killGrace)
     assert child.signals == ["TERM", "KILL"]
     child.exit(-9)
     assert not [call for call in site.reactor.getDelayedCalls() if call.active()]

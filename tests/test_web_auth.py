@@ -12,8 +12,9 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 
 from gitserve.auth import BasicAuthenticator, makePortal
-from gitserve.limits import GuardedSite, JobLimiter
-from gitserve.web import RootResource
+from gitserve.core.jobs import JobLimiter
+from gitserve.http.channel import GitSite
+from gitserve.http.routes import RootResource
 from tests.fakes import CLIENT, SiteHarness, makeRepository
 
 ADVERTISE_RECEIVE = b"/project.git/info/refs?service=git-receive-pack"
@@ -34,10 +35,10 @@ def withAuth(site: SiteHarness) -> SiteHarness:
     """Give the harness's server alice/secret through a portal, checked synchronously."""
     checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")
     authenticator = BasicAuthenticator(makePortal([checker], lambda f, *a: succeed(f(*a))), "t")
-    site.server.authenticate = lambda request: authenticator.authenticate(
+    site.context.authenticate = lambda request: authenticator.authenticate(
         request.getHeader(b"Authorization")
     )
-    site.server.challenge = authenticator.challenge
+    site.context.challenge = authenticator.challenge
     return site
 
 
@@ -82,7 +83,7 @@ def test_private_mode_hides_missing_and_existing_alike(root: Path) -> None:
     for path in paths:
         for headers in (None, basic("alice", "nope")):
             site = withAuth(SiteHarness(root))
-            site.server.policy.private = True
+            site.context.core.policy.private = True
             site.request(b"GET", path, headers)
             answers.append(site.response())
             assert site.reactor.spawned == []
@@ -93,7 +94,7 @@ def test_private_mode_hides_missing_and_existing_alike(root: Path) -> None:
 def test_private_mode_serves_the_user(root: Path) -> None:
     """--private with valid credentials: fetch runs, and a missing repository is a plain 404."""
     site = withAuth(SiteHarness(root))
-    site.server.policy.private = True
+    site.context.core.policy.private = True
     site.request(b"GET", ADVERTISE_UPLOAD, basic("alice", "secret"))
     assert site.child.env["REMOTE_USER"] == "alice"
     site.child.exit(0)
@@ -110,7 +111,7 @@ def test_private_mode_serves_the_user(root: Path) -> None:
 def oneRunningOneQueued(root: Path) -> SiteHarness:
     """A site with one job slot and one queue place, both taken by advertisements."""
     site = SiteHarness(root)
-    site.server.jobs = JobLimiter(maxJobs=1, maxQueue=1)
+    site.context.core.jobs = JobLimiter(maxJobs=1, maxQueue=1)
     site.request(b"GET", ADVERTISE_UPLOAD)
     site.connect()
     site.request(b"GET", ADVERTISE_UPLOAD)
@@ -135,12 +136,12 @@ def test_job_limit_queues_then_refuses(root: Path) -> None:
 def test_client_leaving_the_queue_frees_its_place(root: Path) -> None:
     """A queued client that disconnects never starts git."""
     site = oneRunningOneQueued(root)
-    assert site.server.jobs.queued == 1
+    assert site.context.core.jobs.queued == 1
     site.channel.connectionLost(Exception("gone"))
-    assert site.server.jobs.queued == 0
+    assert site.context.core.jobs.queued == 0
     site.reactor.spawned[0].exit(0)
     assert len(site.reactor.spawned) == 1
-    assert site.server.jobs.busy == 0
+    assert site.context.core.jobs.busy == 0
 
 
 def test_operation_log_is_structured(root: Path) -> None:
@@ -161,8 +162,8 @@ def test_operation_log_is_structured(root: Path) -> None:
 
 
 def guardedChannel(site: SiteHarness, idleTimeout: float) -> StringTransport:
-    """Connect the harness through a GuardedSite serving the same server; return the transport."""
-    guarded = GuardedSite(RootResource(site.server), idleTimeout=idleTimeout, reactor=site.reactor)
+    """Connect the harness through a GitSite serving the same server; return the transport."""
+    guarded = GitSite(RootResource(site.context), idleTimeout=idleTimeout, reactor=site.reactor)
     site.channel = guarded.buildProtocol(CLIENT)
     site.transport = StringTransport(peerAddress=CLIENT)
     site.channel.makeConnection(site.transport)
@@ -179,7 +180,7 @@ PUSH_HEADERS = (
 def test_push_waiting_for_a_job_is_not_idle(root: Path) -> None:
     """A push whose body the server holds back while it waits for a job is not timed out."""
     site = SiteHarness(root, anonymousPush=True)
-    site.server.jobs = JobLimiter(maxJobs=1, maxQueue=1)
+    site.context.core.jobs = JobLimiter(maxJobs=1, maxQueue=1)
     site.request(b"GET", ADVERTISE_UPLOAD)
     transport = guardedChannel(site, idleTimeout=10)
     site.send(PUSH_HEADERS)

@@ -21,7 +21,8 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from gitserve.limits import GuardedSite, JobLimiter
+from gitserve.core.jobs import JobLimiter
+from gitserve.http.channel import GitSite
 
 DEFAULT_SHUTDOWN_GRACE = 30.0
 
@@ -38,7 +39,7 @@ class GracefulShutdownService(Service):
     def __init__(
         self,
         jobs: JobLimiter,
-        site: GuardedSite,
+        site: GitSite,
         grace: float,
         killGrace: float,
         clock: IReactorTime,

@@ -28,9 +28,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from gitserve.filestamps import ConfigClosures, Stamp, UnkeyableConfig, stampOf
-from gitserve.pktline import FLUSH_PKT, PktLineParser, ProtocolError
-from gitserve.repository import Repository, parseGitBoolean
+from gitserve.core.filestamps import ConfigClosures, Stamp, UnkeyableConfig, stampOf
+from gitserve.core.pktline import FLUSH_PKT, PktLineParser, ProtocolError
+from gitserve.core.repository import Repository, parseGitBoolean
 
 # The Git-Protocol value the fast path answers; anything else goes to git.
 VERSION_2 = b"version=2"
@@ -69,9 +69,9 @@ KNOWN_ENVIRONMENT = PER_REQUEST_ENVIRONMENT | {
     "GIT_CONFIG_NOSYSTEM",
 }
 
+
 def _isRacy(stamp: Stamp, now: float) -> bool:
     return stamp is not None and stamp[3] / 1e9 > now - RACY_SECONDS
-
 
 
 @dataclass

@@ -1,47 +1,38 @@
 """
 The git child: spawn it with a clean environment, stream both ways, clean up.
 
-One L{GitProcessProtocol} per smart request. Its process transport is the
-request's streaming producer (a client that stops reading pauses git), a
-request body is the child's stdin producer (a child that stops reading pauses
-the client), and every way a request can end leads to exactly one outcome:
-a finished response, an aborted connection, or an error response, and never a
-child left running.
+One L{GitProcessProtocol} per git operation, whatever door it came through.
+It is the streaming producer of the front door's L{IGitOutput} (a client that
+stops reading pauses git), a streamed body is the child's stdin producer (a
+child that stops reading pauses the client), and every way an operation can
+end is reported exactly once, as a L{GitOutcome}, with no child left running.
+What the client is told is the front door's decision.
 """
 
 from __future__ import annotations
 
-import errno
-import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import AnyStr
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.interfaces import (
     IDelayedCall,
-    IProcessProtocol,
     IProcessTransport,
     IPushProducer,
     IReactorProcess,
     IReactorTime,
 )
-from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
-from twisted.internet.process import Process, ProcessReader
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.server import Request
 from zope.interface import implementer
 
-from gitserve.body import RequestBody
-from gitserve.errors import HTTPError, renderError
-from gitserve.headers import startGitResponse
-from gitserve.pktline import ProtocolError, errorLine, parsePktLines
-from gitserve.policy import Service
-from gitserve.repository import Repository
+from gitserve.core.pktline import ProtocolError, parsePktLines
+from gitserve.core.policy import Service
+from gitserve.core.repository import Repository
+from gitserve.interfaces import IGitJob, IGitOutput, IStdinSource
 
 # The daemon's own variables a child may inherit; everything else, GIT_DIR and
 # GIT_CONFIG_* and LD_PRELOAD included, stays out (see DESIGN.md: an env dict
@@ -65,61 +56,6 @@ TERM_GRACE = 2.0
 
 _PRINTABLE = re.compile(rb"[^\x20-\x7e]")
 
-# How much of git's output is read at once: a pipe's whole default capacity.
-# Twisted's process reader reads 8 KiB, so a 64 MiB pack took 8192 reads, each
-# a reactor turn and a wakeup of git blocked on a full pipe.
-PIPE_READ_SIZE = 64 * 1024
-
-
-class _PipeReader(ProcessReader):
-    """A child's output pipe, read L{PIPE_READ_SIZE} bytes at a time."""
-
-    def doRead(self) -> object:
-        # Twisted's fdesc.readFromFD, with the read size as the only change.
-        try:
-            output = os.read(self.fd, PIPE_READ_SIZE)
-        except OSError as e:
-            if e.errno in (errno.EAGAIN, errno.EINTR):
-                return None
-            return CONNECTION_LOST
-        if not output:
-            return CONNECTION_DONE
-        self.dataReceived(output)
-        return None
-
-
-class _GitProcess(Process):
-    processReaderFactory = _PipeReader
-
-
-@implementer(IReactorProcess)
-class PipeReadingSpawner:
-    """
-    Spawns children on a POSIX reactor as its C{spawnProcess} does, with
-    their output read in large pieces (see L{PIPE_READ_SIZE}).
-    """
-
-    def __init__(self, reactor: IReactorProcess) -> None:
-        self.reactor = reactor
-
-    def spawnProcess(
-        self,
-        processProtocol: IProcessProtocol,
-        executable: bytes | str,
-        args: Sequence[bytes | str] = (),
-        env: Mapping[AnyStr, AnyStr] | None = None,
-        path: bytes | str | None = None,
-        uid: int | None = None,
-        gid: int | None = None,
-        usePTY: bool = False,
-        childFDs: Mapping[int, int | str] | None = None,
-    ) -> IProcessTransport:
-        if usePTY:
-            raise ValueError("git is never given a terminal")
-        return _GitProcess(
-            self.reactor, executable, args, env, path, processProtocol, uid, gid, childFDs
-        )
-
 
 @dataclass(frozen=True)
 class Caller:
@@ -141,7 +77,7 @@ class GitBackend:
     @ivar environ: the daemon's environment; only L{INHERITED_ENVIRONMENT}
         of it reaches a child.
     @ivar available: false when no git binary was found: fetches then fall
-        back to the native dumb protocol (see L{gitserve.web.getInfoRefs}).
+        back to the native dumb protocol (see L{gitserve.http.smart.getInfoRefs}).
     """
 
     reactor: IReactorProcess
@@ -211,62 +147,83 @@ class GitBackend:
         )
 
 
-@implementer(IPushProducer)
+@dataclass(frozen=True)
+class GitOutcome:
+    """
+    How a git child ended, for the front door to turn into its own answer.
+
+    @ivar exitCode: git's exit status (L{None} when a signal ended it).
+    @ivar bytesOut: how much of git's output reached the output.
+    @ivar completeRefusal: all git wrote is a few whole pkt-lines ending in
+        an C{ERR} packet: a complete refusal (C{not our ref} for a want that
+        a push made unreachable since the advertisement), to be passed on
+        whole even though git failed, not a cut-off answer.
+    @ivar failure: the request failed on the front door's side (its body
+        broke or passed its cap); git's complaint about its cut-off input is
+        then not the answer.
+    @ivar message: what to tell the git user when git failed before writing.
+    """
+
+    exitCode: int | None
+    bytesOut: int
+    completeRefusal: bool
+    failure: Failure | None
+    message: str
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether git finished its work and the request did not fail."""
+        return self.exitCode == 0 and self.failure is None
+
+    @property
+    def started(self) -> bool:
+        """Whether any of git's output went out."""
+        return self.bytesOut > 0
+
+
+@implementer(IPushProducer, IGitJob)
 class GitProcessProtocol(ProcessProtocol):
     """
-    Connects one git child to one HTTP request.
+    Connects one git child to one L{IGitOutput}.
 
-    Nothing is written to the client until git writes: a child that fails
-    before its first byte gets a clean error response (an ERR packet, which
-    git shows as C{remote error: ...}); one that fails after the response
-    began gets its connection aborted, so the client sees an error, never a
-    truncated success, unless what it wrote was itself a complete refusal
-    ending in an ERR packet, which is passed on whole.
+    git's stdout goes to the output as it comes, paced by it (this protocol
+    is the output's streaming producer); its stdin comes from a whole buffer
+    or from a streamed body paced by git. Every way a child can end is
+    reported once, through L{done}, as a L{GitOutcome}; what the client is
+    told then is the front door's decision, never this protocol's.
 
-    @ivar preamble: bytes sent before git's own output (the C{# service=}
-        announcement of a v0 advertisement).
-    @ivar done: fires with the exit code once the child has ended and the
-        request is answered.
-    @ivar output: set to a L{bytearray} to keep a copy of what git writes to
-        stdout (an advertisement to cache); L{None} keeps nothing.
+    @ivar done: fires with the L{GitOutcome} once the child has ended.
     """
 
     log = Logger()
 
     def __init__(
         self,
-        request: Request,
+        output: IGitOutput,
         clock: IReactorTime,
-        contentType: bytes,
         description: str,
-        preamble: bytes = b"",
         killGrace: float = KILL_GRACE,
         logFields: Mapping[str, object] | None = None,
     ) -> None:
-        self.request = request
+        self.output = output
         # The operation's service, repository, user and protocol version as
         # separate event fields, for JSON log observers.
         self.logFields = dict(logFields or {})
         self.clock = clock
-        self.contentType = contentType
         self.description = description
-        self.preamble = preamble
         self.killGrace = killGrace
-        self.started = False
-        self.requestGone = False
+        self.outputGone = False
         self.childEnded = False
         self.bytesIn = 0
         self.bytesOut = 0
         self.stderr = b""
         self.began = clock.seconds()
-        self.done: Deferred[int | None] = Deferred()
+        self.done: Deferred[GitOutcome] = Deferred()
         self.failure: Failure | None = None
-        self.output: bytearray | None = None
-        self.body: RequestBody | None = None
+        self._stdin: IStdinSource | None = None
         self._killCall: IDelayedCall | None = None
         self._stdinOpen = True
         self._shortAnswer = bytearray()
-        request.notifyFinish().addErrback(self._requestLost)
 
     # Feeding stdin ---------------------------------------------------------
 
@@ -281,16 +238,18 @@ class GitProcessProtocol(ProcessProtocol):
         self._stdinOpen = False
         self.transport.closeStdin()
 
-    def streamStdin(self, body: RequestBody) -> None:
+    def streamStdin(self, source: IStdinSource) -> None:
         """Give git a body while it arrives (a push), paced by git's reading."""
 
-        def finished(_: None) -> None:
-            self.bytesIn = body.received
+        def finished(received: int) -> None:
+            self._stdin = None
+            self.bytesIn = received
             if not self.childEnded:
                 self.closeStdin()
 
         def failed(failure: Failure) -> None:
-            self.bytesIn = body.received
+            self._stdin = None
+            self.bytesIn = source.received
             self.log.info(
                 "{description}: request body failed: {reason}",
                 description=self.description,
@@ -299,16 +258,16 @@ class GitProcessProtocol(ProcessProtocol):
             self.failure = failure
             self.terminate()
 
-        self.body = body
-        body.streamTo(self.transport).addCallbacks(finished, failed)
+        self._stdin = source
+        source.streamTo(self.transport).addCallbacks(finished, failed)
 
     # The child's side ------------------------------------------------------
 
     def connectionMade(self) -> None:
-        # This protocol, not the process transport, is the request's
-        # producer: a process transport cannot stopProducing(), which the
-        # connection calls when the client goes away.
-        self.request.registerProducer(self, True)
+        # This protocol, not the process transport, is the output's
+        # producer: a process transport cannot stopProducing(), which a
+        # front door calls when its client goes away.
+        self.output.registerProducer(self, True)
 
     def pauseProducing(self) -> None:
         """The client is not reading: stop reading git's output."""
@@ -318,32 +277,29 @@ class GitProcessProtocol(ProcessProtocol):
         self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
-        """The connection is gone: git's output has nowhere to go."""
-        self.terminate()
+        """The output is gone (the client left): git's output has nowhere to go."""
+        if self.outputGone:
+            return
+        self.outputGone = True
+        if not self.childEnded:
+            self.log.info(
+                "{description}: client went away; ending git", description=self.description
+            )
+            self.terminate()
 
     def outReceived(self, data: bytes) -> None:
-        if self.output is not None:
-            self.output += data
-        if self.requestGone or self.failure is not None:
-            # Nobody to tell, or the request failed on our side (a body over
-            # its cap): git's complaint about its cut-off input must not
-            # become the answer.
+        if self.outputGone or self.failure is not None:
+            # Nobody to tell, or the request failed on the front door's side
+            # (a body over its cap): git's complaint about its cut-off input
+            # must not become the answer.
             return
-        if not self.started:
-            self.started = True
-            startGitResponse(self.request, self.contentType)
-            data = self.preamble + data
         if self.bytesOut < MAX_SHORT_ANSWER:
             self._shortAnswer += data[: MAX_SHORT_ANSWER + 1 - len(self._shortAnswer)]
         self.bytesOut += len(data)
-        self.request.write(data)
+        self.output.write(data)
 
     def _answeredWithError(self) -> bool:
-        """
-        Whether all git wrote is a few whole pkt-lines ending in an C{ERR}
-        packet: a complete refusal (C{not our ref} for a want that a push
-        made unreachable since the advertisement), not a cut-off answer.
-        """
+        """Whether all git wrote is a few whole pkt-lines ending in C{ERR}."""
         if self.bytesOut > MAX_SHORT_ANSWER:
             return False
         try:
@@ -358,39 +314,26 @@ class GitProcessProtocol(ProcessProtocol):
 
     def processEnded(self, reason: Failure) -> None:
         self.childEnded = True
-        if self.body is not None and not self.body.complete:
+        if self._stdin is not None:
             # git stopped reading before the body ended (it failed, or was
             # ended): what is left of the body has nowhere to go.
-            self.body.stopProducing()
+            stdin, self._stdin = self._stdin, None
+            stdin.stopProducing()
         if self._killCall is not None and self._killCall.active():
             self._killCall.cancel()
         exitCode = 0 if reason.check(ProcessDone) else getattr(reason.value, "exitCode", None)
         self._logOutcome(exitCode, reason)
-        if not self.requestGone:
-            self.request.unregisterProducer()
-            self._answer(exitCode)
-        self.done.callback(exitCode)
-
-    def _answer(self, exitCode: int | None) -> None:
-        if self.started:
-            if (exitCode == 0 or self._answeredWithError()) and self.failure is None:
-                self.request.finish()
-            else:
-                # The response is under way: only a broken connection tells
-                # the client that what it got is incomplete.
-                self.request.channel.transport.abortConnection()
-            return
-        if self.failure is not None:
-            error = self.failure.value
-            if not isinstance(error, HTTPError):
-                error = HTTPError("the request failed on the server")
-            self.request.write(renderError(self.request, error))
-            self.request.finish()
-            return
-        startGitResponse(self.request, self.contentType)
-        if exitCode != 0:
-            self.request.write(errorLine(self.clientMessage()))
-        self.request.finish()
+        if not self.outputGone:
+            self.output.unregisterProducer()
+        self.done.callback(
+            GitOutcome(
+                exitCode=exitCode,
+                bytesOut=self.bytesOut,
+                completeRefusal=self._answeredWithError(),
+                failure=self.failure,
+                message=self.clientMessage(),
+            )
+        )
 
     def clientMessage(self) -> str:
         """
@@ -416,7 +359,7 @@ class GitProcessProtocol(ProcessProtocol):
                 description=self.description,
                 stderr=stderr,
             )
-        elif exitCode != 0 or (stderr and self.started):
+        elif exitCode != 0 or (stderr and self.bytesOut > 0):
             self.log.warn(
                 "{description}: git ended with {reason}: {stderr}",
                 description=self.description,
@@ -435,14 +378,6 @@ class GitProcessProtocol(ProcessProtocol):
         )
 
     # Ending the child --------------------------------------------------------
-
-    def _requestLost(self, reason: Failure) -> None:
-        self.requestGone = True
-        if not self.childEnded:
-            self.log.info(
-                "{description}: client went away; ending git", description=self.description
-            )
-            self.terminate()
 
     def terminate(self) -> None:
         """

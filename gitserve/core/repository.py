@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dulwich.config import ConfigFile
 
-from gitserve.filestamps import ConfigClosures, Stamp, UnkeyableConfig
+from gitserve.core.filestamps import ConfigClosures, Stamp, UnkeyableConfig
 
 # The suffixes git's own enter_repo() tries, in its order, so that /foo finds
 # foo/.git, foo and foo.git exactly as `git clone host:foo` would.

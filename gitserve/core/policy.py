@@ -10,8 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from gitserve.errors import Forbidden, NotFound, Unauthorized
-from gitserve.repository import ConfigCache, Repository
+from gitserve.core.errors import AuthenticationRequired, Forbidden, NotFound
+from gitserve.core.repository import ConfigCache, Repository
 
 
 class Service(enum.Enum):
@@ -75,15 +75,15 @@ class Policy:
         defaults to on for authenticated users only.
 
         @raise Forbidden: the service is switched off for this repository.
-        @raise Unauthorized: it would be allowed to an authenticated user.
+        @raise AuthenticationRequired: it would be allowed to an authenticated user.
         """
         if self.private and user is None:
-            raise Unauthorized("Authentication required")
+            raise AuthenticationRequired("Authentication required")
         enabled = self.configs.getBoolean(repository, "http", service.configName)
         if enabled is False:
             raise Forbidden(f"Service not enabled: '{service.command}'")
         if service.isWrite and enabled is None and user is None and not self.anonymousPush:
-            raise Unauthorized(
+            raise AuthenticationRequired(
                 "Anonymous push is not allowed: authenticate, or ask the administrator "
                 "to set http.receivepack=true in the repository or to start gitserve "
                 "with --anonymous-push"

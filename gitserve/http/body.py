@@ -4,7 +4,7 @@ consumes them.
 
 Twisted Web spools a whole body to a temporary file before a resource sees
 it. gitserve dispatches POSTs as soon as their headers arrive (see
-L{gitserve.web.GitRequest}) and reads the body through a L{RequestBody}
+L{gitserve.http.channel.GitRequest}) and reads the body through a L{RequestBody}
 instead: a push goes to git's stdin while it arrives, and a body past its cap
 is refused after the cap, not after the whole upload.
 """
@@ -20,7 +20,8 @@ from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gitserve.errors import BadRequest, HTTPError, RequestTooLarge
+from gitserve.core.errors import InvalidRequest, Refusal, TooLarge
+from gitserve.interfaces import IStdinSource
 
 # Inflate in bounded steps: a gzip bomb yields at most this much per step, so
 # the cap is checked before memory grows.
@@ -82,7 +83,7 @@ class Inflater:
         The next inflated piece, at most L{INFLATE_STEP} bytes, C{b""} when
         what was fed is used up.
 
-        @raise BadRequest: the bytes are not gzip.
+        @raise InvalidRequest: the bytes are not gzip.
         """
         if not self._input and not self._more:
             return b""
@@ -90,7 +91,7 @@ class Inflater:
         try:
             piece = self._decompressor.decompress(data, INFLATE_STEP)
         except zlib.error as e:
-            raise BadRequest(f"Request body is not valid gzip: {e}") from e
+            raise InvalidRequest(f"Request body is not valid gzip: {e}") from e
         self._input = self._decompressor.unconsumed_tail
         self._more = len(piece) == INFLATE_STEP
         return piece
@@ -102,23 +103,23 @@ class Inflater:
 
     def finish(self) -> None:
         """
-        @raise BadRequest: the gzip stream ended early.
+        @raise InvalidRequest: the gzip stream ended early.
         """
         if not self._decompressor.eof:
-            raise BadRequest("Request body ends inside its gzip stream")
+            raise InvalidRequest("Request body ends inside its gzip stream")
 
 
 def decoderFor(contentEncoding: bytes | None) -> Identity | Inflater:
     """
     The decoder for a C{Content-Encoding}.
 
-    @raise BadRequest: an encoding git never sends.
+    @raise InvalidRequest: an encoding git never sends.
     """
     if contentEncoding is None or contentEncoding.strip().lower() in (b"", b"identity"):
         return Identity()
     if contentEncoding.strip().lower() in (b"gzip", b"x-gzip"):
         return Inflater()
-    raise BadRequest("Unsupported Content-Encoding")
+    raise InvalidRequest("Unsupported Content-Encoding")
 
 
 @implementer(IConsumer)
@@ -138,7 +139,7 @@ class _Collector:
         self.chunks.append(data)
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IStdinSource)
 class RequestBody:
     """
     The body of one request, delivered to one consumer, with back-pressure.
@@ -151,13 +152,14 @@ class RequestBody:
     pieces and the network is paused until it resumes: what is held here is
     never more than one network read (plus one inflation step).
 
-    @ivar limit: the most (inflated) bytes accepted.
+    Its cap is set once the request is routed (L{setLimit}); a chunked body
+    announcing a chunk past it is refused as soon as the chunk's size line
+    arrives (L{chunkAnnounced}), not after the chunk.
     """
 
     def __init__(
         self,
         network: IPushProducer,
-        limit: int,
         contentEncoding: bytes | None,
         onFirstRead: Callable[[], None] | None = None,
     ) -> None:
@@ -168,9 +170,11 @@ class RequestBody:
         """
         self._network = network
         self._onFirstRead = onFirstRead
-        self.limit = limit
+        self._limit: int | None = None
+        self._largestChunk = 0
+        self._overLimit = False
         self._consumer: IConsumer | None = None
-        self._done: Deferred[None] | None = None
+        self._done: Deferred[int] | None = None
         self._received = 0
         self._complete = False
         self._failure: Failure | None = None
@@ -184,13 +188,38 @@ class RequestBody:
         self._pauseNetwork()
         try:
             self._decoder = decoderFor(contentEncoding)
-        except HTTPError:
+        except Refusal:
             self._failure = Failure()
 
     @property
     def complete(self) -> bool:
         """Whether the client sent the whole body."""
         return self._complete
+
+    @property
+    def overLimit(self) -> bool:
+        """Whether the body was refused for passing its cap."""
+        return self._overLimit
+
+    def setLimit(self, limit: int) -> None:
+        """Cap the body at C{limit} (inflated) bytes, from now on."""
+        self._limit = limit
+        self._checkChunk(self._largestChunk)
+
+    def chunkAnnounced(self, size: int) -> None:
+        """A chunked body's next chunk will be C{size} bytes (still encoded)."""
+        self._largestChunk = max(self._largestChunk, size)
+        self._checkChunk(size)
+
+    def _checkChunk(self, size: int) -> None:
+        # As a Content-Length past the cap is refused before reading: one
+        # chunk larger than the whole body may be is refused before it comes.
+        if self._limit is not None and size > self._limit and not self._overLimit:
+            self._refuseOverLimit()
+
+    def _refuseOverLimit(self) -> None:
+        self._overLimit = True
+        self._fail(Failure(TooLarge(f"Request body exceeds the limit of {self._limit} bytes")))
 
     @property
     def received(self) -> int:
@@ -252,18 +281,14 @@ class RequestBody:
         while self._consumer is not None and not self._pausedByConsumer:
             try:
                 piece = self._decoder.step()
-            except HTTPError:
+            except Refusal:
                 self._fail(Failure())
                 return
             if not piece:
                 break
             self._received += len(piece)
-            if self._received > self.limit:
-                self._fail(
-                    Failure(
-                        RequestTooLarge(f"Request body exceeds the limit of {self.limit} bytes")
-                    )
-                )
+            if self._limit is not None and self._received > self._limit:
+                self._refuseOverLimit()
                 return
             self._consumer.write(piece)
         if self._consumer is None or self._pausedByConsumer or not self._decoder.drained:
@@ -271,7 +296,7 @@ class RequestBody:
         elif self._complete:
             try:
                 self._decoder.finish()
-            except HTTPError:
+            except Refusal:
                 self._fail(Failure())
                 return
             self._finish()
@@ -285,13 +310,13 @@ class RequestBody:
         collector = _Collector()
         return self.streamTo(collector).addCallback(lambda _: b"".join(collector.chunks))
 
-    def streamTo(self, consumer: IConsumer) -> Deferred[None]:
+    def streamTo(self, consumer: IConsumer) -> Deferred[int]:
         """
         Write the body into C{consumer} as it arrives; this body registers
         itself as the consumer's (streaming) producer for back-pressure.
 
         @return: fires when the whole body was written (the consumer is
-            unregistered by then), or fails with an L{HTTPError} or
+            unregistered by then), or fails with an L{Refusal} or
             L{BodyLost}.
         """
         self._done = Deferred()
@@ -331,7 +356,7 @@ class RequestBody:
         self._detach()
         done, self._done = self._done, None
         if done is not None:
-            done.callback(None)
+            done.callback(self._received)
 
     def _fail(self, failure: Failure) -> None:
         self._detach()

@@ -1,0 +1,68 @@
+"""
+What every HTTP handler needs: the core, and the HTTP-only settings around
+it (authentication, the push size cap).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.web.server import Request
+
+from gitserve.core.errors import Refusal
+from gitserve.core.operations import GitCore
+from gitserve.core.process import Caller
+from gitserve.http.errors import HTTPError, httpErrorFor
+
+# Default --max-push-size: a push body (inflated) larger than this is refused.
+MAX_PUSH_SIZE = 2 * 1024**3
+
+
+@dataclass
+class HTTPContext:
+    """
+    One per daemon, built by L{gitserve.tap}.
+
+    @ivar authenticate: maps a request to its user (L{None} for anonymous);
+        without it (no authentication configured) everyone is anonymous.
+    @ivar challenge: the C{WWW-Authenticate} value a 401 carries.
+    """
+
+    core: GitCore
+    maxPushSize: int = MAX_PUSH_SIZE
+    authenticate: Callable[[Request], Deferred[str | None]] | None = None
+    challenge: bytes = b'Basic realm="gitserve"'
+
+    def userFor(self, request: Request) -> Deferred[str | None]:
+        """
+        The authenticated user of C{request}, L{None} when anonymous; decided
+        once per request (private mode asks before routing, handlers again)
+        and kept on the request for the access log.
+        """
+        if self.authenticate is None:
+            return succeed(None)
+        if getattr(request, "userDecided", False):
+            return succeed(getattr(request, "authenticatedUser", None))
+
+        def remember(user: str | None) -> str | None:
+            request.authenticatedUser = user  # type: ignore[attr-defined]
+            request.userDecided = True  # type: ignore[attr-defined]
+            return user
+
+        return self.authenticate(request).addCallback(remember)
+
+    def httpErrorFor(self, error: Refusal | HTTPError) -> HTTPError:
+        """The answer the client gets for C{error} on this server."""
+        return httpErrorFor(error, self.challenge if self.authenticate is not None else None)
+
+    def caller(self, request: Request, user: str | None, gitProtocol: bytes | None) -> Caller:
+        """Who a git child started for C{request} works for."""
+        address = request.getClientAddress()
+        return Caller(
+            remoteAddr=str(getattr(address, "host", "") or ""),
+            user=user,
+            userAgent=request.getHeader(b"User-Agent"),
+            protocol=gitProtocol,
+        )

@@ -1,0 +1,54 @@
+"""
+The seams between gitserve's parts, as zope interfaces: what the core needs
+from a front door and what a front door may ask of the core. Tests fake these
+(and check their fakes with C{verifyObject}).
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer
+from zope.interface import Attribute, Interface
+
+
+class IGitJob(Interface):
+    """A running git child, as the job limiter and a shutdown see it."""
+
+    done: Deferred[object] = Attribute("Fires once the child has ended and its output is settled.")
+
+    def terminate() -> None:
+        """End the child (politely first, then by force after a grace period)."""
+
+
+class IGitOutput(IConsumer):
+    """
+    Where a git child's standard output goes: an HTTP response, an SSH
+    channel, a git:// connection.
+
+    The child registers itself as this consumer's streaming producer, so a
+    front door that cannot send pauses git. A front door whose peer is gone
+    calls the producer's C{stopProducing}, which ends the child. The output
+    never decides what a failure looks like: the child reports its outcome
+    (L{gitserve.core.process.GitOutcome}) and the front door answers.
+    """
+
+
+class IStdinSource(Interface):
+    """
+    A request body that streams into a git child's stdin (a push), paced by
+    git: it registers itself as the stdin's streaming producer.
+    """
+
+    received: int = Attribute("Bytes of body delivered so far.")
+
+    def streamTo(consumer: IConsumer) -> Deferred[int]:
+        """
+        Write the body into C{consumer} as it arrives.
+
+        @return: fires with the bytes delivered once the whole body was
+            written, or fails with the reason it could not be (a
+            L{gitserve.core.errors.Refusal}, or the client leaving).
+        """
+
+    def stopProducing() -> None:
+        """The consumer is gone (git stopped reading): drop the rest."""

@@ -1,0 +1,131 @@
+"""
+Every use of Twisted's private API, in one place, each pinned by a test in
+C{tests/test_twistedinternals.py} that fails loudly if a Twisted release
+changes what it relies on.
+
+Each one is here because Twisted has no public way to do the same thing;
+where it has one, gitserve uses that instead (its own disconnect flag rather
+than C{Request._disconnected}, its own 400/431 answers rather than
+C{_respondToBadRequestAndDisconnect}, the request line it read itself rather
+than C{HTTPChannel._command}).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import AnyStr
+
+from twisted.internet.interfaces import IProcessProtocol, IProcessTransport, IReactorProcess
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
+from twisted.internet.process import Process, ProcessReader
+from twisted.web import http
+from zope.interface import implementer
+
+# How much of git's output is read at once: a pipe's whole default capacity.
+# Twisted's process reader reads 8 KiB, so a 64 MiB pack took 8192 reads, each
+# a reactor turn and a wakeup of git blocked on a full pipe.
+PIPE_READ_SIZE = 64 * 1024
+
+
+class _PipeReader(ProcessReader):
+    """
+    A child's output pipe, read L{PIPE_READ_SIZE} bytes at a time.
+
+    Private: C{twisted.internet.process.ProcessReader} and its C{doRead}
+    contract (return C{CONNECTION_DONE}/C{CONNECTION_LOST} or L{None}).
+    """
+
+    def doRead(self) -> object:
+        # Twisted's fdesc.readFromFD, with the read size as the only change.
+        try:
+            output = os.read(self.fd, PIPE_READ_SIZE)
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EINTR):
+                return None
+            return CONNECTION_LOST
+        if not output:
+            return CONNECTION_DONE
+        self.dataReceived(output)
+        return None
+
+
+class _GitProcess(Process):
+    """Private: C{Process.processReaderFactory} picks the reader class."""
+
+    processReaderFactory = _PipeReader
+
+
+@implementer(IReactorProcess)
+class PipeReadingSpawner:
+    """
+    Spawns children on a POSIX reactor as its C{spawnProcess} does, with
+    their output read in large pieces (see L{PIPE_READ_SIZE}).
+    """
+
+    def __init__(self, reactor: IReactorProcess) -> None:
+        self.reactor = reactor
+
+    def spawnProcess(
+        self,
+        processProtocol: IProcessProtocol,
+        executable: bytes | str,
+        args: Sequence[bytes | str] = (),
+        env: Mapping[AnyStr, AnyStr] | None = None,
+        path: bytes | str | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        usePTY: bool = False,
+        childFDs: Mapping[int, int | str] | None = None,
+    ) -> IProcessTransport:
+        if usePTY:
+            raise ValueError("git is never given a terminal")
+        return _GitProcess(  # type: ignore[no-any-return]
+            self.reactor, executable, args, env, path, processProtocol, uid, gid, childFDs
+        )
+
+
+class DeferredContinueMixin:
+    """
+    For an C{HTTPChannel}: lets the request answer C{Expect: 100-continue}
+    itself, when it first reads the body, instead of Twisted saying it as
+    soon as the headers are in, so that a refusal decided from the headers
+    reaches the client before it sends a byte of the body.
+
+    Private: C{HTTPChannel._send100Continue}, called from
+    C{allHeadersReceived}.
+    """
+
+    requests: list[http.Request]
+
+    def _send100Continue(self) -> None:
+        request = self.requests[-1]
+        if not getattr(request, "answersContinue", False):
+            super()._send100Continue()  # type: ignore[misc]
+
+
+def watchChunkSizes(channel: http.HTTPChannel, onChunkSize: Callable[[int], None]) -> None:
+    """
+    Call C{onChunkSize} with each chunk size of the chunked request body
+    being received on C{channel}, as soon as its size line is parsed, before
+    any of the chunk arrives: a size no body may reach is refused at once,
+    not waited on.
+
+    Private: C{HTTPChannel._transferDecoder} and
+    C{_ChunkedTransferDecoder._dataReceived_CHUNK_LENGTH} setting C{length}.
+    """
+    decoder = channel._transferDecoder
+    if not isinstance(decoder, http._ChunkedTransferDecoder):
+        return
+    parseLength = decoder._dataReceived_CHUNK_LENGTH
+
+    def parseAndReport() -> bool:
+        parsed = parseLength()
+        if parsed and decoder.length:
+            onChunkSize(decoder.length)
+        return parsed
+
+    # The decoder dispatches on "_dataReceived_" + state through getattr, so
+    # an instance attribute takes the method's place.
+    decoder._dataReceived_CHUNK_LENGTH = parseAndReport  # type: ignore[method-assign]
