@@ -271,7 +271,7 @@ class SiteHarness:
     def connect(self) -> None:
         """Open a new client connection (the previous one is left as it is)."""
         self.channel: GitChannel = self.site.buildProtocol(CLIENT)
-        self.transport = StringTransport(peerAddress=CLIENT)
+        self.transport = HalfCloseableStringTransport(peerAddress=CLIENT)
         self.channel.makeConnection(self.transport)
 
     def send(self, data: bytes) -> None:
@@ -360,3 +360,12 @@ def cappedBody(network: Any, limit: int, contentEncoding: bytes | None) -> Reque
     body = RequestBody(network, contentEncoding=contentEncoding)
     body.setLimit(limit)
     return body
+
+
+class HalfCloseableStringTransport(StringTransport):
+    """A StringTransport that records a half-close, as a TCP transport does one."""
+
+    writeConnectionLost = False
+
+    def loseWriteConnection(self) -> None:
+        self.writeConnectionLost = True

@@ -1,0 +1,111 @@
+"""
+Pins for every private Twisted API gitserve uses (gitserve.twistedinternals):
+each test fails loudly, naming what changed, if a Twisted release moves it.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from twisted.internet.process import Process, ProcessReader
+from twisted.internet.testing import StringTransport
+from twisted.web import http
+from twisted.web.test.requesthelper import DummyChannel
+
+from gitserve.twistedinternals import (
+    DeferredContinueMixin,
+    PipeReadingSpawner,
+    _GitProcess,
+    _PipeReader,
+    watchChunkSizes,
+)
+
+CHUNKED_HEAD = b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def test_processReadsThroughItsReaderFactory() -> None:
+    """Process builds its output readers from processReaderFactory, which _GitProcess sets."""
+    assert "processReaderFactory" in inspect.getsource(Process.__init__), (
+        "Twisted's Process no longer builds readers through processReaderFactory"
+    )
+    assert _GitProcess.processReaderFactory is _PipeReader
+    assert issubclass(_PipeReader, ProcessReader)
+    assert "def doRead" in inspect.getsource(ProcessReader)
+
+
+def test_spawnerRefusesATerminal() -> None:
+    """git is never given a pty: the spawner refuses usePTY rather than ignoring it."""
+    spawner = PipeReadingSpawner(object())  # type: ignore[arg-type]
+    try:
+        spawner.spawnProcess(object(), "git", usePTY=True)  # type: ignore[arg-type]
+    except ValueError:
+        return
+    raise AssertionError("usePTY was accepted")
+
+
+class _RecordingContinue(http.HTTPChannel):
+    calls = 0
+
+    def _send100Continue(self) -> None:
+        self.calls += 1
+
+
+def test_allHeadersReceivedCallsSend100Continue() -> None:
+    """HTTPChannel answers Expect: 100-continue through _send100Continue, which gitserve overrides."""
+    channel = _RecordingContinue()
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
+    )
+    assert channel.calls == 1, "Twisted no longer calls HTTPChannel._send100Continue"
+
+
+def test_deferredContinueLeavesOrdinaryRequestsToTwisted() -> None:
+    """A request that does not answer 100-continue itself gets Twisted's own answer."""
+
+    class Channel(DeferredContinueMixin, http.HTTPChannel):
+        pass
+
+    transport = StringTransport()
+    channel = Channel()
+    channel.makeConnection(transport)
+    channel.dataReceived(
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
+    )
+    assert transport.value().startswith(b"HTTP/1.1 100 Continue")
+
+
+def test_chunkedBodiesGoThroughTheChunkedDecoder() -> None:
+    """After chunked headers the channel's _transferDecoder is a _ChunkedTransferDecoder."""
+    channel = http.HTTPChannel()
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(CHUNKED_HEAD)
+    decoder = channel._transferDecoder
+    assert isinstance(decoder, http._ChunkedTransferDecoder)
+    assert decoder.state == "CHUNK_LENGTH"
+    assert callable(decoder._dataReceived_CHUNK_LENGTH)
+    source = inspect.getsource(http._ChunkedTransferDecoder.dataReceived)
+    assert '"_dataReceived_" + self.state' in source, "the decoder no longer dispatches by name"
+
+
+def test_watchChunkSizesReportsEachSizeBeforeItsChunk() -> None:
+    """Every chunk size is reported when its size line is parsed, before the chunk's data."""
+    channel = http.HTTPChannel()
+    channel.requestFactory = lambda *a: http.Request(DummyChannel())  # type: ignore[assignment]
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(CHUNKED_HEAD)
+    sizes: list[int] = []
+    watchChunkSizes(channel, sizes.append)
+    channel.dataReceived(b"5\r\nhello\r\n1a;ext=1\r\n")
+    assert sizes == [5, 26]
+    channel.dataReceived(b"x" * 26 + b"\r\n0\r\n\r\n")
+    assert sizes == [5, 26]
+
+
+def test_watchChunkSizesIgnoresLengthFramedBodies() -> None:
+    """A Content-Length body has no chunk sizes: watching it changes nothing."""
+    channel = http.HTTPChannel()
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n")
+    watchChunkSizes(channel, lambda size: None)
+    assert not isinstance(channel._transferDecoder, http._ChunkedTransferDecoder)
