@@ -256,9 +256,7 @@ class _TextTree:
         self._words = [
             "".join(rng.choice(letters) for _ in range(rng.randint(2, 11))) for _ in range(20000)
         ]
-        self._dirs = [
-            b"%s/%s" % (self._word().encode(), self._word().encode()) for _ in range(120)
-        ]
+        self._dirs = [b"%s/%s" % (self._word().encode(), self._word().encode()) for _ in range(120)]
         self.files: dict[bytes, list[bytes]] = {}
         self.paths: list[bytes] = []
 
@@ -350,7 +348,10 @@ def generateHistory(repo: Path, sizes: CorpusSizes, env: dict[str, str]) -> None
                 when += 60
                 path = tree.editFile()
                 fix = stream.commit(
-                    branch, when, b"Fix on release", [(path, stream.blob(tree.content(path)))],
+                    branch,
+                    when,
+                    b"Fix on release",
+                    [(path, stream.blob(tree.content(path)))],
                     parent=fix,
                 )
             when += 60
@@ -402,8 +403,11 @@ def generateRefs(repo: Path, sizes: CorpusSizes, env: dict[str, str]) -> None:
     for number in range(200):
         blob = stream.blob(b"state %d\n" % (number,))
         head = stream.commit(
-            b"refs/heads/main", _EPOCH + number * 60, b"Commit %d" % (number,),
-            [(b"state.txt", blob)], parent=head,
+            b"refs/heads/main",
+            _EPOCH + number * 60,
+            b"Commit %d" % (number,),
+            [(b"state.txt", blob)],
+            parent=head,
         )
         commits.append(head)
     marks = stream.close()

@@ -38,9 +38,22 @@ class Profiler:
     def __enter__(self) -> Profiler:
         self.output.unlink(missing_ok=True)
         self._process = subprocess.Popen(
-            ["py-spy", "record", "--pid", str(self.pid), "--rate", str(RATE), "--nonblocking",
-             "--format", "raw", "--output", str(self.output)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(self.pid),
+                "--rate",
+                str(RATE),
+                "--nonblocking",
+                "--format",
+                "raw",
+                "--output",
+                str(self.output),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         return self
 

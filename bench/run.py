@@ -40,7 +40,15 @@ FLOOR = "floor"
 COLUMNS = (GITSERVE, BACKEND, FLOOR)
 
 WORKLOADS = (
-    "fetch-cost", "clone", "blobs", "concurrent", "ls-remote", "info-refs", "refs", "push", "dumb",
+    "fetch-cost",
+    "clone",
+    "blobs",
+    "concurrent",
+    "ls-remote",
+    "info-refs",
+    "refs",
+    "push",
+    "dumb",
 )
 
 MiB = 1024 * 1024
@@ -134,8 +142,14 @@ class Bench:
     """
 
     def __init__(
-        self, corpus: Corpus, servers: dict[str, Server], withFloor: bool, reps: int,
-        heavyReps: int, wrkSeconds: int, log: Callable[[str], None],
+        self,
+        corpus: Corpus,
+        servers: dict[str, Server],
+        withFloor: bool,
+        reps: int,
+        heavyReps: int,
+        wrkSeconds: int,
+        log: Callable[[str], None],
     ) -> None:
         self.corpus = corpus
         self.servers = servers
@@ -161,20 +175,34 @@ class Bench:
         names = [name for name in (GITSERVE, BACKEND) if name in self.servers]
         return names + ([FLOOR] if self.withFloor else [])
 
-    def git(self, *args: str, cwd: Path | None = None, extraEnv: dict[str, str] | None = None,
-            stdin: Path | None = None) -> float:
+    def git(
+        self,
+        *args: str,
+        cwd: Path | None = None,
+        extraEnv: dict[str, str] | None = None,
+        stdin: Path | None = None,
+    ) -> float:
         """Run a git command, fail loudly if it fails, and return its wall time."""
         return self.run(["git", *args], cwd=cwd, extraEnv=extraEnv, stdin=stdin)
 
-    def run(self, args: list[str], cwd: Path | None = None,
-            extraEnv: dict[str, str] | None = None, stdin: Path | None = None) -> float:
+    def run(
+        self,
+        args: list[str],
+        cwd: Path | None = None,
+        extraEnv: dict[str, str] | None = None,
+        stdin: Path | None = None,
+    ) -> float:
         """Run a command with output discarded and return its wall time."""
         env = dict(self.env, **(extraEnv or {}))
         stdinFile = open(stdin, "rb") if stdin is not None else subprocess.DEVNULL
         try:
             started = time.perf_counter()
             completed = subprocess.run(
-                args, cwd=cwd, env=env, stdin=stdinFile, stdout=subprocess.DEVNULL,
+                args,
+                cwd=cwd,
+                env=env,
+                stdin=stdinFile,
+                stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )
             elapsed = time.perf_counter() - started
@@ -197,8 +225,13 @@ class Bench:
         """
         with open(stdin, "rb") as stdinFile:
             started = time.perf_counter()
-            process = subprocess.Popen(args, env=dict(self.env, **extraEnv), stdin=stdinFile,
-                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            process = subprocess.Popen(
+                args,
+                env=dict(self.env, **extraEnv),
+                stdin=stdinFile,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
             assert process.stdout is not None
             fd = process.stdout.fileno()
             while os.read(fd, MiB):
@@ -209,8 +242,13 @@ class Bench:
             raise WorkloadFailed(f"{' '.join(args)} exited {process.returncode}")
         return elapsed
 
-    def repeat(self, label: str, runners: dict[str, Callable[[], float]], reps: int,
-               after: Callable[[], None] | None = None) -> dict[str, list[float]]:
+    def repeat(
+        self,
+        label: str,
+        runners: dict[str, Callable[[], float]],
+        reps: int,
+        after: Callable[[], None] | None = None,
+    ) -> dict[str, list[float]]:
         """
         Run each runner C{reps} times, rotating which column goes first in each
         round so that a slow drift of the machine (other load, page cache) does
@@ -220,7 +258,7 @@ class Bench:
         names = list(runners)
         failed: set[str] = set()
         for rep in range(reps):
-            order = names[rep % len(names):] + names[: rep % len(names)]
+            order = names[rep % len(names) :] + names[: rep % len(names)]
             for name in order:
                 if name in failed:
                     continue
@@ -235,10 +273,14 @@ class Bench:
                     self.log(f"  {label}: {name} FAILED: {error}")
                 if after is not None:
                     after()
-        self.log(f"  {label}: " + ", ".join(
-            f"{name} {statistics.median(values):.4g}" for name, values in samples.items()
-            if values
-        ))
+        self.log(
+            f"  {label}: "
+            + ", ".join(
+                f"{name} {statistics.median(values):.4g}"
+                for name, values in samples.items()
+                if values
+            )
+        )
         return samples
 
 
@@ -277,14 +319,30 @@ def cloneRequestBody(bench: Bench, repository: Path) -> Path:
     client's index-pack.
     """
     output = subprocess.run(
-        ["git", "-C", str(repository), "for-each-ref", "--format=%(objectname)",
-         "refs/heads/", "refs/tags/"],
-        check=True, env=bench.env, stdout=subprocess.PIPE, text=True,
+        [
+            "git",
+            "-C",
+            str(repository),
+            "for-each-ref",
+            "--format=%(objectname)",
+            "refs/heads/",
+            "refs/tags/",
+        ],
+        check=True,
+        env=bench.env,
+        stdout=subprocess.PIPE,
+        text=True,
     ).stdout
     wants = sorted(set(output.split()))
-    body = [pktLine(b"command=fetch\n"), pktLine(b"agent=git/2.39.5\n"),
-            pktLine(b"object-format=sha1\n"), b"0001",
-            pktLine(b"thin-pack\n"), pktLine(b"no-progress\n"), pktLine(b"ofs-delta\n")]
+    body = [
+        pktLine(b"command=fetch\n"),
+        pktLine(b"agent=git/2.39.5\n"),
+        pktLine(b"object-format=sha1\n"),
+        b"0001",
+        pktLine(b"thin-pack\n"),
+        pktLine(b"no-progress\n"),
+        pktLine(b"ofs-delta\n"),
+    ]
     body += [pktLine(b"want %s\n" % (oid.encode(),)) for oid in wants]
     body += [pktLine(b"done\n"), b"0000"]
     path = WORK_DIR / f"fetch-{repository.name}.body"
@@ -298,9 +356,18 @@ def curlTime(bench: Bench, args: list[str]) -> tuple[float, int]:
     last byte (curl's own clock, so curl's start-up is not counted) and its size.
     """
     completed = subprocess.run(
-        ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total} %{size_download}",
-         *args],
-        env=bench.env, capture_output=True, text=True,
+        [
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{time_total} %{size_download}",
+            *args,
+        ],
+        env=bench.env,
+        capture_output=True,
+        text=True,
     )
     parts = completed.stdout.split()
     if completed.returncode != 0 or not parts or parts[0] != "200":
@@ -318,37 +385,61 @@ def fetchCost(bench: Bench) -> list[Row]:
     pipe, given the same request.
     """
     rows = []
-    for repository, reps in ((bench.corpus.history, bench.reps), (bench.corpus.blobs,
-                                                                  bench.heavyReps)):
+    for repository, reps in (
+        (bench.corpus.history, bench.reps),
+        (bench.corpus.blobs, bench.heavyReps),
+    ):
         body = cloneRequestBody(bench, repository)
         sizes: dict[str, int] = {}
 
-        def overHTTP(server: Server, name: str, repository: Path = repository,
-                     body: Path = body, sizes: dict[str, int] = sizes) -> float:
-            elapsed, size = curlTime(bench, [
-                "-H", "Content-Type: application/x-git-upload-pack-request",
-                "-H", "Git-Protocol: version=2", "--data-binary", f"@{body}",
-                server.url(repository.name) + "/git-upload-pack",
-            ])
+        def overHTTP(
+            server: Server,
+            name: str,
+            repository: Path = repository,
+            body: Path = body,
+            sizes: dict[str, int] = sizes,
+        ) -> float:
+            elapsed, size = curlTime(
+                bench,
+                [
+                    "-H",
+                    "Content-Type: application/x-git-upload-pack-request",
+                    "-H",
+                    "Git-Protocol: version=2",
+                    "--data-binary",
+                    f"@{body}",
+                    server.url(repository.name) + "/git-upload-pack",
+                ],
+            )
             sizes[name] = size
             return elapsed
 
         def overPipe(repository: Path = repository, body: Path = body) -> float:
-            return bench.drain(["git", "upload-pack", "--stateless-rpc", str(repository)],
-                               extraEnv={"GIT_PROTOCOL": "version=2"}, stdin=body)
+            return bench.drain(
+                ["git", "upload-pack", "--stateless-rpc", str(repository)],
+                extraEnv={"GIT_PROTOCOL": "version=2"},
+                stdin=body,
+            )
 
         runners = _serverRunners(bench, overHTTP, overPipe)
         samples = bench.repeat(f"fetch cost {repository.name}", runners, reps)
         notes = [f"response bytes: {sizes}"] if len(set(sizes.values())) > 1 else []
-        rows.append(Row(
-            f"server-side fetch cost, {repository.name} (v2, to last byte)", "s",
-            medians(samples), [Target("ratio<=", 0.95), Target("floor<=", 1.05)], notes, samples,
-        ))
+        rows.append(
+            Row(
+                f"server-side fetch cost, {repository.name} (v2, to last byte)",
+                "s",
+                medians(samples),
+                [Target("ratio<=", 0.95), Target("floor<=", 1.05)],
+                notes,
+                samples,
+            )
+        )
     return rows
 
 
-def _serverRunners(bench: Bench, overHTTP: Callable[[Server, str], float],
-                   floor: Callable[[], float] | None) -> dict[str, Callable[[], float]]:
+def _serverRunners(
+    bench: Bench, overHTTP: Callable[[Server, str], float], floor: Callable[[], float] | None
+) -> dict[str, Callable[[], float]]:
     runners: dict[str, Callable[[], float]] = {}
     for name, server in bench.servers.items():
         runners[name] = lambda server=server, name=name: overHTTP(server, name)
@@ -361,10 +452,19 @@ def _cloneRunner(bench: Bench, url: str, version: str) -> Callable[[], float]:
     def clone() -> float:
         destination = bench.fresh("clone")
         try:
-            return bench.git("-c", f"protocol.version={version}", "clone", "-q", "--bare",
-                             "--no-local", url, str(destination))
+            return bench.git(
+                "-c",
+                f"protocol.version={version}",
+                "clone",
+                "-q",
+                "--bare",
+                "--no-local",
+                url,
+                str(destination),
+            )
         finally:
             shutil.rmtree(destination, ignore_errors=True)
+
     return clone
 
 
@@ -376,12 +476,21 @@ def cloneWorkload(bench: Bench) -> list[Row]:
         runners = _serverRunners(
             bench,
             lambda server, name, version=version: _cloneRunner(
-                bench, server.url(repository.name), version)(),
+                bench, server.url(repository.name), version
+            )(),
             _cloneRunner(bench, str(repository), version),
         )
         samples = bench.repeat(f"clone v{version}", runners, bench.reps)
-        rows.append(Row(f"full clone {repository.name} (v{version}), wall", "s",
-                        medians(samples), [Target("ratio<=", 1.0)], [], samples))
+        rows.append(
+            Row(
+                f"full clone {repository.name} (v{version}), wall",
+                "s",
+                medians(samples),
+                [Target("ratio<=", 1.0)],
+                [],
+                samples,
+            )
+        )
     return rows
 
 
@@ -393,16 +502,34 @@ def blobsWorkload(bench: Bench) -> list[Row]:
         destination = bench.fresh("fetch")
         bench.git("init", "-q", "--bare", str(destination))
         try:
-            return bench.git("-C", str(destination), "fetch", "-q", "--no-tags", url,
-                             "+refs/heads/*:refs/heads/*")
+            return bench.git(
+                "-C",
+                str(destination),
+                "fetch",
+                "-q",
+                "--no-tags",
+                url,
+                "+refs/heads/*:refs/heads/*",
+            )
         finally:
             shutil.rmtree(destination, ignore_errors=True)
 
-    runners = _serverRunners(bench, lambda server, name: fetch(server.url(repository.name)),
-                             lambda: fetch(f"file://{repository}"))
+    runners = _serverRunners(
+        bench,
+        lambda server, name: fetch(server.url(repository.name)),
+        lambda: fetch(f"file://{repository}"),
+    )
     samples = bench.repeat("fetch blobs", runners, bench.heavyReps)
-    return [Row(f"fetch of the big blobs ({_mb(_packBytes(repository))} MB), wall", "s",
-                medians(samples), [Target("ratio<=", 1.0)], [], samples)]
+    return [
+        Row(
+            f"fetch of the big blobs ({_mb(_packBytes(repository))} MB), wall",
+            "s",
+            medians(samples),
+            [Target("ratio<=", 1.0)],
+            [],
+            samples,
+        )
+    ]
 
 
 def concurrentWorkload(bench: Bench, clients: int = 16) -> list[Row]:
@@ -424,17 +551,31 @@ def concurrentWorkload(bench: Bench, clients: int = 16) -> list[Row]:
                 started = time.perf_counter()
                 processes = [
                     subprocess.Popen(
-                        ["git", "-c", "protocol.version=2", "clone", "-q", "--bare",
-                         "--no-local", url, str(destination)],
-                        env=bench.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                        [
+                            "git",
+                            "-c",
+                            "protocol.version=2",
+                            "clone",
+                            "-q",
+                            "--bare",
+                            "--no-local",
+                            url,
+                            str(destination),
+                        ],
+                        env=bench.env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
                         stderr=subprocess.PIPE,
                     )
                     for destination in destinations
                 ]
                 errors = [process.communicate()[1] for process in processes]
                 elapsed = time.perf_counter() - started
-            failed = [(p.returncode, e[-500:]) for p, e in zip(processes, errors, strict=True)
-                      if p.returncode != 0]
+            failed = [
+                (p.returncode, e[-500:])
+                for p, e in zip(processes, errors, strict=True)
+                if p.returncode != 0
+            ]
             if failed:
                 raise WorkloadFailed(f"{len(failed)}/{clients} concurrent clones failed: {failed}")
             for destination in destinations:
@@ -448,19 +589,38 @@ def concurrentWorkload(bench: Bench, clients: int = 16) -> list[Row]:
             for destination in destinations:
                 shutil.rmtree(destination, ignore_errors=True)
 
-    runners = _serverRunners(bench, lambda server, name: burst(server.url(repository.name),
-                                                               server),
-                             lambda: burst(str(repository), None))
+    runners = _serverRunners(
+        bench,
+        lambda server, name: burst(server.url(repository.name), server),
+        lambda: burst(str(repository), None),
+    )
     samples = bench.repeat(f"{clients} concurrent clones", runners, bench.heavyReps)
     carryFailures(samples, peaks, cpu)
     return [
-        Row(f"{clients} concurrent clones of {repository.name}, wall (all succeed)", "s",
-            medians(samples), [Target("ratio<=", 1.0)], [], samples),
-        Row(f"server peak memory, {clients} concurrent clones", "MB",
-            maxima(peaks), [Target("value<=", 60)],
-            [MEMORY_NOTE], peaks),
-        Row(f"server CPU seconds, {clients} concurrent clones", "s", medians(cpu), [],
-            [CPU_NOTE], cpu),
+        Row(
+            f"{clients} concurrent clones of {repository.name}, wall (all succeed)",
+            "s",
+            medians(samples),
+            [Target("ratio<=", 1.0)],
+            [],
+            samples,
+        ),
+        Row(
+            f"server peak memory, {clients} concurrent clones",
+            "MB",
+            maxima(peaks),
+            [Target("value<=", 60)],
+            [MEMORY_NOTE],
+            peaks,
+        ),
+        Row(
+            f"server CPU seconds, {clients} concurrent clones",
+            "s",
+            medians(cpu),
+            [],
+            [CPU_NOTE],
+            cpu,
+        ),
     ]
 
 
@@ -481,8 +641,9 @@ def _samplerFor(server: Server | None, watchFiles: bool = False) -> procfs.Sampl
     if isinstance(server, GitserveServer):
         tmpDir = server.tmpDir
         ignore = server.logFiles()
-    return procfs.Sampler(server.memoryKiB, server.serverPids, watchFiles=watchFiles,
-                          tmpDir=tmpDir, ignore=ignore)
+    return procfs.Sampler(
+        server.memoryKiB, server.serverPids, watchFiles=watchFiles, tmpDir=tmpDir, ignore=ignore
+    )
 
 
 def _peakKiB(server: Server, sampler: procfs.Sampler) -> int:
@@ -493,8 +654,13 @@ def _peakKiB(server: Server, sampler: procfs.Sampler) -> int:
 
 
 def _revParse(bench: Bench, repository: Path, ref: str) -> str:
-    return subprocess.run(["git", "-C", str(repository), "rev-parse", ref], check=True,
-                          env=bench.env, stdout=subprocess.PIPE, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(repository), "rev-parse", ref],
+        check=True,
+        env=bench.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    ).stdout.strip()
 
 
 def lsRemoteWorkload(bench: Bench) -> list[Row]:
@@ -504,11 +670,22 @@ def lsRemoteWorkload(bench: Bench) -> list[Row]:
     def lsRemote(url: str) -> float:
         return bench.git("ls-remote", url) * 1000
 
-    runners = _serverRunners(bench, lambda server, name: lsRemote(server.url(repository.name)),
-                             lambda: lsRemote(str(repository)))
+    runners = _serverRunners(
+        bench,
+        lambda server, name: lsRemote(server.url(repository.name)),
+        lambda: lsRemote(str(repository)),
+    )
     samples = bench.repeat("ls-remote tiny", runners, bench.reps * 4)
-    return [Row("ls-remote tiny.git latency (v2)", "ms", medians(samples),
-                [Target("ratio<=", 0.5)], [], samples)]
+    return [
+        Row(
+            "ls-remote tiny.git latency (v2)",
+            "ms",
+            medians(samples),
+            [Target("ratio<=", 0.5)],
+            [],
+            samples,
+        )
+    ]
 
 
 def infoRefsWorkload(bench: Bench) -> list[Row]:
@@ -524,21 +701,35 @@ def infoRefsWorkload(bench: Bench) -> list[Row]:
     def wrk(server: Server, name: str) -> float:
         url = server.url(repository.name) + "/info/refs?service=git-upload-pack"
         completed = subprocess.run(
-            ["wrk", "-t2", "-c16", f"-d{bench.wrkSeconds}s", "-H", "Git-Protocol: version=2",
-             url], env=bench.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            ["wrk", "-t2", "-c16", f"-d{bench.wrkSeconds}s", "-H", "Git-Protocol: version=2", url],
+            env=bench.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
             check=True,
         )
         for line in completed.stdout.splitlines():
             if "Non-2xx" in line or "Socket errors" in line:
                 notes.append(f"{name}: {line.strip()}")
-        (rate,) = [line.split()[1] for line in completed.stdout.splitlines()
-                   if line.startswith("Requests/sec:")]
+        (rate,) = [
+            line.split()[1]
+            for line in completed.stdout.splitlines()
+            if line.startswith("Requests/sec:")
+        ]
         return float(rate)
 
     runners = _serverRunners(bench, wrk, None)
     samples = bench.repeat("info/refs wrk", runners, max(1, bench.heavyReps))
-    return [Row("info/refs (v2) requests/s, 16 connections", "req/s", medians(samples),
-                [Target("ratio>=", 3.0)], notes, samples)]
+    return [
+        Row(
+            "info/refs (v2) requests/s, 16 connections",
+            "req/s",
+            medians(samples),
+            [Target("ratio>=", 3.0)],
+            notes,
+            samples,
+        )
+    ]
 
 
 def refsWorkload(bench: Bench) -> list[Row]:
@@ -551,22 +742,47 @@ def refsWorkload(bench: Bench) -> list[Row]:
     count = bench.corpus.sizes.refCount
 
     def advertise(server: Server, name: str) -> float:
-        return curlTime(bench, [server.url(repository.name) +
-                                "/info/refs?service=git-upload-pack"])[0]
+        return curlTime(
+            bench, [server.url(repository.name) + "/info/refs?service=git-upload-pack"]
+        )[0]
 
-    samples = bench.repeat("refs advertisement", _serverRunners(
-        bench, advertise,
-        lambda: bench.git("upload-pack", "--stateless-rpc", "--advertise-refs", str(repository)),
-    ), bench.reps)
-    lsRemote = bench.repeat("refs ls-remote", _serverRunners(
-        bench, lambda server, name: bench.git("ls-remote", server.url(repository.name)),
-        lambda: bench.git("ls-remote", str(repository)),
-    ), bench.reps)
+    samples = bench.repeat(
+        "refs advertisement",
+        _serverRunners(
+            bench,
+            advertise,
+            lambda: bench.git(
+                "upload-pack", "--stateless-rpc", "--advertise-refs", str(repository)
+            ),
+        ),
+        bench.reps,
+    )
+    lsRemote = bench.repeat(
+        "refs ls-remote",
+        _serverRunners(
+            bench,
+            lambda server, name: bench.git("ls-remote", server.url(repository.name)),
+            lambda: bench.git("ls-remote", str(repository)),
+        ),
+        bench.reps,
+    )
     return [
-        Row(f"{count // 1000}k-ref advertisement (v0 info/refs, to last byte)", "s",
-            medians(samples), [Target("ratio<=", 1.0)], [], samples),
-        Row(f"{count // 1000}k-ref ls-remote (v2), wall", "s", medians(lsRemote),
-            [Target("ratio<=", 1.0)], [], lsRemote),
+        Row(
+            f"{count // 1000}k-ref advertisement (v0 info/refs, to last byte)",
+            "s",
+            medians(samples),
+            [Target("ratio<=", 1.0)],
+            [],
+            samples,
+        ),
+        Row(
+            f"{count // 1000}k-ref ls-remote (v2), wall",
+            "s",
+            medians(lsRemote),
+            [Target("ratio<=", 1.0)],
+            [],
+            lsRemote,
+        ),
     ]
 
 
@@ -587,18 +803,21 @@ def pushWorkload(bench: Bench) -> list[Row]:
         target = bench.corpus.root / name
         try:
             if server is None:
-                subprocess.run(["git", "init", "-q", "--bare", str(target)], check=True,
-                               env=bench.env)
+                subprocess.run(
+                    ["git", "init", "-q", "--bare", str(target)], check=True, env=bench.env
+                )
                 url = str(target)
             else:
                 server.preparePushTarget(target, bench.env)
                 url = server.url(name)
             sampler = _samplerFor(server, watchFiles=isinstance(server, GitserveServer))
             with sampler:
-                elapsed = bench.git("-C", str(source), "push", "-q", url,
-                                    "refs/heads/*:refs/heads/*")
-            if _revParse(bench, target, "refs/heads/main") != _revParse(bench, source,
-                                                                        "refs/heads/main"):
+                elapsed = bench.git(
+                    "-C", str(source), "push", "-q", url, "refs/heads/*:refs/heads/*"
+                )
+            if _revParse(bench, target, "refs/heads/main") != _revParse(
+                bench, source, "refs/heads/main"
+            ):
                 raise WorkloadFailed(f"push to {url} did not update refs/heads/main")
             if server is not None:
                 peaks.setdefault(server.name, []).append(_peakKiB(server, sampler) / 1024)
@@ -617,16 +836,31 @@ def pushWorkload(bench: Bench) -> list[Row]:
     carryFailures(samples, peaks, cpu, largest)
     size = _mb(_packBytes(source))
     return [
-        Row(f"push of {size} MB into an empty repository, wall", "s", medians(samples),
-            [Target("ratio<=", 1.0)], [], samples),
-        Row(f"server peak memory, {size} MB push", "MB",
-            maxima(peaks), [Target("value<=", 60)],
-            [MEMORY_NOTE], peaks),
+        Row(
+            f"push of {size} MB into an empty repository, wall",
+            "s",
+            medians(samples),
+            [Target("ratio<=", 1.0)],
+            [],
+            samples,
+        ),
+        Row(
+            f"server peak memory, {size} MB push",
+            "MB",
+            maxima(peaks),
+            [Target("value<=", 60)],
+            [MEMORY_NOTE],
+            peaks,
+        ),
         Row(f"server CPU seconds, {size} MB push", "s", medians(cpu), [], [CPU_NOTE], cpu),
-        Row(f"largest temporary file written by the server, {size} MB push", "MB",
-            maxima(largest), [Target("value<=", 1.0)],
+        Row(
+            f"largest temporary file written by the server, {size} MB push",
+            "MB",
+            maxima(largest),
+            [Target("value<=", 1.0)],
             notes + ["gitserve: its TMPDIR and every regular file it held open for writing"],
-            largest),
+            largest,
+        ),
     ]
 
 
@@ -652,10 +886,19 @@ def dumbWorkload(bench: Bench) -> list[Row]:
                 size += len(chunk)
         return size / (time.perf_counter() - started) / 1e6
 
-    samples = bench.repeat("dumb download", _serverRunners(bench, download, readFromDisk),
-                           bench.heavyReps)
-    return [Row(f"dumb download of the {_mb(pack.stat().st_size)} MB pack, throughput", "MB/s",
-                medians(samples), [Target("ratio>=", 2.0)], [], samples)]
+    samples = bench.repeat(
+        "dumb download", _serverRunners(bench, download, readFromDisk), bench.heavyReps
+    )
+    return [
+        Row(
+            f"dumb download of the {_mb(pack.stat().st_size)} MB pack, throughput",
+            "MB/s",
+            medians(samples),
+            [Target("ratio>=", 2.0)],
+            [],
+            samples,
+        )
+    ]
 
 
 def _packBytes(repository: Path) -> int:
@@ -705,14 +948,18 @@ def formatTable(rows: list[Row], failures: list[str]) -> str:
         ratio = row.ratio()
         met = row.met()
         failed = row.failed()
-        lines.append("| {} | {} | {} | {} | {} | {} | {} |".format(
-            row.workload,
-            *("FAILED" if column in failed else _format(row.values.get(column), row.unit)
-              for column in COLUMNS),
-            "—" if ratio is None else f"{ratio:.2f}",
-            ", ".join(target.verdict(row.values) for target in row.targets) or "—",
-            {True: "yes", False: "**NO**", None: "—"}[met],
-        ))
+        lines.append(
+            "| {} | {} | {} | {} | {} | {} | {} |".format(
+                row.workload,
+                *(
+                    "FAILED" if column in failed else _format(row.values.get(column), row.unit)
+                    for column in COLUMNS
+                ),
+                "—" if ratio is None else f"{ratio:.2f}",
+                ", ".join(target.verdict(row.values) for target in row.targets) or "—",
+                {True: "yes", False: "**NO**", None: "—"}[met],
+            )
+        )
         for note in row.notes:
             notes.setdefault(note, []).append(row.workload)
     footnotes = [f"- {'; '.join(workloads)}: {note}" for note, workloads in notes.items()]
@@ -733,29 +980,44 @@ def machineDescription() -> str:
     versions = []
     for command in (["git", "--version"], ["apache2", "-v"], [sys.executable, "--version"]):
         try:
-            output = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True).stdout
+            output = subprocess.run(
+                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            ).stdout
             versions.append(output.splitlines()[0].strip())
         except (OSError, IndexError):
             continue
     import twisted
 
     versions.append(f"Twisted {twisted.__version__}")
-    return (f"{model}, {os.cpu_count()} cores, {int(memory) // 1024} MiB RAM, "
-            f"Linux {os.uname().release}; " + "; ".join(versions))
+    return (
+        f"{model}, {os.cpu_count()} cores, {int(memory) // 1024} MiB RAM, "
+        f"Linux {os.uname().release}; " + "; ".join(versions)
+    )
 
 
 def tableFromResults(results: dict) -> str:
     """The table and footer of an earlier run, from what it wrote to its results file."""
     rows = [
-        Row(row["workload"], row["unit"], row["values"],
-            [Target(**target) for target in row["targets"]], row["notes"], row["samples"])
+        Row(
+            row["workload"],
+            row["unit"],
+            row["values"],
+            [Target(**target) for target in row["targets"]],
+            row["notes"],
+            row["samples"],
+        )
         for row in results["rows"]
     ]
-    return (formatTable(rows, results.get("failures", [])) +
-            f"\n\n`{results['command']}` on {results['machine']}" + "".join(
-                f"; 1-minute load average {before:.1f} before, {after:.1f} after"
-                for before, after in [results["load"]] if "load" in results) + ".")
+    return (
+        formatTable(rows, results.get("failures", []))
+        + f"\n\n`{results['command']}` on {results['machine']}"
+        + "".join(
+            f"; 1-minute load average {before:.1f} before, {after:.1f} after"
+            for before, after in [results["load"]]
+            if "load" in results
+        )
+        + "."
+    )
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -766,23 +1028,42 @@ def parseArguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark gitserve against git http-backend under Apache 2.",
     )
-    parser.add_argument("--quick", action="store_true",
-                        help="small corpora and fewer repetitions: a check in a few minutes")
-    parser.add_argument("--only", default=",".join(WORKLOADS),
-                        help=f"comma-separated workloads out of: {', '.join(WORKLOADS)}")
-    parser.add_argument("--servers", default=",".join(COLUMNS),
-                        help="comma-separated columns to run: gitserve, http-backend, floor")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small corpora and fewer repetitions: a check in a few minutes",
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(WORKLOADS),
+        help=f"comma-separated workloads out of: {', '.join(WORKLOADS)}",
+    )
+    parser.add_argument(
+        "--servers",
+        default=",".join(COLUMNS),
+        help="comma-separated columns to run: gitserve, http-backend, floor",
+    )
     parser.add_argument("--reps", type=int, help="repetitions of the light workloads")
     parser.add_argument("--heavy-reps", type=int, help="repetitions of the heavy workloads")
     parser.add_argument("--wrk-seconds", type=int, help="duration of each wrk run")
-    parser.add_argument("--gitserve-args", default="--anonymous-push",
-                        help="extra arguments for twistd gitserve (default: %(default)s)")
+    parser.add_argument(
+        "--gitserve-args",
+        default="--anonymous-push",
+        help="extra arguments for twistd gitserve (default: %(default)s)",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
-    parser.add_argument("--table", type=Path, metavar="RESULTS_JSON",
-                        help="print the table of an earlier run from its results file, and exit")
-    parser.add_argument("--profile", action="store_true",
-                        help="record gitserve with py-spy during each workload and print "
-                             "where its time went (pip install py-spy)")
+    parser.add_argument(
+        "--table",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="print the table of an earlier run from its results file, and exit",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="record gitserve with py-spy during each workload and print "
+        "where its time went (pip install py-spy)",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.only.split(",")) - set(WORKLOADS)
     if unknown:
@@ -819,14 +1100,20 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             servers[BACKEND] = ApacheReference(corpus.root, WORK_DIR)
         if GITSERVE in columns:
-            servers[GITSERVE] = GitserveServer(corpus.root, WORK_DIR,
-                                               args.gitserve_args.split())
+            servers[GITSERVE] = GitserveServer(corpus.root, WORK_DIR, args.gitserve_args.split())
         for server in servers.values():
             log(f"starting {server.name} ...")
             server.start()
             log(f"{server.name} listens on {server.url('')}")
-        bench = Bench(corpus, dict(sorted(servers.items())), FLOOR in columns, reps, heavyReps,
-                      wrkSeconds, log)
+        bench = Bench(
+            corpus,
+            dict(sorted(servers.items())),
+            FLOOR in columns,
+            reps,
+            heavyReps,
+            wrkSeconds,
+            log,
+        )
         rows: list[Row] = []
         loadBefore = os.getloadavg()[0]
         started = time.monotonic()
@@ -851,12 +1138,16 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     machine = machineDescription()
     print(formatTable(rows, bench.failures))
-    print(f"\n`{command.strip()}` on {machine}; {elapsed:.0f} s of workloads, "
-          f"{reps} (light) / {heavyReps} (heavy) repetitions, medians; 1-minute load average "
-          f"{loadBefore:.1f} before, {loadAfter:.1f} after (other work on the machine skews "
-          f"every column).")
+    print(
+        f"\n`{command.strip()}` on {machine}; {elapsed:.0f} s of workloads, "
+        f"{reps} (light) / {heavyReps} (heavy) repetitions, medians; 1-minute load average "
+        f"{loadBefore:.1f} before, {loadAfter:.1f} after (other work on the machine skews "
+        f"every column)."
+    )
     results = {
-        "command": command.strip(), "machine": machine, "sizes": asdict(sizes),
+        "command": command.strip(),
+        "machine": machine,
+        "sizes": asdict(sizes),
         "load": [loadBefore, loadAfter],
         "rows": [asdict(row) | {"ratio": row.ratio(), "met": row.met()} for row in rows],
         "failures": bench.failures,

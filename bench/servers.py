@@ -103,8 +103,7 @@ class Server:
 
     def _waitUntilServing(self, log: Path) -> None:
         assert self._process is not None
-        waitForHTTP(self.url("tiny.git") + "/info/refs?service=git-upload-pack",
-                    self._process, log)
+        waitForHTTP(self.url("tiny.git") + "/info/refs?service=git-upload-pack", self._process, log)
 
     def url(self, repository: str) -> str:
         """The clone URL of the repository at C{root / repository}."""
@@ -163,17 +162,27 @@ class GitserveServer(Server):
             "HOME": str(self.workDir),
         }
         args = [
-            str(twistd), "-n", "--pidfile=", f"--logfile={self.log}",
-            "gitserve", "--root", str(self.root),
-            "--listen", f"tcp:{self.port}:interface=127.0.0.1",
+            str(twistd),
+            "-n",
+            "--pidfile=",
+            f"--logfile={self.log}",
+            "gitserve",
+            "--root",
+            str(self.root),
+            "--listen",
+            f"tcp:{self.port}:interface=127.0.0.1",
             # Apache writes one too: the same work on both sides.
             f"--access-log={self.accessLog}",
             *self.extraArgs,
         ]
         # The twistd script execs the interpreter, so this pid is the server's.
         self._process = subprocess.Popen(
-            args, env=env, cwd=self.workDir, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=open(self.stderrLog, "wb"),
+            args,
+            env=env,
+            cwd=self.workDir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.stderrLog, "wb"),
         )
         self._waitUntilServing(self.log)
 
@@ -312,8 +321,11 @@ ScriptAlias /git/ /usr/lib/git-core/git-http-backend/
         # process group, which would otherwise include this benchmark.
         self._process = subprocess.Popen(
             [str(binary), "-f", str(self.config), "-DFOREGROUND"],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=open(self.workDir / "stderr.log", "wb"), start_new_session=True,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.workDir / "stderr.log", "wb"),
+            start_new_session=True,
         )
         self._waitUntilServing(self.errorLog)
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.interfaces import (
+    IConsumer,
     IDelayedCall,
     IProcessTransport,
     IPushProducer,
@@ -55,6 +57,23 @@ KILL_GRACE = 5.0
 TERM_GRACE = 2.0
 
 _PRINTABLE = re.compile(rb"[^\x20-\x7e]")
+
+
+class IChildTransport(IProcessTransport, IConsumer):
+    """
+    What L{GitProcessProtocol} uses of its child's transport, as a type.
+
+    Twisted's C{Process} declares only L{IProcessTransport}, yet it also is
+    the consumer of the child's stdin (C{registerProducer}, C{write}) and
+    pauses and resumes reading the child's output; the protocol relies on
+    all of it, so the type says so.
+    """
+
+    def pauseProducing() -> None:
+        """Stop reading the child's output (its pipe fills and git blocks)."""
+
+    def resumeProducing() -> None:
+        """Read the child's output again."""
 
 
 @dataclass(frozen=True)
@@ -225,18 +244,28 @@ class GitProcessProtocol(ProcessProtocol):
         self._stdinOpen = True
         self._shortAnswer = bytearray()
 
+    @property
+    def _child(self) -> IChildTransport:
+        """
+        The child's transport, as what it is (see L{IChildTransport}).
+
+        Only a cast: the transport is set when the child is spawned, before
+        anything here runs, so L{None} is not a case to handle.
+        """
+        return cast(IChildTransport, self.transport)
+
     # Feeding stdin ---------------------------------------------------------
 
     def feedStdin(self, data: bytes) -> None:
         """Give git a body that was buffered whole (upload-pack negotiation)."""
         self.bytesIn += len(data)
-        self.transport.write(data)
+        self._child.write(data)
         self.closeStdin()
 
     def closeStdin(self) -> None:
         """Tell git its input is complete (or will never be)."""
         self._stdinOpen = False
-        self.transport.closeStdin()
+        self._child.closeStdin()
 
     def streamStdin(self, source: IStdinSource) -> None:
         """Give git a body while it arrives (a push), paced by git's reading."""
@@ -259,7 +288,7 @@ class GitProcessProtocol(ProcessProtocol):
             self.terminate()
 
         self._stdin = source
-        source.streamTo(self.transport).addCallbacks(finished, failed)
+        source.streamTo(self._child).addCallbacks(finished, failed)
 
     # The child's side ------------------------------------------------------
 
@@ -271,10 +300,10 @@ class GitProcessProtocol(ProcessProtocol):
 
     def pauseProducing(self) -> None:
         """The client is not reading: stop reading git's output."""
-        self.transport.pauseProducing()
+        self._child.pauseProducing()
 
     def resumeProducing(self) -> None:
-        self.transport.resumeProducing()
+        self._child.resumeProducing()
 
     def stopProducing(self) -> None:
         """The output is gone (the client left): git's output has nowhere to go."""
@@ -392,7 +421,7 @@ class GitProcessProtocol(ProcessProtocol):
             return
         # Nothing reads git's output any more: let it drain instead of
         # blocking on a paused pipe.
-        self.transport.resumeProducing()
+        self._child.resumeProducing()
         if self._stdinOpen:
             self.closeStdin()
             self._killCall = self.clock.callLater(TERM_GRACE, self._signal, "TERM")
@@ -401,7 +430,7 @@ class GitProcessProtocol(ProcessProtocol):
 
     def _signal(self, name: str) -> None:
         try:
-            self.transport.signalProcess(name)
+            self._child.signalProcess(name)
         except ProcessExitedAlready:
             return
         if name == "TERM":

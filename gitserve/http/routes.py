@@ -129,6 +129,9 @@ class RootResource(Resource):
         return result if isinstance(result, Deferred) else None
 
     def _dispatch(self, request: Request) -> Any:
+        # Twisted types postpath as optional (a Request exists before it is
+        # routed); the Site has set it by the time a resource renders.
+        assert request.postpath is not None
         segments = []
         for raw in request.postpath:
             try:

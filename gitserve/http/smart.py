@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from functools import partial
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IProducer
 from twisted.logger import Logger
 from twisted.web.server import Request
 from zope.interface import implementer
@@ -25,7 +25,7 @@ from gitserve.core.policy import Service
 from gitserve.core.process import GitOutcome, GitProcessProtocol
 from gitserve.core.repository import Repository, parseGitSize
 from gitserve.http import dumb
-from gitserve.http.channel import GitRequest, isAnswerable
+from gitserve.http.channel import GitRequest, connectionOf, isAnswerable
 from gitserve.http.context import HTTPContext
 from gitserve.http.errors import HTTPError, UnsupportedMediaType, renderError
 from gitserve.http.headers import startGitResponse
@@ -78,7 +78,7 @@ class SmartResponse:
         self.started = False
         self.record: bytearray | None = None
 
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         self.request.registerProducer(producer, streaming)
         # A client that leaves ends the child.
         self.request.notifyFinish().addErrback(lambda _: producer.stopProducing())
@@ -110,7 +110,7 @@ class SmartResponse:
             if (outcome.succeeded or outcome.completeRefusal) and outcome.failure is None:
                 self.request.finish()
             else:
-                self.request.channel.transport.abortConnection()
+                connectionOf(self.request.channel).abortConnection()
         elif outcome.failure is not None:
             error = outcome.failure.value
             if not isinstance(error, Refusal | HTTPError):
@@ -165,7 +165,9 @@ def _serviceParameter(request: Request) -> Service | None:
     @raise Refusal: an unknown service, or more than one C{service=}: an
         ambiguous request must not be read two ways by two layers.
     """
-    values = request.args.get(b"service")
+    # Twisted declares Request.args as C{= None} at class level, which mypy
+    # reads as "always None"; the Site has parsed it into a dict by now.
+    values = request.args.get(b"service")  # type: ignore[attr-defined]
     if values is None:
         return None
     service = Service.fromWire(values[0]) if len(values) == 1 else None
