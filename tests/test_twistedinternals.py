@@ -51,7 +51,7 @@ class _RecordingContinue(http.HTTPChannel):
 
 
 def test_allHeadersReceivedCallsSend100Continue() -> None:
-    """HTTPChannel answers Expect: 100-continue through _send100Continue, which gitserve overrides."""
+    """HTTPChannel answers Expect: 100-continue through _send100Continue (gitserve overrides it)."""
     channel = _RecordingContinue()
     channel.makeConnection(StringTransport())
     channel.dataReceived(
