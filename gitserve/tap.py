@@ -12,16 +12,15 @@ import shutil
 from functools import partial
 from pathlib import Path
 
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, MultiService
 from twisted.cred import strcred
 from twisted.cred.credentials import IUsernamePassword
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.interfaces import IListeningPort, IReactorCore, IStreamServerEndpoint
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.python.failure import Failure
 
+from gitserve.app.listening import ListeningService
 from gitserve.app.shutdown import DEFAULT_SHUTDOWN_GRACE, GracefulShutdownService
 from gitserve.app.systemd import SystemdNotifier, SystemdNotifyService
 from gitserve.app.tls import (
@@ -159,55 +158,6 @@ class Options(strcred.AuthOptionMixin, usage.Options):
                 # pyOpenSSL's errors for a key that does not match its certificate.
                 raise usage.UsageError(f"--listen {description!r}: TLS setup failed: {e}") from e
             self["endpoints"].append((description, endpoint, tls))
-
-
-class ListeningService(Service):
-    """
-    Listens on one endpoint and says so, with the real address: a readiness
-    line for scripts and tests (and the port actually bound for C{tcp:0}).
-    """
-
-    log = Logger()
-
-    def __init__(
-        self,
-        description: str,
-        endpoint: IStreamServerEndpoint,
-        site: GitSite,
-        reactor: IReactorCore,
-    ) -> None:
-        self.description = description
-        self.endpoint = endpoint
-        self.site = site
-        self.reactor = reactor
-        self.port: IListeningPort | None = None
-        self.listening: Deferred[IListeningPort] | None = None
-
-    def startService(self) -> None:
-        super().startService()
-        self.listening = self.endpoint.listen(self.site)
-        self.listening.addCallbacks(self._listening, self._failed)
-
-    def _listening(self, port: IListeningPort) -> IListeningPort:
-        self.port = port
-        address = port.getHost()
-        where = f"{address.host}:{address.port}" if hasattr(address, "port") else str(address)
-        self.log.info(
-            "gitserve listening on {where} ({description})",
-            where=where,
-            description=self.description,
-        )
-        return port
-
-    def _failed(self, failure: Failure) -> None:
-        self.log.failure("cannot listen on {description}", failure, description=self.description)
-        self.reactor.stop()
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        if self.port is not None:
-            return self.port.stopListening()
-        return None
 
 
 def makeService(options: Options) -> IService:
