@@ -1,8 +1,9 @@
 """
 The twistd plugin's options and service: `twistd -n gitserve --root DIR --listen ENDPOINT`.
 
-Only this module touches the global reactor and the process environment;
-everything below it gets them passed in.
+Only this module touches the global reactor (in L{makeService}, and only when
+it is not given one) and the process environment; everything below it gets
+them passed in.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import os
 import shutil
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.cred import strcred
 from twisted.cred.credentials import IUsernamePassword
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorSSL, IStreamServerEndpoint
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
@@ -25,6 +28,7 @@ from gitserve.app.shutdown import DEFAULT_SHUTDOWN_GRACE, GracefulShutdownServic
 from gitserve.app.systemd import SystemdNotifier, SystemdNotifyService
 from gitserve.app.tls import (
     CertificateReloadService,
+    ReloadableServerTLS,
     reloadableServerFromString,
     warnIfPlaintextAuth,
 )
@@ -123,8 +127,10 @@ class Options(strcred.AuthOptionMixin, usage.Options):
         self["listen"].append(description)
 
     def postOptions(self) -> None:
-        from twisted.internet import reactor
-
+        """
+        Check and convert every option. Endpoints are not built here: that
+        needs a reactor, which L{makeService} is given.
+        """
         root = Path(self["root"])
         if not root.is_dir():
             raise usage.UsageError(f"--root {self['root']!r} is not a directory")
@@ -148,22 +154,46 @@ class Options(strcred.AuthOptionMixin, usage.Options):
             raise usage.UsageError("--private needs --auth: nobody could log in")
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
-        self["endpoints"] = []
-        for description in self["listen"]:
-            try:
-                endpoint, tls = reloadableServerFromString(reactor, description)
-            except (ValueError, KeyError, TypeError, OSError) as e:
-                raise usage.UsageError(f"--listen {description!r} is not an endpoint: {e}") from e
-            except Exception as e:
-                # pyOpenSSL's errors for a key that does not match its certificate.
-                raise usage.UsageError(f"--listen {description!r}: TLS setup failed: {e}") from e
-            self["endpoints"].append((description, endpoint, tls))
 
 
-def makeService(options: Options) -> IService:
-    """Assemble the daemon: one site, one listening service per --listen."""
-    from twisted.internet import reactor
+def listeningEndpoints(
+    reactor: IReactorSSL, descriptions: list[str]
+) -> list[tuple[str, IStreamServerEndpoint, ReloadableServerTLS | None]]:
+    """
+    Build the endpoint of each --listen description, with its reloadable
+    certificate when it serves TLS.
 
+    @raise usage.UsageError: for a description that does not parse or whose
+        certificate cannot be loaded: start-up stops, naming the option.
+    """
+    built = []
+    for description in descriptions:
+        try:
+            endpoint, tls = reloadableServerFromString(reactor, description)
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            raise usage.UsageError(f"--listen {description!r} is not an endpoint: {e}") from e
+        except Exception as e:
+            # A key that does not match its certificate, or pyOpenSSL's errors.
+            raise usage.UsageError(f"--listen {description!r}: TLS setup failed: {e}") from e
+        built.append((description, endpoint, tls))
+    return built
+
+
+def makeService(options: Options, reactor: Any = None) -> IService:
+    """
+    Assemble the daemon: one site, one listening service per --listen.
+
+    @param reactor: what to listen, spawn git, keep time and run threads
+        with; the global reactor (imported only then) when L{None}, so that
+        tests can build the whole service on a fake one.
+    @raise usage.UsageError: for a --listen description that does not parse
+        or whose certificate cannot be loaded.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as globalReactor
+
+        reactor = globalReactor
+    endpoints = listeningEndpoints(reactor, options["listen"])
     log = Logger()
     gitPath = shutil.which("git", path=os.environ.get("PATH"))
     available = gitPath is not None
@@ -219,7 +249,7 @@ def makeService(options: Options) -> IService:
     )
     top = MultiService()
     listeners = []
-    for description, endpoint, tls in options["endpoints"]:
+    for description, endpoint, tls in endpoints:
         listener = ListeningService(description, endpoint, site, reactor)
         listener.setServiceParent(top)
         listeners.append((listener, tls))

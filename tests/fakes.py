@@ -360,3 +360,56 @@ def cappedBody(network: Any, limit: int, contentEncoding: bytes | None) -> Reque
     body = RequestBody(network, contentEncoding=contentEncoding)
     body.setLimit(limit)
     return body
+
+
+# Imported here rather than at the top so that branches adding fakes at the
+# end of this file do not conflict over the import block.
+from twisted.internet.interfaces import IReactorThreads  # noqa: E402
+
+
+class SynchronousThreadPool:
+    """
+    The part of a C{ThreadPool} that C{deferToThreadPool} uses, running each
+    call at once in the caller's thread, so that a test sees its result
+    without a real thread.
+    """
+
+    def callInThreadWithCallback(
+        self, onResult: Callable[[bool, Any], object], f: Callable[..., Any], *args: Any, **kw: Any
+    ) -> None:
+        try:
+            result = f(*args, **kw)
+        except BaseException:
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
+
+    def callInThread(self, f: Callable[..., Any], *args: Any, **kw: Any) -> None:
+        self.callInThreadWithCallback(lambda ok, result: None, f, *args, **kw)
+
+
+@implementer(IReactorThreads)
+class FakeServiceReactor(FakeProcessReactor):
+    """
+    Everything C{gitserve.tap.makeService} asks of a reactor: TCP, SSL and a
+    clock in memory, processes recorded, threads run at once.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threadPool = SynchronousThreadPool()
+        self.fromThreads: list[Callable[..., Any]] = []
+
+    def getThreadPool(self) -> SynchronousThreadPool:  # type: ignore[override]
+        return self.threadPool
+
+    def callInThread(self, callable: Callable[..., Any], *args: Any, **kw: Any) -> None:
+        self.threadPool.callInThread(callable, *args, **kw)
+
+    def callFromThread(self, callable: Callable[..., Any], *args: Any, **kw: Any) -> None:
+        """Run it now, and record it (a signal handler's hand-over is visible)."""
+        self.fromThreads.append(callable)
+        callable(*args, **kw)
+
+    def suggestThreadPoolSize(self, size: int) -> None:
+        pass

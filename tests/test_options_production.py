@@ -9,11 +9,12 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.logger import capturedLogs
 from twisted.python import usage
 
-from gitserve.app.tls import warnIfPlaintextAuth
+from gitserve.app.tls import CertificateReloadService, warnIfPlaintextAuth
 from gitserve.auth import HtpasswdChecker
 from gitserve.core.jobs import defaultMaxJobs
-from gitserve.tap import Options
+from gitserve.tap import Options, makeService
 from tests.certs import makeSelfSigned
+from tests.fakes import FakeServiceReactor
 
 
 def parse(*args: str) -> Options:
@@ -65,16 +66,29 @@ def test_ssl_listen_gets_a_reloadable_certificate(tmp_path: Path) -> None:
     options = parse(
         "--root", str(tmp_path), "--listen", f"ssl:8443:privateKey={key}:certKey={cert}"
     )
-    [(_, _, tls)] = options["endpoints"]
-    assert tls is not None and tls.reload()
+    service = makeService(options, reactor=FakeServiceReactor())
+    [reloader] = [s for s in service if isinstance(s, CertificateReloadService)]  # type: ignore[attr-defined]
+    assert reloader.reloadAll() == 1
 
 
 def test_ssl_with_a_mismatched_key_is_refused(tmp_path: Path) -> None:
     """A key that does not belong to the certificate stops the start-up."""
     _, cert = makeSelfSigned(tmp_path)
     otherKey, _ = makeSelfSigned(tmp_path, name="other")
-    with pytest.raises(usage.UsageError):
-        parse("--root", str(tmp_path), "--listen", f"ssl:8443:privateKey={otherKey}:certKey={cert}")
+    options = parse(
+        "--root", str(tmp_path), "--listen", f"ssl:8443:privateKey={otherKey}:certKey={cert}"
+    )
+    with pytest.raises(usage.UsageError) as caught:
+        makeService(options, reactor=FakeServiceReactor())
+    assert "TLS setup failed: Certificate public and private keys do not match" in str(caught.value)
+
+
+def test_listen_that_does_not_parse_is_a_usage_error(tmp_path: Path) -> None:
+    """A --listen description that does not parse stops start-up with a usage error naming it."""
+    options = parse("--root", str(tmp_path), "--listen", "tcp:http")
+    with pytest.raises(usage.UsageError) as caught:
+        makeService(options, reactor=FakeServiceReactor())
+    assert str(caught.value).startswith("--listen 'tcp:http' is not an endpoint: ")
 
 
 @pytest.mark.parametrize(
