@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,55 @@ class Options(strcred.AuthOptionMixin, usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse as L{usage.Options} does, but accept long options only by their
+        full names.
+
+        Twisted parses with C{getopt}, which takes any unambiguous prefix of a
+        long option: C{--access rules.conf} would silently mean
+        C{--access-log rules.conf}, and a future option could change what an
+        abbreviation in a unit file means. So every long option written
+        before the arguments end must be a whole name.
+
+        @raise usage.UsageError: naming the first option that is not one.
+        """
+        if options is None:
+            options = sys.argv[1:]
+        # Twisted's shell completion passes its own option; leave it to Twisted.
+        if not (len(options) > 1 and options[-2] == "--_shell-completion"):
+            self._refuseAbbreviations(options)
+        super().parseOptions(options)
+
+    def _refuseAbbreviations(self, arguments: list[str]) -> None:
+        """
+        Walk C{arguments} as C{getopt.getopt} does (an option's value may be
+        the next argument; C{--} or the first non-option ends the options)
+        and refuse a long option that is not written in full.
+        """
+        takesValue = {name.rstrip("="): name.endswith("=") for name in self.longOpt}
+        # In getopt's short spec, a letter followed by ":" takes a value.
+        shortWithValue = {self.shortOpt[i - 1] for i, c in enumerate(self.shortOpt) if c == ":"}
+        index = 0
+        while index < len(arguments):
+            argument = arguments[index]
+            if argument == "--" or not argument.startswith("-") or argument == "-":
+                return
+            if argument.startswith("--"):
+                name, equals, _ = argument[2:].partition("=")
+                if name not in takesValue:
+                    # getopt's own words for an option it does not know.
+                    raise usage.UsageError(f"option --{name} not recognized")
+                if takesValue[name] and not equals:
+                    index += 1
+            else:
+                for position, letter in enumerate(argument[1:], start=2):
+                    if letter in shortWithValue:
+                        if position == len(argument):
+                            index += 1
+                        break
+            index += 1
 
     def opt_listen(self, description: str) -> None:
         """A Twisted endpoint to listen on (repeatable; default tcp:8080)."""

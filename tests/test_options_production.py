@@ -92,6 +92,65 @@ def test_listen_that_does_not_parse_is_a_usage_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    "args, unknown",
+    [
+        (["--access", "rules.conf"], "--access"),
+        (["--access=rules.conf"], "--access"),
+        (["--max-j", "3"], "--max-j"),
+        (["--anon"], "--anon"),
+        (["--priv", "--auth", "memory:a:b"], "--priv"),
+        (["--au", "memory:a:b"], "--au"),
+        (["--help-a"], "--help-a"),
+        (["--list", "tcp:0"], "--list"),
+    ],
+)
+def test_abbreviated_options_are_refused(tmp_path: Path, args: list[str], unknown: str) -> None:
+    """getopt would take an unambiguous prefix; gitserve names it as an unknown option instead."""
+    with pytest.raises(usage.UsageError) as caught:
+        parse("--root", str(tmp_path), *args)
+    assert str(caught.value) == f"option {unknown} not recognized"
+
+
+def test_full_option_names_still_work(tmp_path: Path) -> None:
+    """Every option written in full, with a space or "=", parses as before."""
+    log = tmp_path / "access.log"
+    options = parse(
+        "--root",
+        str(tmp_path),
+        f"--access-log={log}",
+        "--max-jobs",
+        "3",
+        "--max-queue=5",
+        "--anonymous-push",
+        "--require-export-ok",
+        "--auth",
+        "memory:a:b",
+        "--private",
+        "--listen",
+        "tcp:0",
+        "--listen=unix:/tmp/x.sock",
+    )
+    assert options["access-log"] == str(log)
+    assert (options["max-jobs"], options["max-queue"]) == (3, 5)
+    assert options["anonymous-push"] and options["require-export-ok"] and options["private"]
+    assert len(options["credCheckers"]) == 1
+    assert options["listen"] == ["tcp:0", "unix:/tmp/x.sock"]
+
+
+def test_values_that_look_like_options_are_values(tmp_path: Path) -> None:
+    """An option's value is never taken for an option, even when it starts with "--"."""
+    options = parse("--root", str(tmp_path), "--realm", "--anon")
+    assert options["realm"] == "--anon"
+
+
+def test_double_dash_ends_the_options(tmp_path: Path) -> None:
+    """After "--" nothing is an option: gitserve takes no arguments, so it is Twisted's refusal."""
+    with pytest.raises(usage.UsageError) as caught:
+        parse("--root", str(tmp_path), "--", "--anon")
+    assert str(caught.value) == "Wrong number of arguments."
+
+
+@pytest.mark.parametrize(
     "address, secure, warned",
     [
         (IPv4Address("TCP", "0.0.0.0", 8080), False, True),
