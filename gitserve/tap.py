@@ -237,13 +237,26 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         with; the global reactor (imported only then) when L{None}, so that
         tests can build the whole service on a fake one.
     @raise usage.UsageError: for a --listen description that does not parse
-        or whose certificate cannot be loaded.
+        or whose certificate cannot be loaded; under twistd (C{options} has a
+        parent), that usage error is printed as twistd prints its own and the
+        process exits with status 1.
     """
     if reactor is None:
         from twisted.internet import reactor as globalReactor
 
         reactor = globalReactor
-    endpoints = listeningEndpoints(reactor, options["listen"])
+    try:
+        endpoints = listeningEndpoints(reactor, options["listen"])
+    except usage.UsageError as error:
+        if options.parent is None:
+            raise
+        # twistd turns only option-parsing errors into a usage message; one
+        # from makeService would end start-up with a traceback instead. Say
+        # it exactly as twistd says the others, as it was said when the
+        # endpoints were built while parsing.
+        print(options.parent)
+        print(f"{' '.join(sys.argv[0:2])}: {error}")
+        sys.exit(1)
     log = Logger()
     gitPath = shutil.which("git", path=os.environ.get("PATH"))
     available = gitPath is not None

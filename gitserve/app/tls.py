@@ -238,7 +238,7 @@ def _certificateFiles(
     )
 
 
-def _sslParameters(
+def _parseSSL(
     port: str,
     privateKey: str = "server.pem",
     certKey: str | None = None,
@@ -250,7 +250,9 @@ def _sslParameters(
 ) -> tuple[int, str, int, CertificateFiles]:
     """
     The parameters of an C{ssl:} description, positional or keyword, in
-    Twisted's order and with Twisted's defaults.
+    Twisted's order and with Twisted's defaults; named as Twisted's parser
+    is, so that a parameter C{ssl:} does not have is refused in the same
+    words.
 
     @return: the port, interface, backlog and certificate files.
     @raise ValueError: for C{sslmethod=}: the default already means TLS 1.2
@@ -307,7 +309,7 @@ def reloadableServerFromString(
         raise ValueError("sslmethod= is not supported: gitserve serves TLS 1.2 or newer")
     kind = args[0]
     if kind == "ssl":
-        port, interface, backlog, files = _sslParameters(*args[1:], **kwargs)
+        port, interface, backlog, files = _parseSSL(*args[1:], **kwargs)
         tls = ReloadableServerTLS(files.load, f"ssl:{port}")
         endpoint = endpoints.SSL4ServerEndpoint(
             reactor, port, tls, backlog=backlog, interface=interface
