@@ -325,7 +325,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
                 if checkers:
                     warnIfPlaintextAuth(listener.description, listener.port.getHost(), tls)
 
-        return gatherResults([listener.listening for listener, _ in listeners]).addCallback(check)
+        # Asked once the services have started, when every listener has begun.
+        started = [listener.listening for listener, _ in listeners if listener.listening]
+        return gatherResults(started).addCallback(check)
 
     CertificateReloadService(
         [tls for _, tls in listeners if tls is not None], reactor.callFromThread

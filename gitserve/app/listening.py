@@ -43,7 +43,9 @@ class ListeningService(Service):
     def _listening(self, port: IListeningPort) -> IListeningPort:
         self.port = port
         address = port.getHost()
-        where = f"{address.host}:{address.port}" if hasattr(address, "port") else str(address)
+        # An IP address has a host and a port; a unix socket only a name.
+        host, number = getattr(address, "host", None), getattr(address, "port", None)
+        where = str(address) if number is None else f"{host}:{number}"
         self.log.info(
             "gitserve listening on {where} ({description})",
             where=where,
