@@ -1,31 +1,35 @@
 """
 The twistd plugin's options and service: `twistd -n gitserve --root DIR --listen ENDPOINT`.
 
-Only this module touches the global reactor and the process environment;
-everything below it gets them passed in.
+Only this module touches the global reactor (in L{makeService}, and only when
+it is not given one) and the process environment; everything below it gets
+them passed in.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 from functools import partial
 from pathlib import Path
+from typing import Any
 
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, MultiService
 from twisted.cred import strcred
 from twisted.cred.credentials import IUsernamePassword
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.interfaces import IListeningPort, IReactorCore, IStreamServerEndpoint
+from twisted.internet.interfaces import IReactorSSL, IStreamServerEndpoint
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.python.failure import Failure
 
+from gitserve.app.listening import ListeningService
 from gitserve.app.shutdown import DEFAULT_SHUTDOWN_GRACE, GracefulShutdownService
 from gitserve.app.systemd import SystemdNotifier, SystemdNotifyService
 from gitserve.app.tls import (
     CertificateReloadService,
+    ReloadableServerTLS,
     reloadableServerFromString,
     warnIfPlaintextAuth,
 )
@@ -119,13 +123,64 @@ class Options(strcred.AuthOptionMixin, usage.Options):
         super().__init__()
         self["listen"] = []
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse as L{usage.Options} does, but accept long options only by their
+        full names.
+
+        Twisted parses with C{getopt}, which takes any unambiguous prefix of a
+        long option: C{--access rules.conf} would silently mean
+        C{--access-log rules.conf}, and a future option could change what an
+        abbreviation in a unit file means. So every long option written
+        before the arguments end must be a whole name.
+
+        @raise usage.UsageError: naming the first option that is not one.
+        """
+        if options is None:
+            options = sys.argv[1:]
+        # Twisted's shell completion passes its own option; leave it to Twisted.
+        if not (len(options) > 1 and options[-2] == "--_shell-completion"):
+            self._refuseAbbreviations(options)
+        super().parseOptions(options)
+
+    def _refuseAbbreviations(self, arguments: list[str]) -> None:
+        """
+        Walk C{arguments} as C{getopt.getopt} does (an option's value may be
+        the next argument; C{--} or the first non-option ends the options)
+        and refuse a long option that is not written in full.
+        """
+        takesValue = {name.rstrip("="): name.endswith("=") for name in self.longOpt}
+        # In getopt's short spec, a letter followed by ":" takes a value.
+        shortWithValue = {self.shortOpt[i - 1] for i, c in enumerate(self.shortOpt) if c == ":"}
+        index = 0
+        while index < len(arguments):
+            argument = arguments[index]
+            if argument == "--" or not argument.startswith("-") or argument == "-":
+                return
+            if argument.startswith("--"):
+                name, equals, _ = argument[2:].partition("=")
+                if name not in takesValue:
+                    # getopt's own words for an option it does not know.
+                    raise usage.UsageError(f"option --{name} not recognized")
+                if takesValue[name] and not equals:
+                    index += 1
+            else:
+                for position, letter in enumerate(argument[1:], start=2):
+                    if letter in shortWithValue:
+                        if position == len(argument):
+                            index += 1
+                        break
+            index += 1
+
     def opt_listen(self, description: str) -> None:
         """A Twisted endpoint to listen on (repeatable; default tcp:8080)."""
         self["listen"].append(description)
 
     def postOptions(self) -> None:
-        from twisted.internet import reactor
-
+        """
+        Check and convert every option. Endpoints are not built here: that
+        needs a reactor, which L{makeService} is given.
+        """
         root = Path(self["root"])
         if not root.is_dir():
             raise usage.UsageError(f"--root {self['root']!r} is not a directory")
@@ -149,71 +204,59 @@ class Options(strcred.AuthOptionMixin, usage.Options):
             raise usage.UsageError("--private needs --auth: nobody could log in")
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
-        self["endpoints"] = []
-        for description in self["listen"]:
-            try:
-                endpoint, tls = reloadableServerFromString(reactor, description)
-            except (ValueError, KeyError, TypeError, OSError) as e:
-                raise usage.UsageError(f"--listen {description!r} is not an endpoint: {e}") from e
-            except Exception as e:
-                # pyOpenSSL's errors for a key that does not match its certificate.
-                raise usage.UsageError(f"--listen {description!r}: TLS setup failed: {e}") from e
-            self["endpoints"].append((description, endpoint, tls))
 
 
-class ListeningService(Service):
+def listeningEndpoints(
+    reactor: IReactorSSL, descriptions: list[str]
+) -> list[tuple[str, IStreamServerEndpoint, ReloadableServerTLS | None]]:
     """
-    Listens on one endpoint and says so, with the real address: a readiness
-    line for scripts and tests (and the port actually bound for C{tcp:0}).
+    Build the endpoint of each --listen description, with its reloadable
+    certificate when it serves TLS.
+
+    @raise usage.UsageError: for a description that does not parse or whose
+        certificate cannot be loaded: start-up stops, naming the option.
     """
-
-    log = Logger()
-
-    def __init__(
-        self,
-        description: str,
-        endpoint: IStreamServerEndpoint,
-        site: GitSite,
-        reactor: IReactorCore,
-    ) -> None:
-        self.description = description
-        self.endpoint = endpoint
-        self.site = site
-        self.reactor = reactor
-        self.port: IListeningPort | None = None
-        self.listening: Deferred[IListeningPort] | None = None
-
-    def startService(self) -> None:
-        super().startService()
-        self.listening = self.endpoint.listen(self.site)
-        self.listening.addCallbacks(self._listening, self._failed)
-
-    def _listening(self, port: IListeningPort) -> IListeningPort:
-        self.port = port
-        address = port.getHost()
-        where = f"{address.host}:{address.port}" if hasattr(address, "port") else str(address)
-        self.log.info(
-            "gitserve listening on {where} ({description})",
-            where=where,
-            description=self.description,
-        )
-        return port
-
-    def _failed(self, failure: Failure) -> None:
-        self.log.failure("cannot listen on {description}", failure, description=self.description)
-        self.reactor.stop()
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        if self.port is not None:
-            return self.port.stopListening()
-        return None
+    built = []
+    for description in descriptions:
+        try:
+            endpoint, tls = reloadableServerFromString(reactor, description)
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            raise usage.UsageError(f"--listen {description!r} is not an endpoint: {e}") from e
+        except Exception as e:
+            # A key that does not match its certificate, or pyOpenSSL's errors.
+            raise usage.UsageError(f"--listen {description!r}: TLS setup failed: {e}") from e
+        built.append((description, endpoint, tls))
+    return built
 
 
-def makeService(options: Options) -> IService:
-    """Assemble the daemon: one site, one listening service per --listen."""
-    from twisted.internet import reactor
+def makeService(options: Options, reactor: Any = None) -> IService:
+    """
+    Assemble the daemon: one site, one listening service per --listen.
 
+    @param reactor: what to listen, spawn git, keep time and run threads
+        with; the global reactor (imported only then) when L{None}, so that
+        tests can build the whole service on a fake one.
+    @raise usage.UsageError: for a --listen description that does not parse
+        or whose certificate cannot be loaded; under twistd (C{options} has a
+        parent), that usage error is printed as twistd prints its own and the
+        process exits with status 1.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as globalReactor
+
+        reactor = globalReactor
+    try:
+        endpoints = listeningEndpoints(reactor, options["listen"])
+    except usage.UsageError as error:
+        if options.parent is None:
+            raise
+        # twistd turns only option-parsing errors into a usage message; one
+        # from makeService would end start-up with a traceback instead. Say
+        # it exactly as twistd says the others, as it was said when the
+        # endpoints were built while parsing.
+        print(options.parent)
+        print(f"{' '.join(sys.argv[0:2])}: {error}")
+        sys.exit(1)
     log = Logger()
     gitPath = shutil.which("git", path=os.environ.get("PATH"))
     available = gitPath is not None
@@ -269,7 +312,7 @@ def makeService(options: Options) -> IService:
     )
     top = MultiService()
     listeners = []
-    for description, endpoint, tls in options["endpoints"]:
+    for description, endpoint, tls in endpoints:
         listener = ListeningService(description, endpoint, site, reactor)
         listener.setServiceParent(top)
         listeners.append((listener, tls))
@@ -282,7 +325,9 @@ def makeService(options: Options) -> IService:
                 if checkers:
                     warnIfPlaintextAuth(listener.description, listener.port.getHost(), tls)
 
-        return gatherResults([listener.listening for listener, _ in listeners]).addCallback(check)
+        # Asked once the services have started, when every listener has begun.
+        started = [listener.listening for listener, _ in listeners if listener.listening]
+        return gatherResults(started).addCallback(check)
 
     CertificateReloadService(
         [tls for _, tls in listeners if tls is not None], reactor.callFromThread

@@ -15,7 +15,12 @@ from typing import Any
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
-from twisted.internet.interfaces import IProcessTransport, IPushProducer, IReactorProcess
+from twisted.internet.interfaces import (
+    IProcessTransport,
+    IPushProducer,
+    IReactorProcess,
+    IReactorThreads,
+)
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -369,3 +374,51 @@ class HalfCloseableStringTransport(StringTransport):
 
     def loseWriteConnection(self) -> None:
         self.writeConnectionLost = True
+
+
+class SynchronousThreadPool:
+    """
+    The part of a C{ThreadPool} that C{deferToThreadPool} uses, running each
+    call at once in the caller's thread, so that a test sees its result
+    without a real thread.
+    """
+
+    def callInThreadWithCallback(
+        self, onResult: Callable[[bool, Any], object], f: Callable[..., Any], *args: Any, **kw: Any
+    ) -> None:
+        try:
+            result = f(*args, **kw)
+        except BaseException:
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
+
+    def callInThread(self, f: Callable[..., Any], *args: Any, **kw: Any) -> None:
+        self.callInThreadWithCallback(lambda ok, result: None, f, *args, **kw)
+
+
+@implementer(IReactorThreads)
+class FakeServiceReactor(FakeProcessReactor):
+    """
+    Everything C{gitserve.tap.makeService} asks of a reactor: TCP, SSL and a
+    clock in memory, processes recorded, threads run at once.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threadPool = SynchronousThreadPool()
+        self.fromThreads: list[Callable[..., Any]] = []
+
+    def getThreadPool(self) -> SynchronousThreadPool:  # type: ignore[override]
+        return self.threadPool
+
+    def callInThread(self, callable: Callable[..., Any], *args: Any, **kw: Any) -> None:
+        self.threadPool.callInThread(callable, *args, **kw)
+
+    def callFromThread(self, callable: Callable[..., Any], *args: Any, **kw: Any) -> None:
+        """Run it now, and record it (a signal handler's hand-over is visible)."""
+        self.fromThreads.append(callable)
+        callable(*args, **kw)
+
+    def suggestThreadPoolSize(self, size: int) -> None:
+        pass

@@ -9,11 +9,12 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.logger import capturedLogs
 from twisted.python import usage
 
-from gitserve.app.tls import warnIfPlaintextAuth
+from gitserve.app.tls import CertificateReloadService, warnIfPlaintextAuth
 from gitserve.auth import HtpasswdChecker
 from gitserve.core.jobs import defaultMaxJobs
-from gitserve.tap import Options
+from gitserve.tap import Options, makeService
 from tests.certs import makeSelfSigned
+from tests.fakes import FakeServiceReactor
 
 
 def parse(*args: str) -> Options:
@@ -65,16 +66,88 @@ def test_ssl_listen_gets_a_reloadable_certificate(tmp_path: Path) -> None:
     options = parse(
         "--root", str(tmp_path), "--listen", f"ssl:8443:privateKey={key}:certKey={cert}"
     )
-    [(_, _, tls)] = options["endpoints"]
-    assert tls is not None and tls.reload()
+    service = makeService(options, reactor=FakeServiceReactor())
+    [reloader] = [s for s in service if isinstance(s, CertificateReloadService)]  # type: ignore[attr-defined]
+    assert reloader.reloadAll() == 1
 
 
 def test_ssl_with_a_mismatched_key_is_refused(tmp_path: Path) -> None:
     """A key that does not belong to the certificate stops the start-up."""
     _, cert = makeSelfSigned(tmp_path)
     otherKey, _ = makeSelfSigned(tmp_path, name="other")
-    with pytest.raises(usage.UsageError):
-        parse("--root", str(tmp_path), "--listen", f"ssl:8443:privateKey={otherKey}:certKey={cert}")
+    options = parse(
+        "--root", str(tmp_path), "--listen", f"ssl:8443:privateKey={otherKey}:certKey={cert}"
+    )
+    with pytest.raises(usage.UsageError) as caught:
+        makeService(options, reactor=FakeServiceReactor())
+    assert "TLS setup failed: Certificate public and private keys do not match" in str(caught.value)
+
+
+def test_listen_that_does_not_parse_is_a_usage_error(tmp_path: Path) -> None:
+    """A --listen description that does not parse stops start-up with a usage error naming it."""
+    options = parse("--root", str(tmp_path), "--listen", "tcp:http")
+    with pytest.raises(usage.UsageError) as caught:
+        makeService(options, reactor=FakeServiceReactor())
+    assert str(caught.value).startswith("--listen 'tcp:http' is not an endpoint: ")
+
+
+@pytest.mark.parametrize(
+    "args, unknown",
+    [
+        (["--access", "rules.conf"], "--access"),
+        (["--access=rules.conf"], "--access"),
+        (["--max-j", "3"], "--max-j"),
+        (["--anon"], "--anon"),
+        (["--priv", "--auth", "memory:a:b"], "--priv"),
+        (["--au", "memory:a:b"], "--au"),
+        (["--help-a"], "--help-a"),
+        (["--list", "tcp:0"], "--list"),
+    ],
+)
+def test_abbreviated_options_are_refused(tmp_path: Path, args: list[str], unknown: str) -> None:
+    """getopt would take an unambiguous prefix; gitserve names it as an unknown option instead."""
+    with pytest.raises(usage.UsageError) as caught:
+        parse("--root", str(tmp_path), *args)
+    assert str(caught.value) == f"option {unknown} not recognized"
+
+
+def test_full_option_names_still_work(tmp_path: Path) -> None:
+    """Every option written in full, with a space or "=", parses as before."""
+    log = tmp_path / "access.log"
+    options = parse(
+        "--root",
+        str(tmp_path),
+        f"--access-log={log}",
+        "--max-jobs",
+        "3",
+        "--max-queue=5",
+        "--anonymous-push",
+        "--require-export-ok",
+        "--auth",
+        "memory:a:b",
+        "--private",
+        "--listen",
+        "tcp:0",
+        "--listen=unix:/tmp/x.sock",
+    )
+    assert options["access-log"] == str(log)
+    assert (options["max-jobs"], options["max-queue"]) == (3, 5)
+    assert options["anonymous-push"] and options["require-export-ok"] and options["private"]
+    assert len(options["credCheckers"]) == 1
+    assert options["listen"] == ["tcp:0", "unix:/tmp/x.sock"]
+
+
+def test_values_that_look_like_options_are_values(tmp_path: Path) -> None:
+    """An option's value is never taken for an option, even when it starts with "--"."""
+    options = parse("--root", str(tmp_path), "--realm", "--anon")
+    assert options["realm"] == "--anon"
+
+
+def test_double_dash_ends_the_options(tmp_path: Path) -> None:
+    """After "--" nothing is an option: gitserve takes no arguments, so it is Twisted's refusal."""
+    with pytest.raises(usage.UsageError) as caught:
+        parse("--root", str(tmp_path), "--", "--anon")
+    assert str(caught.value) == "Wrong number of arguments."
 
 
 @pytest.mark.parametrize(

@@ -5,17 +5,43 @@ from __future__ import annotations
 import os
 import signal
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from twisted.internet.address import IPv4Address
-from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.internet.endpoints import (
+    SSL4ServerEndpoint,
+    TCP4ServerEndpoint,
+    quoteStringArgument,
+)
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import DiffieHellmanParameters
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase
 
-from gitserve.app.tls import CertificateReloadService, reloadableServerFromString
+from gitserve.app.tls import (
+    CertificateMismatchError,
+    CertificateReloadService,
+    ReloadableServerTLS,
+    reloadableServerFromString,
+    splitDescription,
+)
 from tests.certs import makeSelfSigned
 from tests.fakes import scratchDirectory
+
+# RFC 7919's ffdhe2048 group, as `openssl genpkey -genparam -algorithm DH
+# -pkeyopt dh_param:ffdhe2048` writes it: fixed, so no test generates DH
+# parameters (slow, and deprecated in cryptography).
+FFDHE2048 = b"""-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+"""
 
 
 def newConnection(tls: object) -> object:
@@ -26,9 +52,16 @@ def newConnection(tls: object) -> object:
     return protocol._tlsConnection  # type: ignore[union-attr]
 
 
+def commonName(connection: object) -> str:
+    """The subject CN of the certificate a TLS connection presents, read with cryptography."""
+    certificate = connection.get_certificate(as_cryptography=True)  # type: ignore[attr-defined]
+    [attribute] = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attribute.value)
+
+
 def servedCommonName(tls: object) -> str:
     """The subject CN of the certificate a new connection would present."""
-    return newConnection(tls).get_certificate().get_subject().CN  # type: ignore[attr-defined]
+    return commonName(newConnection(tls))
 
 
 class ReloadableEndpointTests(SynchronousTestCase):
@@ -55,7 +88,7 @@ class ReloadableEndpointTests(SynchronousTestCase):
         makeSelfSigned(self.dir, commonName="renewed")
         self.assertTrue(tls.reload())  # type: ignore[union-attr]
         self.assertEqual(servedCommonName(tls), "renewed")
-        self.assertEqual(before.get_certificate().get_subject().CN, "first")  # type: ignore[attr-defined]
+        self.assertEqual(commonName(before), "first")
 
     def test_badReloadKeepsCurrentCertificate(self) -> None:
         """A key that does not match the new certificate is refused and logged."""
@@ -101,3 +134,117 @@ class CertificateReloadServiceTests(SynchronousTestCase):
         [reload] = queued
         self.assertEqual(reload(), 1)  # type: ignore[operator]
         self.assertEqual(servedCommonName(tls), "renewed")
+
+
+class SplitDescriptionTests(SynchronousTestCase):
+    def test_positionalAndKeywordParts(self) -> None:
+        """Parts without "=" are positional, in order; the others are keywords."""
+        self.assertEqual(splitDescription("a:b:d=1:c"), (["a", "b", "c"], {"d": "1"}))
+
+    def test_valueMayHoldEquals(self) -> None:
+        """Only the first "=" of a part names a keyword; the value keeps the rest."""
+        self.assertEqual(
+            splitDescription("ssl:0:privateKey=a=b"), (["ssl", "0"], {"privateKey": "a=b"})
+        )
+
+    def test_quotedArgumentRoundTrips(self) -> None:
+        """What quoteStringArgument writes comes back as it was, colons and backslashes too."""
+        path = "/etc/tls:1/k\\ey=.pem"
+        args, kwargs = splitDescription("ssl:0:privateKey=" + quoteStringArgument(path))
+        self.assertEqual((args, kwargs), (["ssl", "0"], {"privateKey": path}))
+
+    def test_loneBackslashRefused(self) -> None:
+        """A description ending in a lone backslash is refused as a ValueError."""
+        with self.assertRaises(ValueError):
+            splitDescription("tcp:8080\\")
+
+
+class SSLParametersTests(SynchronousTestCase):
+    """Every ssl: parameter means what it means to Twisted's serverFromString."""
+
+    def setUp(self) -> None:
+        self.dir = scratchDirectory(self)
+        self.key, self.cert = makeSelfSigned(self.dir, commonName="first")
+        self.reactor = MemoryReactorClock()
+
+    def listenedWith(self, description: str) -> tuple[tuple[object, ...], ReloadableServerTLS]:
+        """Listen on C{description}; return the reactor's record of it and its TLS."""
+        endpoint, tls = reloadableServerFromString(self.reactor, description)
+        assert tls is not None
+        endpoint.listen(Factory.forProtocol(Protocol))
+        return self.reactor.sslServers[-1], tls
+
+    def test_certKeyDefaultsToPrivateKey(self) -> None:
+        """One file holding the key and the certificate is enough, as with Twisted's ssl:."""
+        combined = self.dir / "combined.pem"
+        combined.write_bytes(self.cert.read_bytes() + self.key.read_bytes())
+        _, tls = self.listenedWith(f"ssl:0:privateKey={combined}")
+        self.assertEqual(servedCommonName(tls), "first")
+
+    def test_positionalParametersInTwistedsOrder(self) -> None:
+        """ssl:PORT:PRIVATEKEY:CERTKEY works positionally, as Twisted orders the parameters."""
+        (port, _, _, backlog, interface), tls = self.listenedWith(
+            f"ssl:8443:{quoteStringArgument(str(self.key))}:{quoteStringArgument(str(self.cert))}"
+        )
+        self.assertEqual((port, backlog, interface), (8443, 50, ""))
+        self.assertEqual(servedCommonName(tls), "first")
+
+    def test_interfaceAndBacklog(self) -> None:
+        """interface= and backlog= reach listenSSL."""
+        (_, _, _, backlog, interface), _ = self.listenedWith(
+            f"ssl:0:privateKey={self.key}:certKey={self.cert}:backlog=7:interface=\\:\\:1"
+        )
+        self.assertEqual((backlog, interface), (7, "::1"))
+
+    def test_extraCertChainServed(self) -> None:
+        """extraCertChain's certificates are added to the chain, read with cryptography."""
+        _, intermediate = makeSelfSigned(self.dir, name="intermediate", commonName="ca")
+        _, tls = self.listenedWith(
+            f"ssl:0:privateKey={self.key}:certKey={self.cert}:extraCertChain={intermediate}"
+        )
+        [chained] = tls.certificateOptions.extraCertChain
+        self.assertEqual(chained, x509.load_pem_x509_certificate(intermediate.read_bytes()))
+        self.assertEqual(servedCommonName(tls), "first")
+
+    def test_extraCertChainWithoutCertificatesRefused(self) -> None:
+        """A chain file with no certificate in it is refused, with Twisted's message."""
+        with self.assertRaises(ValueError) as caught:
+            reloadableServerFromString(
+                self.reactor,
+                f"ssl:0:privateKey={self.key}:certKey={self.cert}:extraCertChain={self.key}",
+            )
+        self.assertIn("doesn't contain any valid certificates", str(caught.exception))
+
+    def test_dhParametersFile(self) -> None:
+        """dhParameters= names the file of Diffie-Hellman parameters the context loads."""
+        parameters = self.dir / "dh.pem"
+        parameters.write_bytes(FFDHE2048)
+        _, tls = self.listenedWith(
+            f"ssl:0:privateKey={self.key}:certKey={self.cert}:dhParameters={parameters}"
+        )
+        self.assertIs(type(tls.certificateOptions.dhParameters), DiffieHellmanParameters)
+        self.assertEqual(servedCommonName(tls), "first")
+        # The context reads the file itself: once it is gone, a reload fails.
+        parameters.unlink()
+        with capturedLogs():
+            self.assertFalse(tls.reload())
+
+    def test_mismatchedKeyRefused(self) -> None:
+        """A key that is not the certificate's stops the start-up before any handshake."""
+        otherKey, _ = makeSelfSigned(self.dir, name="other")
+        with self.assertRaises(CertificateMismatchError):
+            reloadableServerFromString(
+                self.reactor, f"ssl:0:privateKey={otherKey}:certKey={self.cert}"
+            )
+
+    def test_positionalSslmethodRefused(self) -> None:
+        """sslmethod is refused in its positional place too."""
+        with self.assertRaises(ValueError):
+            reloadableServerFromString(self.reactor, f"ssl:0:{self.key}:{self.cert}:TLSv1_METHOD")
+
+    def test_unknownParameterRefused(self) -> None:
+        """A parameter ssl: does not have is refused, as serverFromString refuses it."""
+        with self.assertRaises(TypeError):
+            reloadableServerFromString(
+                self.reactor, f"ssl:0:privateKey={self.key}:certKey={self.cert}:colour=blue"
+            )

@@ -12,22 +12,30 @@ while established connections keep the one they started with.
 from __future__ import annotations
 
 import ipaddress
+import re
 import signal
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from OpenSSL.SSL import Connection, Context
 from twisted.application.service import Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
+    IListeningPort,
     IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
     IReactorSSL,
     IStreamServerEndpoint,
 )
-from twisted.internet.ssl import CertificateOptions
+from twisted.internet.ssl import CertificateOptions, DiffieHellmanParameters
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
 
@@ -81,7 +89,7 @@ class ReloadableServerTLS:
         """The options new connections are made with."""
         return self._current
 
-    def serverConnectionForTLS(self, tlsProtocol: object) -> Connection:
+    def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> Connection:
         """A TLS connection for a new client, made with the current certificate."""
         return self._current.serverConnectionForTLS(tlsProtocol)
 
@@ -93,6 +101,168 @@ class ReloadableServerTLS:
 # The ssl: parameters that describe the certificate rather than the socket;
 # a systemd: description may carry them too (TLS on a socket-activated port).
 TLS_PARAMETERS = ("privateKey", "certKey", "extraCertChain", "dhParameters")
+
+# How Twisted's ssl: parser finds the certificates of an extraCertChain file.
+_CHAIN_CERTIFICATE = re.compile(
+    r"(-----BEGIN CERTIFICATE-----\n.+?\n-----END CERTIFICATE-----)", flags=re.DOTALL
+)
+
+
+class CertificateMismatchError(Exception):
+    """
+    The private key does not belong to the certificate.
+
+    Not a L{ValueError}: start-up reports it as a failed TLS set-up, not as a
+    description that does not parse, as it did when Twisted read the files.
+    """
+
+
+def splitDescription(description: str) -> tuple[list[str], dict[str, str]]:
+    """
+    Split an endpoint description the way L{endpoints.serverFromString} does:
+    C{:} separates the parts, the first C{=} of a part makes it a keyword
+    argument, and a backslash takes the next character literally (what
+    L{endpoints.quoteStringArgument} writes).
+
+    Twisted's own splitter is private, so gitserve has this one; the tests
+    check it against what C{quoteStringArgument} writes.
+
+    @return: the positional parts (the first names the endpoint type) and
+        the keyword arguments.
+    @raise ValueError: for a description ending in a lone backslash.
+    """
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    part: list[str] = []
+    current = ""
+    separators = ":="
+    characters = iter(description)
+    for character in characters:
+        if character in separators:
+            part.append(current)
+            current = ""
+            if character == ":":
+                _addPart(part, args, kwargs)
+                part = []
+                separators = ":="
+            else:
+                # A value may contain "=": only ":" ends it.
+                separators = ":"
+        elif character == "\\":
+            try:
+                current += next(characters)
+            except StopIteration:
+                raise ValueError("the description ends with a lone backslash") from None
+        else:
+            current += character
+    part.append(current)
+    _addPart(part, args, kwargs)
+    return args, kwargs
+
+
+def _addPart(part: list[str], args: list[str], kwargs: dict[str, str]) -> None:
+    """File one C{:}-separated part as a positional or a keyword argument."""
+    if len(part) == 1:
+        args.append(part[0])
+    else:
+        kwargs[part[0]] = part[1]
+
+
+@dataclass(frozen=True)
+class CertificateFiles:
+    """
+    The files an C{ssl:} description names, read as Twisted's C{ssl:}
+    endpoint reads them, into C{cryptography} objects (pyOpenSSL's C{PKey}
+    and C{X509} are deprecated as C{CertificateOptions} arguments).
+    """
+
+    privateKey: str
+    certKey: str
+    extraCertChain: str | None = None
+    dhParameters: str | None = None
+
+    def load(self) -> CertificateOptions:
+        """
+        Read the files now: called at start-up and on every reload.
+
+        @raise OSError: for a file that cannot be read.
+        @raise ValueError: for a file that holds no key or certificate.
+        @raise CertificateMismatchError: for a key that does not belong to
+            the certificate.
+        """
+        # As Twisted's ssl: does: the first certificate and the first key of
+        # the two files together, so that one file may hold both (certKey
+        # defaults to privateKey).
+        pem = Path(self.certKey).read_bytes() + b"\n" + Path(self.privateKey).read_bytes()
+        certificate = x509.load_pem_x509_certificate(pem)
+        privateKey = serialization.load_pem_private_key(pem, password=None)
+        if privateKey.public_key() != certificate.public_key():
+            raise CertificateMismatchError("Certificate public and private keys do not match.")
+        chain = None
+        if self.extraCertChain is not None:
+            text = Path(self.extraCertChain).read_text("ascii")
+            chain = [
+                x509.load_pem_x509_certificate(block.encode("ascii"))
+                for block in _CHAIN_CERTIFICATE.findall(text)
+            ]
+            if not chain:
+                raise ValueError(
+                    f"Specified chain file '{self.extraCertChain}' doesn't contain any "
+                    "valid certificates in PEM format."
+                )
+        dhParameters = None
+        if self.dhParameters is not None:
+            dhParameters = DiffieHellmanParameters.fromFile(FilePath(self.dhParameters))
+        # Twisted's annotations still name pyOpenSSL's PKey and X509, which
+        # it deprecates at run time in favour of these.
+        return CertificateOptions(
+            privateKey=privateKey,  # type: ignore[arg-type]
+            certificate=certificate,  # type: ignore[arg-type]
+            extraCertChain=chain,  # type: ignore[arg-type]
+            dhParameters=dhParameters,
+        )
+
+
+def _certificateFiles(
+    privateKey: str = "server.pem",
+    certKey: str | None = None,
+    extraCertChain: str | None = None,
+    dhParameters: str | None = None,
+) -> CertificateFiles:
+    """The certificate parameters of C{ssl:}, with Twisted's defaults."""
+    return CertificateFiles(
+        privateKey=privateKey,
+        certKey=privateKey if certKey is None else certKey,
+        extraCertChain=extraCertChain,
+        dhParameters=dhParameters,
+    )
+
+
+def _parseSSL(
+    port: str,
+    privateKey: str = "server.pem",
+    certKey: str | None = None,
+    sslmethod: str | None = None,
+    interface: str = "",
+    backlog: str = "50",
+    extraCertChain: str | None = None,
+    dhParameters: str | None = None,
+) -> tuple[int, str, int, CertificateFiles]:
+    """
+    The parameters of an C{ssl:} description, positional or keyword, in
+    Twisted's order and with Twisted's defaults; named as Twisted's parser
+    is, so that a parameter C{ssl:} does not have is refused in the same
+    words.
+
+    @return: the port, interface, backlog and certificate files.
+    @raise ValueError: for C{sslmethod=}: the default already means TLS 1.2
+        or newer, and a pinned method could only lower that.
+    @raise TypeError: for a parameter C{ssl:} does not have.
+    """
+    if sslmethod is not None:
+        raise ValueError("sslmethod= is not supported: gitserve serves TLS 1.2 or newer")
+    files = _certificateFiles(privateKey, certKey, extraCertChain, dhParameters)
+    return int(port), interface, int(backlog), files
 
 
 @implementer(IStreamServerEndpoint)
@@ -107,22 +277,9 @@ class TLSServerEndpoint:
         self._wrapped = wrapped
         self._tls = tls
 
-    def listen(self, protocolFactory: object) -> Deferred:
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
         """Listen on the wrapped endpoint, each connection wrapped in TLS."""
         return self._wrapped.listen(TLSMemoryBIOFactory(self._tls, False, protocolFactory))
-
-
-def _loaderFor(sslDescription: str) -> Callable[[], CertificateOptions]:
-    """Read the certificate of an C{ssl:} description with Twisted's own parser."""
-
-    def load() -> CertificateOptions:
-        # _parseServer is private, but it is what serverFromString itself
-        # calls; tests/test_tls.py pins its shape, so an upgrade that changes
-        # it fails there rather than at an admin's start-up.
-        _, (_, _, options), _ = endpoints._parseServer(sslDescription, None)
-        return options
-
-    return load
 
 
 def reloadableServerFromString(
@@ -133,32 +290,38 @@ def reloadableServerFromString(
     certificate of an C{ssl:} description reloadable, and accept the same
     certificate parameters on a C{systemd:} description.
 
-    The description is parsed by Twisted's own parser, so every C{ssl:}
-    parameter (C{privateKey}, C{certKey}, C{extraCertChain}, C{dhParameters},
-    C{interface}, C{backlog}) means exactly what it means to
-    C{serverFromString}, and a reload re-reads the same files the same way.
+    Every C{ssl:} parameter (C{privateKey}, C{certKey} defaulting to
+    C{privateKey}, C{extraCertChain}, C{dhParameters}, C{interface},
+    C{backlog}) means what it means to C{serverFromString}, and a reload
+    re-reads the same files the same way. Anything else goes to
+    C{serverFromString} as written.
 
+    @param reactor: the reactor to listen with (an C{IReactorSSL} for
+        C{ssl:}, whatever the endpoint type needs otherwise).
     @return: the endpoint, and its L{ReloadableServerTLS} when it serves TLS
         (L{None} otherwise).
     @raise ValueError: for C{sslmethod=}: the default already means TLS 1.2
-        or newer, and a pinned method could only lower that.
+        or newer, and a pinned method could only lower that; and for what
+        C{serverFromString} refuses.
     """
-    args, kwargs = endpoints._parse(description)
+    args, kwargs = splitDescription(description)
     if "sslmethod" in kwargs:
         raise ValueError("sslmethod= is not supported: gitserve serves TLS 1.2 or newer")
-    kind = args[0] if args else ""
+    kind = args[0]
     if kind == "ssl":
-        _, (port, _, _), listenArgs = endpoints._parseServer(description, None)
-        tls = ReloadableServerTLS(_loaderFor(description), f"ssl:{port}")
-        return endpoints.SSL4ServerEndpoint(reactor, port, tls, **listenArgs), tls
+        port, interface, backlog, files = _parseSSL(*args[1:], **kwargs)
+        tls = ReloadableServerTLS(files.load, f"ssl:{port}")
+        endpoint = endpoints.SSL4ServerEndpoint(
+            reactor, port, tls, backlog=backlog, interface=interface
+        )
+        return endpoint, tls
     certificate = {k: kwargs.pop(k) for k in TLS_PARAMETERS if k in kwargs}
     if kind == "systemd" and certificate:
         quote = endpoints.quoteStringArgument
         plain = ":".join(
             ["systemd", *map(quote, args[1:]), *(f"{k}={quote(v)}" for k, v in kwargs.items())]
         )
-        sslDescription = "ssl:0:" + ":".join(f"{k}={quote(v)}" for k, v in certificate.items())
-        tls = ReloadableServerTLS(_loaderFor(sslDescription), plain)
+        tls = ReloadableServerTLS(_certificateFiles(**certificate).load, plain)
         return TLSServerEndpoint(endpoints.serverFromString(reactor, plain), tls), tls
     return endpoints.serverFromString(reactor, description), None
 
