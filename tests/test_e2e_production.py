@@ -23,11 +23,11 @@ from cryptography.x509.oid import NameOID
 
 from tests.certs import makeSelfSigned
 from tests.conftest import (
-    REPOSITORY_ROOT,
     Daemon,
     GitClient,
     bigRepository,
     daemonCommand,
+    daemonEnvironment,
     startUploadPack,
 )
 
@@ -242,12 +242,12 @@ def test_htpasswd_changes_without_restart(
     assert git.output("rev-parse", "main", cwd=root / "project.git") == new
 
 
-def test_unsupported_htpasswd_entry_stops_start_up(root: Path, users: Path) -> None:
+def test_unsupported_htpasswd_entry_stops_start_up(root: Path, users: Path, tmp_path: Path) -> None:
     """An MD5 entry stops the daemon at start-up, naming the file and line."""
     subprocess.run(
         ["htpasswd", "-b", "-m", str(users), "carol", "pw"], check=True, capture_output=True
     )
-    env = {**os.environ, "PYTHONPATH": str(REPOSITORY_ROOT)}
+    env = daemonEnvironment(tmp_path / "daemon-home")
     result = subprocess.run(
         daemonCommand(
             "--root",
@@ -427,8 +427,10 @@ def test_socket_activation_and_sd_notify(
         f"--listen=127.0.0.1:{port}",
         "--fdname=http",
         f"--setenv=NOTIFY_SOCKET={notifyPath}",
-        f"--setenv=PYTHONPATH={REPOSITORY_ROOT}",
-        f"--setenv=PATH={os.environ['PATH']}",
+        *(
+            f"--setenv={name}={value}"
+            for name, value in daemonEnvironment(tmp_path / "daemon-home").items()
+        ),
         *daemonCommand("--root", str(root), "--listen", listen),
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
