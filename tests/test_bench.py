@@ -38,8 +38,9 @@ def test_samplerReportsTheLargestTemporaryFileButNotIgnoredOnes(tmp_path: Path) 
     with open(log, "wb") as logFile:
         logFile.write(b"l" * 3_000_000)
         logFile.flush()
-        sampler = Sampler(lambda: 1, lambda: [os.getpid()], watchFiles=True, tmpDir=tmp_path,
-                          ignore={str(log)})
+        sampler = Sampler(
+            lambda: 1, lambda: [os.getpid()], watchFiles=True, tmpDir=tmp_path, ignore={str(log)}
+        )
         with sampler:
             (tmp_path / "spool").write_bytes(b"s" * 1_500_000)
     assert sampler.result.largestTempFile == (str(tmp_path / "spool"), 1_500_000)
@@ -58,8 +59,13 @@ def test_targetsJudgeRatiosInTheRightDirection() -> None:
 
 def test_aFailedGitserveColumnFailsItsRow() -> None:
     """A workload gitserve failed is a missed target, not a missing figure."""
-    row = Row("w", "s", {GITSERVE: None, BACKEND: 1.0}, [Target("ratio<=", 1.0)],
-              samples={GITSERVE: [], BACKEND: [1.0]})
+    row = Row(
+        "w",
+        "s",
+        {GITSERVE: None, BACKEND: 1.0},
+        [Target("ratio<=", 1.0)],
+        samples={GITSERVE: [], BACKEND: [1.0]},
+    )
     assert row.failed() == [GITSERVE]
     assert row.met() is False
 
@@ -72,14 +78,24 @@ def test_replayedFetchRequestGetsAPackFromUploadPack(tmp_path: Path) -> None:
     blob = stream.blob(b"content\n")
     stream.commit(b"refs/heads/main", 1_600_000_000, b"one", [(b"f", blob)])
     (oid,) = [oid for mark, oid in stream.close().items() if mark != blob]
-    body = b"".join([
-        pktLine(b"command=fetch\n"), pktLine(b"object-format=sha1\n"), b"0001",
-        pktLine(b"no-progress\n"), pktLine(b"ofs-delta\n"),
-        pktLine(b"want %s\n" % (oid.encode(),)), pktLine(b"done\n"), b"0000",
-    ])
+    body = b"".join(
+        [
+            pktLine(b"command=fetch\n"),
+            pktLine(b"object-format=sha1\n"),
+            b"0001",
+            pktLine(b"no-progress\n"),
+            pktLine(b"ofs-delta\n"),
+            pktLine(b"want %s\n" % (oid.encode(),)),
+            pktLine(b"done\n"),
+            b"0000",
+        ]
+    )
     answer = subprocess.run(
-        ["git", "upload-pack", "--stateless-rpc", str(repo)], input=body, check=True,
-        env=dict(env, GIT_PROTOCOL="version=2"), stdout=subprocess.PIPE,
+        ["git", "upload-pack", "--stateless-rpc", str(repo)],
+        input=body,
+        check=True,
+        env=dict(env, GIT_PROTOCOL="version=2"),
+        stdout=subprocess.PIPE,
     ).stdout
     assert answer.startswith(b"000dpackfile\n")
     assert b"PACK" in answer

@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.conftest import REPOSITORY_ROOT, daemonEnvironment
 
 
-def test_regular_install_lists_the_plugin(tmp_path: Path) -> None:
+def test_regularInstallListsThePlugin(tmp_path: Path) -> None:
     """`pip install .` puts the plugin where `twistd --help` finds it, and the console scripts."""
     target = tmp_path / "site"
     subprocess.run(
