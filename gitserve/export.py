@@ -256,7 +256,11 @@ def export(
                 landed(Path("objects", "pack", packName))
                 landed(Path("objects", "pack", packName.replace(".pack", ".idx")))
             for path, data in (
-                (Path("objects", "info", "packs"), formatInfoPacks(listPacks(dest / "objects"))),
+                # DEST is what the static server serves: its packs must lie in it.
+                (
+                    Path("objects", "info", "packs"),
+                    formatInfoPacks(listPacks(dest / "objects", dest)),
+                ),
                 (Path("info", "refs"), infoRefs),
                 (Path("HEAD"), _headText(repo)),
             ):

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -131,6 +133,7 @@ class Daemon:
     host: str
     port: int
     lines: list[str]
+    scratch: Path | None = None
 
     @property
     def base(self) -> str:
@@ -202,6 +205,8 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def daemonCommand(*args: str) -> list[str]:
@@ -218,23 +223,61 @@ def daemonCommand(*args: str) -> list[str]:
     ]
 
 
+# What the daemon inherits from the test process, and nothing else: enough to
+# find python, git and this checkout (dulwich's compat tests do the same).
+# HOME, XDG_CONFIG_HOME and every GIT_* variable are left behind, so that a
+# developer's ~/.gitconfig or a CI runner's git settings never reach the
+# daemon or the git it runs.
+INHERITED_ENVIRONMENT = ("PATH", "PYTHONPATH", "LANG")
+
+
+def daemonEnvironment(home: Path, **extra: str) -> dict[str, str]:
+    """
+    The daemon's whole environment: an allowlist of this process's variables,
+    C{home} as HOME, git's system config off and a private empty global one.
+
+    @param home: a private directory, created if missing; the git the daemon
+        runs reads C{home/.gitconfig} (the daemon passes HOME on to it).
+    @param extra: variables set on top, last.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    globalConfig = home.parent / f"{home.name}-global.gitconfig"
+    globalConfig.touch()
+    environ = {name: os.environ[name] for name in INHERITED_ENVIRONMENT if name in os.environ}
+    environ["PYTHONPATH"] = os.pathsep.join(
+        [str(REPOSITORY_ROOT), *filter(None, [environ.get("PYTHONPATH")])]
+    )
+    environ.update(
+        HOME=str(home),
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL=str(globalConfig),
+        GIT_TERMINAL_PROMPT="0",
+    )
+    environ.update(extra)
+    return environ
+
+
 def startDaemon(
     root: Path,
     *args: str,
     env: dict[str, str] | None = None,
+    home: Path | None = None,
     listen: str = "tcp:0:interface=127.0.0.1",
 ) -> Daemon:
     """
     Start the daemon on C{root} and wait until it says where it listens.
 
     @param args: more gitserve options.
-    @param env: the daemon's whole environment (default: this one's, with the
-        checkout on PYTHONPATH).
+    @param env: variables set on top of L{daemonEnvironment}'s isolated
+        environment (never this process's whole environment).
+    @param home: the daemon's HOME (default: a new private directory, removed
+        when the daemon stops).
     """
-    environ = dict(env if env is not None else os.environ)
-    environ["PYTHONPATH"] = os.pathsep.join(
-        [str(REPOSITORY_ROOT), *filter(None, [environ.get("PYTHONPATH")])]
-    )
+    scratch = None
+    if home is None:
+        scratch = Path(tempfile.mkdtemp(prefix="gitserve-daemon-"))
+        home = scratch / "home"
+    environ = daemonEnvironment(home, **(env or {}))
     process = subprocess.Popen(
         daemonCommand("--root", str(root), "--listen", listen, *args),
         stdout=subprocess.PIPE,
@@ -264,9 +307,11 @@ def startDaemon(
     if not found:
         process.kill()
         process.wait()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
         raise AssertionError("gitserve did not start:\n" + "".join(lines))
     host, port = found[0]
-    return Daemon(process, host, port, lines)
+    return Daemon(process, host, port, lines, scratch)
 
 
 def bigRepository(git: GitClient, root: Path, work: Path, megabytes: int) -> str:

@@ -27,12 +27,13 @@ from zope.interface import implementer
 
 from gitserve.core.operations import GitCore
 from gitserve.core.policy import Policy
-from gitserve.core.process import GitBackend
+from gitserve.core.process import GitBackend, GitOutcome
 from gitserve.core.repository import ConfigCache
 from gitserve.http.body import RequestBody
 from gitserve.http.channel import GitChannel, GitSite
 from gitserve.http.context import HTTPContext
 from gitserve.http.routes import RootResource
+from gitserve.interfaces import IGitJob
 
 CLIENT = IPv4Address("TCP", "192.0.2.7", 40000)
 
@@ -346,18 +347,22 @@ def scratchDirectory(case: Any) -> Path:
     return path
 
 
+@implementer(IGitJob)
 class FakeJob:
     """What L{gitserve.core.jobs.JobLimiter} tracks of a git child: its end, and a way to end it."""
 
     def __init__(self) -> None:
-        self.done: Deferred[int | None] = Deferred()
+        self.done: Deferred[GitOutcome] = Deferred()
         self.terminated = False
 
     def terminate(self) -> None:
         self.terminated = True
 
     def exit(self, code: int | None = 0) -> None:
-        self.done.callback(code)
+        """End as a real child does: C{done} fires with its L{GitOutcome}."""
+        self.done.callback(
+            GitOutcome(exitCode=code, bytesOut=0, completeRefusal=False, failure=None, message="")
+        )
 
 
 def cappedBody(network: Any, limit: int, contentEncoding: bytes | None) -> RequestBody:

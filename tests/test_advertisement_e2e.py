@@ -99,7 +99,7 @@ def home(tmp_path: Path) -> Path:
 @pytest.fixture
 def daemon(root: Path, home: Path, serve) -> Daemon:
     """The daemon, with its own HOME."""
-    return serve(root, env={**os.environ, "HOME": str(home)})
+    return serve(root, home=home)
 
 
 def makeBare(git: GitClient, path: Path, config: dict[str, str], *initArgs: str) -> Path:

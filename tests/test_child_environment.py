@@ -6,7 +6,6 @@ C{GIT_PROTOCOL}) that is not the plain list git sends is refused.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -91,11 +90,27 @@ def poisoned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Poisoned]:
     hook = repo / "hooks" / "pre-receive"
     hook.write_text(f"#!/bin/sh\nenv > {base / 'hook-env.txt'}\ncat >/dev/null\n")
     hook.chmod(0o755)
-    daemon = startDaemon(base / "srv", env={**os.environ, **poisonedEnvironment(outside)})
+    daemon = startDaemon(base / "srv", env=poisonedEnvironment(outside))
     try:
         yield Poisoned(daemon, git, base, outside, work)
     finally:
         daemon.stop()
+
+
+def execedEnvironOf(pid: int, timeout: float = 10.0) -> dict[str, str]:
+    """
+    A child's environment once it runs git: between fork and exec, /proc
+    still shows the daemon's own environment, which is not what git gets.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if Path(command[0].decode()).name.startswith("git"):
+            break
+        time.sleep(0.01)
+    else:
+        raise AssertionError(f"child {pid} never ran git: {command!r}")
+    return environOf(pid)
 
 
 def environOf(pid: int) -> dict[str, str]:
@@ -162,7 +177,7 @@ def test_childEnvironmentIsTheAllowlist(poisoned: Poisoned) -> None:
             time.sleep(0.05)
         children = daemon.children()
         assert children, "no git child started for the push"
-        env = environOf(children[0])
+        env = execedEnvironOf(children[0])
     assert not daemon.settledChildren(), "the push's child outlived its client"
     for name in POISON_NAMES:
         assert name not in env, name
@@ -249,3 +264,52 @@ def test_repeatedGitProtocolIsRefused(poisoned: Poisoned) -> None:
         ),
     )
     assert response.status == 400
+
+
+# The harness itself: a developer's own git setup never reaches the daemon.
+
+
+def developerHome(tmp_path: Path) -> Path:
+    """A HOME whose .gitconfig hides every ref from every fetch, were git to read it."""
+    home = tmp_path / "developer-home"
+    (home / ".config" / "git").mkdir(parents=True)
+    hiding = "[transfer]\n\thideRefs = refs\n"
+    (home / ".gitconfig").write_text(hiding)
+    (home / ".config" / "git" / "config").write_text(hiding)
+    return home
+
+
+def test_harnessDaemonNeverReadsTheDevelopersGitConfig(
+    tmp_path: Path, git: GitClient, root: Path, populated: Path, serve, monkeypatch
+) -> None:
+    """A daemon the harness starts sees main although the developer's ~/.gitconfig hides it."""
+    home = developerHome(tmp_path)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
+    monkeypatch.setenv("GITSERVE_DEVELOPER_ONLY", "leaked")
+    daemon = serve(root)
+    head = git.output("rev-parse", "HEAD", cwd=populated)
+    for version in ("0", "2"):
+        refs = git.output(
+            "-c", f"protocol.version={version}", "ls-remote", daemon.url("project.git")
+        )
+        assert f"{head}\trefs/heads/main" in refs, version
+    environ = environOf(daemon.pid)
+    assert environ["HOME"] != str(home)
+    assert environ["GIT_CONFIG_GLOBAL"] != str(home / ".gitconfig")
+    assert environ["GIT_CONFIG_NOSYSTEM"] == "1"
+    assert "XDG_CONFIG_HOME" not in environ
+    assert "GITSERVE_DEVELOPER_ONLY" not in environ
+
+
+def test_developersGitConfigWouldHideTheRefs(
+    tmp_path: Path, git: GitClient, root: Path, populated: Path, serve
+) -> None:
+    """The control: with that HOME on purpose, the daemon's git hides main: the test above bites."""
+    daemon = serve(root, home=developerHome(tmp_path))
+    for version in ("0", "2"):
+        refs = git.output(
+            "-c", f"protocol.version={version}", "ls-remote", daemon.url("project.git")
+        )
+        assert "refs/heads/main" not in refs, version

@@ -21,7 +21,7 @@ def execStart() -> list[str]:
     return shlex.split(line[len("ExecStart=") :])
 
 
-def test_exec_start_options_are_gitserve_options() -> None:
+def test_execStartOptionsAreGitserveOptions() -> None:
     """Every option the unit passes to gitserve exists (a renamed option would break the unit)."""
     command = execStart()
     gitserveArgs = command[command.index("gitserve") + 1 :]
@@ -31,7 +31,7 @@ def test_exec_start_options_are_gitserve_options() -> None:
     assert "systemd:domain=INET:index=0" in " ".join(gitserveArgs)
 
 
-def test_service_is_notify_with_hardening() -> None:
+def test_serviceIsNotifyWithHardening() -> None:
     """Type=notify, its own user, and the sandbox the README promises."""
     text = (UNITS / "gitserve.service").read_text()
     for directive in (
@@ -48,7 +48,7 @@ def test_service_is_notify_with_hardening() -> None:
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
-def test_systemd_analyze_verify(tmp_path: Path) -> None:
+def test_systemdAnalyzeVerify(tmp_path: Path) -> None:
     """systemd itself finds nothing wrong with the units (twistd pointed at a real one)."""
     twistd = shutil.which("twistd")
     assert twistd is not None

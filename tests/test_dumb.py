@@ -11,6 +11,7 @@ from dulwich.refs import Ref, check_ref_format
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.web import http
 from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.test.requesthelper import DummyChannel
@@ -82,7 +83,7 @@ def test_sha256IdenticalToUpdateServerInfo(git: GitClient, tmp_path: Path) -> No
     git.run("gc", "-q", cwd=work)
     git.commit(work, "b.txt", "second\n")
     gitDir = work / ".git"
-    refs, packs = generateInfoRefs(gitDir), generateInfoPacks(gitDir)
+    refs, packs = generateInfoRefs(gitDir), generateInfoPacks(gitDir, gitDir.parent)
     assert (refs, packs) == updateServerInfo(git, gitDir)
     assert len(refs.split(b"\t", 1)[0]) == 64
 
@@ -106,7 +107,7 @@ def test_infoRefsWritesNothing(repo: Path) -> None:
     """Generating info/refs leaves no info/refs (or anything else) behind."""
     before = sorted(p.relative_to(repo) for p in repo.rglob("*"))
     generateInfoRefs(repo)
-    generateInfoPacks(repo)
+    generateInfoPacks(repo, repo.parent)
     generateHead(repo)
     assert sorted(p.relative_to(repo) for p in repo.rglob("*")) == before
 
@@ -199,7 +200,7 @@ def test_headUnborn(git: GitClient, tmp_path: Path) -> None:
 
 def test_infoPacksIdenticalToUpdateServerInfo(git: GitClient, repo: Path) -> None:
     """With one pack, objects/info/packs is byte for byte update-server-info's."""
-    generated = generateInfoPacks(repo)
+    generated = generateInfoPacks(repo, repo.parent)
     _, expected = updateServerInfo(git, repo)
     assert generated == expected
     assert generated.startswith(b"P pack-") and generated.endswith(b".pack\n\n")
@@ -208,12 +209,12 @@ def test_infoPacksIdenticalToUpdateServerInfo(git: GitClient, repo: Path) -> Non
 def test_infoPacksSamePacksAsUpdateServerInfo(git: GitClient, repo: Path) -> None:
     """With several packs, the same packs as update-server-info, newest first."""
     git.run("repack", "-q", cwd=repo)  # packs the loose objects into a second pack
-    packs = listPacks(repo / "objects")
+    packs = listPacks(repo / "objects", repo.parent)
     assert len(packs) == 2
     newest = max(packs, key=lambda name: (repo / "objects" / "pack" / name).stat().st_mtime_ns)
     os.utime(repo / "objects" / "pack" / newest, (2e9, 2e9))
     _, expected = updateServerInfo(git, repo)
-    generated = generateInfoPacks(repo)
+    generated = generateInfoPacks(repo, repo.parent)
     assert sorted(generated.splitlines()) == sorted(expected.splitlines())
     assert generated.splitlines()[0] == b"P " + newest.encode()
 
@@ -221,7 +222,7 @@ def test_infoPacksSamePacksAsUpdateServerInfo(git: GitClient, repo: Path) -> Non
 def test_infoPacksLeavesOutUnfinishedPacks(repo: Path) -> None:
     """Temporary, index-less, pack-less and quarantined packs are never listed."""
     packDir = repo / "objects" / "pack"
-    (real,) = listPacks(repo / "objects")
+    (real,) = listPacks(repo / "objects", repo.parent)
     (packDir / "tmp_pack_abc123").write_bytes(b"PACK")
     (packDir / "tmp_idx_abc123").write_bytes(b"idx")
     # git repack's in-progress names (pack-objects writes .tmp-<pid>-pack-*).
@@ -235,13 +236,52 @@ def test_infoPacksLeavesOutUnfinishedPacks(repo: Path) -> None:
     quarantine.mkdir(parents=True)
     shutil.copy(packDir / real, quarantine / ("pack-" + "c" * 40 + ".pack"))
     shutil.copy(packDir / real.replace(".pack", ".idx"), quarantine / ("pack-" + "c" * 40 + ".idx"))
-    assert generateInfoPacks(repo) == b"P %s\n\n" % real.encode()
+    assert generateInfoPacks(repo, repo.parent) == b"P %s\n\n" % real.encode()
 
 
 def test_infoPacksWithoutPacks(git: GitClient, tmp_path: Path) -> None:
     """A repository without packs lists none (just the closing blank line)."""
     git.run("init", "-q", "--bare", str(tmp_path / "empty.git"))
-    assert generateInfoPacks(tmp_path / "empty.git") == b"\n"
+    assert generateInfoPacks(tmp_path / "empty.git", tmp_path) == b"\n"
+
+
+@pytest.mark.parametrize("linked", ["pack", "idx", "both"])
+def test_infoPacksLeavesOutPacksLinkedOutsideTheRoot(
+    repo: Path, tmp_path: Path, linked: str
+) -> None:
+    """A pack whose .pack or .idx is a symlink out of the root is not listed, and is logged."""
+    packDir = repo / "objects" / "pack"
+    (real,) = listPacks(repo / "objects", repo.parent)
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    fake = "pack-" + "e" * 40
+    for suffix in (".pack", ".idx"):
+        source = packDir / real.replace(".pack", suffix)
+        copy = outside / (fake + suffix)
+        shutil.copy(source, copy)
+        if linked in (suffix.lstrip("."), "both"):
+            (packDir / (fake + suffix)).symlink_to(copy)
+        else:
+            shutil.copy(source, packDir / (fake + suffix))
+    with capturedLogs() as events:
+        assert listPacks(repo / "objects", repo.parent) == [real]
+        assert generateInfoPacks(repo, repo.parent) == b"P %s\n\n" % real.encode()
+    messages = [formatEvent(event) for event in events]
+    assert len(messages) == 2, messages
+    assert all(fake in message and "outside the served root" in message for message in messages)
+
+
+def test_infoPacksKeepsPacksLinkedWithinTheRoot(repo: Path) -> None:
+    """The control: a pack symlinked to another file inside the root is still listed."""
+    packDir = repo / "objects" / "pack"
+    (real,) = listPacks(repo / "objects", repo.parent)
+    elsewhere = repo.parent / "elsewhere"
+    elsewhere.mkdir()
+    fake = "pack-" + "e" * 40
+    for suffix in (".pack", ".idx"):
+        shutil.copy(packDir / real.replace(".pack", suffix), elsewhere / (fake + suffix))
+        (packDir / (fake + suffix)).symlink_to(elsewhere / (fake + suffix))
+    assert sorted(listPacks(repo / "objects", repo.parent)) == sorted([real, fake + ".pack"])
 
 
 # The file guard

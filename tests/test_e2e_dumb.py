@@ -293,9 +293,7 @@ def test_dumbWithoutGitBinary(
     git: GitClient, serve, root: Path, mixed: Path, tmp_path: Path
 ) -> None:
     """With no git binary on the daemon's PATH, clones still work, natively over dumb HTTP."""
-    environ = {k: v for k, v in os.environ.items() if k != "PATH"}
-    environ["PATH"] = str(tmp_path / "no-git-here")
-    daemon = serve(root, env=environ)
+    daemon = serve(root, env={"PATH": str(tmp_path / "no-git-here")})
     git.run("clone", "-q", daemon.url("mixed.git"), str(tmp_path / "dumb"), env=DUMB)
     git.run("fsck", "--strict", "--no-dangling", cwd=tmp_path / "dumb")
     # A client that asks for smart first gets the plain ref list and falls

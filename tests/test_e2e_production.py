@@ -23,11 +23,11 @@ from cryptography.x509.oid import NameOID
 
 from tests.certs import makeSelfSigned
 from tests.conftest import (
-    REPOSITORY_ROOT,
     Daemon,
     GitClient,
     bigRepository,
     daemonCommand,
+    daemonEnvironment,
     startUploadPack,
 )
 
@@ -143,7 +143,7 @@ def heldPush(git: GitClient, root: Path, populated: Path, tmp_path: Path):
 # Authentication ---------------------------------------------------------------
 
 
-def test_anonymous_clone_authenticated_push(
+def test_anonymousCloneAuthenticatedPush(
     git: GitClient, serve, root: Path, populated: Path, users: Path, tmp_path: Path
 ) -> None:
     """Fetch needs no password; push with alice's password lands, and hooks see alice."""
@@ -169,7 +169,7 @@ def test_anonymous_clone_authenticated_push(
     git.run("fsck", "--strict", cwd=root / "project.git")
 
 
-def test_anonymous_push_is_asked_for_credentials(
+def test_anonymousPushIsAskedForCredentials(
     git: GitClient, serve, root: Path, populated: Path, users: Path, tmp_path: Path
 ) -> None:
     """receive-pack's advertisement answers 401 with a challenge: git prompts before any pack."""
@@ -210,7 +210,7 @@ def test_anonymous_push_is_asked_for_credentials(
     git.run("fsck", "--strict", cwd=root / "project.git")
 
 
-def test_wrong_password_fails(
+def test_wrongPasswordFails(
     git: GitClient, serve, root: Path, populated: Path, users: Path
 ) -> None:
     """A wrong password is refused and nothing changes."""
@@ -230,7 +230,7 @@ def test_wrong_password_fails(
     waitFor(lambda: "authentication failed for 'alice'" in daemon.log, what="the failure log")
 
 
-def test_htpasswd_changes_without_restart(
+def test_htpasswdChangesWithoutRestart(
     git: GitClient, serve, root: Path, populated: Path, users: Path
 ) -> None:
     """A user added with htpasswd while the daemon runs can push at once."""
@@ -242,12 +242,12 @@ def test_htpasswd_changes_without_restart(
     assert git.output("rev-parse", "main", cwd=root / "project.git") == new
 
 
-def test_unsupported_htpasswd_entry_stops_start_up(root: Path, users: Path) -> None:
+def test_unsupportedHtpasswdEntryStopsStartUp(root: Path, users: Path, tmp_path: Path) -> None:
     """An MD5 entry stops the daemon at start-up, naming the file and line."""
     subprocess.run(
         ["htpasswd", "-b", "-m", str(users), "carol", "pw"], check=True, capture_output=True
     )
-    env = {**os.environ, "PYTHONPATH": str(REPOSITORY_ROOT)}
+    env = daemonEnvironment(tmp_path / "daemon-home")
     result = subprocess.run(
         daemonCommand(
             "--root",
@@ -268,7 +268,7 @@ def test_unsupported_htpasswd_entry_stops_start_up(root: Path, users: Path) -> N
     )
 
 
-def test_private_mode(
+def test_privateMode(
     git: GitClient, serve, root: Path, populated: Path, users: Path, tmp_path: Path
 ) -> None:
     """--private: nothing without a user, missing looks like private, alice clones."""
@@ -300,7 +300,7 @@ def test_private_mode(
     assert missing.status == 404
 
 
-def test_strcred_memory_checker(git: GitClient, serve, root: Path, populated: Path) -> None:
+def test_strcredMemoryChecker(git: GitClient, serve, root: Path, populated: Path) -> None:
     """Twisted's own memory: checker works through --auth too."""
     daemon = serve(root, "--auth", "memory:dave:pw")
     new = git.commit(populated, "dave.txt", "d\n")
@@ -311,7 +311,7 @@ def test_strcred_memory_checker(git: GitClient, serve, root: Path, populated: Pa
 # Logs -------------------------------------------------------------------------
 
 
-def test_access_log_and_operation_log(
+def test_accessLogAndOperationLog(
     git: GitClient, serve, root: Path, populated: Path, users: Path, tmp_path: Path
 ) -> None:
     """One combined-format line per request with the verified user; one line per git operation."""
@@ -361,7 +361,7 @@ def servedCommonName(port: int, ca: Path) -> tuple[str, str]:
     return certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value, version or ""
 
 
-def test_clone_over_https_and_certificate_reload(
+def test_cloneOverHttpsAndCertificateReload(
     git: GitClient, serve, root: Path, populated: Path, tmp_path: Path
 ) -> None:
     """git clones over https with a self-signed CA; SIGHUP swaps the certificate, links stay."""
@@ -407,7 +407,7 @@ def freePort() -> int:
     reason="needs systemd-socket-activate (Debian: systemd)",
 )
 @pytest.mark.parametrize("scheme", ["http", "https"])
-def test_socket_activation_and_sd_notify(
+def test_socketActivationAndSdNotify(
     git: GitClient, root: Path, populated: Path, tmp_path: Path, scheme: str
 ) -> None:
     """Socket-activated (plain or TLS), gitserve serves the passed socket, READY=1, STOPPING=1."""
@@ -427,8 +427,10 @@ def test_socket_activation_and_sd_notify(
         f"--listen=127.0.0.1:{port}",
         "--fdname=http",
         f"--setenv=NOTIFY_SOCKET={notifyPath}",
-        f"--setenv=PYTHONPATH={REPOSITORY_ROOT}",
-        f"--setenv=PATH={os.environ['PATH']}",
+        *(
+            f"--setenv={name}={value}"
+            for name, value in daemonEnvironment(tmp_path / "daemon-home").items()
+        ),
         *daemonCommand("--root", str(root), "--listen", listen),
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -456,7 +458,7 @@ def test_socket_activation_and_sd_notify(
 # Graceful shutdown ------------------------------------------------------------
 
 
-def test_sigterm_lets_push_in_flight_finish(git: GitClient, serve, root: Path, heldPush) -> None:
+def test_sigtermLetsPushInFlightFinish(git: GitClient, serve, root: Path, heldPush) -> None:
     """SIGTERM during a push: no new connections, the push completes, the daemon exits cleanly."""
     daemon = serve(root, "--anonymous-push", "--shutdown-grace", "30")
     push, new = heldPush(daemon, 2, "during")
@@ -474,7 +476,7 @@ def test_sigterm_lets_push_in_flight_finish(git: GitClient, serve, root: Path, h
     assert lockFiles(root / "project.git") == []
 
 
-def test_sigterm_past_grace_applies_nothing(git: GitClient, serve, root: Path, heldPush) -> None:
+def test_sigtermPastGraceAppliesNothing(git: GitClient, serve, root: Path, heldPush) -> None:
     """A push still running after the grace is ended: nothing applied, fsck clean, no locks."""
     daemon = serve(root, "--anonymous-push", "--shutdown-grace", "1")
     before = git.output("rev-parse", "main", cwd=root / "project.git")
@@ -501,7 +503,7 @@ def test_sigterm_past_grace_applies_nothing(git: GitClient, serve, root: Path, h
 # Limits -----------------------------------------------------------------------
 
 
-def test_busy_server_answers_503_then_queues(git: GitClient, serve, root: Path, heldPush) -> None:
+def test_busyServerAnswers503ThenQueues(git: GitClient, serve, root: Path, heldPush) -> None:
     """Past --max-jobs and a full queue git shows a 503 and its message; with room, it waits."""
     daemon = serve(root, "--anonymous-push", "--max-jobs", "1", "--max-queue", "0")
     push, _ = heldPush(daemon, 3, "busy")
@@ -522,7 +524,7 @@ def test_busy_server_answers_503_then_queues(git: GitClient, serve, root: Path, 
     assert push.wait(timeout=60) == 0
 
 
-def test_slow_headers_are_dropped(serve, root: Path, populated: Path) -> None:
+def test_slowHeadersAreDropped(serve, root: Path, populated: Path) -> None:
     """A client that trickles its headers is dropped at the header deadline."""
     daemon = serve(root, "--header-timeout", "1", "--idle-timeout", "30")
     with socket.create_connection((daemon.host, daemon.port), timeout=10) as sock:
@@ -538,7 +540,7 @@ def test_slow_headers_are_dropped(serve, root: Path, populated: Path) -> None:
         assert time.monotonic() - started < 5
 
 
-def test_stalled_reader_is_dropped_and_git_ended(
+def test_stalledReaderIsDroppedAndGitEnded(
     git: GitClient, serve, root: Path, tmp_path: Path
 ) -> None:
     """A client that stops reading a pack is dropped after --idle-timeout and its git child ends."""

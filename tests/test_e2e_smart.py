@@ -24,7 +24,7 @@ def daemon(serve, root: Path, populated: Path) -> Daemon:
 
 
 @pytest.mark.parametrize("version", ["0", "2"])
-def test_ls_remote(git: GitClient, daemon: Daemon, populated: Path, version: str) -> None:
+def test_lsRemote(git: GitClient, daemon: Daemon, populated: Path, version: str) -> None:
     """ls-remote lists the same refs the repository holds, in v0 and v2."""
     out = git.output("-c", f"protocol.version={version}", "ls-remote", daemon.url("project.git"))
     head = git.output("rev-parse", "HEAD", cwd=populated)
@@ -57,7 +57,7 @@ def test_clone(
     assert countObjects(git, clone) == countObjects(git, populated)
 
 
-def test_fetch_after_new_commits(
+def test_fetchAfterNewCommits(
     git: GitClient, daemon: Daemon, populated: Path, tmp_path: Path
 ) -> None:
     """A fetch brings exactly the commits pushed since the clone."""
@@ -70,7 +70,7 @@ def test_fetch_after_new_commits(
     git.run("fsck", cwd=clone)
 
 
-def test_shallow_then_deepen(git: GitClient, daemon: Daemon, tmp_path: Path) -> None:
+def test_shallowThenDeepen(git: GitClient, daemon: Daemon, tmp_path: Path) -> None:
     """--depth 1 gets one commit; --deepen 1 gets one more."""
     clone = tmp_path / "shallow"
     git.run("clone", "-q", "--depth", "1", daemon.url("project.git"), str(clone))
@@ -79,7 +79,7 @@ def test_shallow_then_deepen(git: GitClient, daemon: Daemon, tmp_path: Path) -> 
     assert git.output("rev-list", "--count", "HEAD", cwd=clone) == "2"
 
 
-def test_partial_clone(git: GitClient, daemon: Daemon, root: Path, tmp_path: Path) -> None:
+def test_partialClone(git: GitClient, daemon: Daemon, root: Path, tmp_path: Path) -> None:
     """--filter=blob:none leaves blobs out until checkout asks for them."""
     git.run("config", "-f", str(root / "project.git" / "config"), "uploadpack.allowFilter", "true")
     clone = tmp_path / "partial"
@@ -92,7 +92,7 @@ def test_partial_clone(git: GitClient, daemon: Daemon, root: Path, tmp_path: Pat
     assert (clone / "file0.txt").read_text() == "content 0\n"
 
 
-def test_push_lifecycle(git: GitClient, serve, root: Path, tmp_path: Path) -> None:
+def test_pushLifecycle(git: GitClient, serve, root: Path, tmp_path: Path) -> None:
     """Push to an empty repository, then branch, fast-forward, non-ff, force, delete, tags."""
     git.bare(root / "empty.git")
     daemon = serve(root, "--anonymous-push")
@@ -131,9 +131,7 @@ def test_push_lifecycle(git: GitClient, serve, root: Path, tmp_path: Path) -> No
     git.run("fsck", "--strict", cwd=server)
 
 
-def test_pushers_identity_reaches_reflog(
-    git: GitClient, serve, root: Path, populated: Path
-) -> None:
+def test_pushersIdentityReachesReflog(git: GitClient, serve, root: Path, populated: Path) -> None:
     """The server's reflog names the pusher as http-backend would: anonymous@http.<addr>."""
     git.run("config", "-f", str(root / "project.git" / "config"), "core.logAllRefUpdates", "true")
     daemon = serve(root, "--anonymous-push")
@@ -143,7 +141,7 @@ def test_pushers_identity_reaches_reflog(
     assert "anonymous <anonymous@http.127.0.0.1>" in log
 
 
-def test_pre_receive_refusal_is_shown(
+def test_preReceiveRefusalIsShown(
     git: GitClient, daemon: Daemon, root: Path, populated: Path
 ) -> None:
     """A pre-receive hook's refusal reaches the pusher as `remote: ...` and changes nothing."""
@@ -159,14 +157,14 @@ def test_pre_receive_refusal_is_shown(
     assert git.output("rev-parse", "main", cwd=root / "project.git") == before
 
 
-def test_missing_repository_is_404(git: GitClient, daemon: Daemon, tmp_path: Path) -> None:
+def test_missingRepositoryIs404(git: GitClient, daemon: Daemon, tmp_path: Path) -> None:
     """A clone of a repository that does not exist fails with 404, as git reports it."""
     result = git.run("clone", daemon.url("nope.git"), str(tmp_path / "x"), check=False)
     assert result.returncode != 0
     assert "not found" in result.stderr.lower() or "404" in result.stderr
 
 
-def test_disabled_upload_pack_is_403(
+def test_disabledUploadPackIs403(
     git: GitClient, daemon: Daemon, root: Path, tmp_path: Path
 ) -> None:
     """http.uploadpack=false refuses the fetch with 403 and git shows why."""
@@ -177,9 +175,7 @@ def test_disabled_upload_pack_is_403(
     assert "Service not enabled: 'upload-pack'" in result.stderr
 
 
-def test_anonymous_push_refused_by_default(
-    git: GitClient, serve, root: Path, populated: Path
-) -> None:
+def test_anonymousPushRefusedByDefault(git: GitClient, serve, root: Path, populated: Path) -> None:
     """An anonymous push is refused with a reason; with http.receivepack=true it lands."""
     daemon = serve(root)
     git.commit(populated, "y", "y\n")
@@ -193,7 +189,7 @@ def test_anonymous_push_refused_by_default(
     )
 
 
-def test_nested_and_non_bare(git: GitClient, serve, root: Path, tmp_path: Path) -> None:
+def test_nestedAndNonBare(git: GitClient, serve, root: Path, tmp_path: Path) -> None:
     """Repositories in groups and non-bare ones are found with git's suffix rules."""
     git.bare(root / "team" / "app.git")
     work = root / "plain"
@@ -212,9 +208,7 @@ def uploadPackRequest(wants: list[str]) -> bytes:
     return b"".join(lines) + FLUSH + pktLine(b"done\n")
 
 
-def test_slow_reader_keeps_server_memory_flat(
-    git: GitClient, serve, root: Path, tmp_path: Path
-) -> None:
+def test_slowReaderKeepsServerMemoryFlat(git: GitClient, serve, root: Path, tmp_path: Path) -> None:
     """A client that stops reading pauses git: server RSS stays flat, the pack completes."""
     head = bigRepository(git, root, tmp_path / "big", 48)
     daemon = serve(root)
@@ -240,7 +234,7 @@ def test_slow_reader_keeps_server_memory_flat(
     assert total > 48 * 1024 * 1024
 
 
-def test_git_error_before_output_reaches_client(git: GitClient, serve, root: Path) -> None:
+def test_gitErrorBeforeOutputReachesClient(git: GitClient, serve, root: Path) -> None:
     """When git fails before writing, the client gets an ERR packet with git's complaint."""
     git.bare(root / "broken.git")
     # A repository whose config git cannot parse: git fails at start-up.

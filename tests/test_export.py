@@ -43,7 +43,7 @@ def test_exportWritesDumbLayout(git: GitClient, repo: Path, tmp_path: Path) -> N
     result = export(repo, dest)
     assert (dest / "HEAD").read_bytes() == b"ref: refs/heads/main\n"
     assert (dest / "info" / "refs").read_bytes() == generateInfoRefs(repo)
-    (pack,) = listPacks(dest / "objects")
+    (pack,) = listPacks(dest / "objects", dest)
     assert result.pack == pack
     assert (dest / "objects" / "info" / "packs").read_bytes() == b"P %s\n\n" % pack.encode()
     allObjects = git.output(
@@ -76,7 +76,7 @@ def test_exportIsIncremental(git: GitClient, repo: Path, tmp_path: Path) -> None
     second = export(repo, dest)
     # One commit, its tree, one new blob.
     assert second.objects == 3
-    assert set(listPacks(dest / "objects")) == {first.pack, second.pack}
+    assert set(listPacks(dest / "objects", dest)) == {first.pack, second.pack}
     idx = dest / "objects" / "pack" / second.pack.replace(".pack", ".idx")
     assert packObjectCount(git, idx) == 3
     newMain = git.output("rev-parse", "refs/heads/main", cwd=repo).strip().encode()
@@ -121,7 +121,7 @@ def test_interruptedExportLeavesOldRefs(git: GitClient, repo: Path, tmp_path: Pa
     with pytest.raises(KeyboardInterrupt):
         export(repo, dest, crashBeforeRefs)
     assert (dest / "info" / "refs").read_bytes() == oldRefs
-    assert len(listPacks(dest / "objects")) == 2
+    assert len(listPacks(dest / "objects", dest)) == 2
     assert not (dest / LOCK_NAME).exists()
     # The re-run trusts only what info/refs promised, so it repacks the new
     # objects (a redundant pack, never a missing object).

@@ -7,6 +7,7 @@ a 404, and no byte of what lies outside the root ever comes back.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,7 +187,7 @@ def test_dashRepositoryNeverRuns(layout: Layout) -> None:
 
 
 def test_packSymlinkedOutsideIsNotServed(tmp_path: Path, git: GitClient, serve) -> None:
-    """A pack file that is a symlink to a file outside the root is a 404 over dumb HTTP."""
+    """A pack symlinked to a file outside the root is a 404 and not in objects/info/packs."""
     root = tmp_path / "srv"
     root.mkdir()
     canary = ("canary" + secrets.token_hex(8)).encode()
@@ -220,3 +221,12 @@ def test_packSymlinkedOutsideIsNotServed(tmp_path: Path, git: GitClient, serve) 
         daemon.host, daemon.port, request("GET", "/project.git/objects/info/alternates")
     )
     assert canary not in info.raw
+    # Nor is it listed: objects/info/packs names only the real pack, and the
+    # daemon says why it left the other out.
+    packs = exchange(daemon.host, daemon.port, request("GET", "/project.git/objects/info/packs"))
+    assert packs.status == 200, packs.raw[:300]
+    assert packs.body == b"P %s\n\n" % pack.name.encode()
+    deadline = time.monotonic() + 10  # the log reaches us through a pipe and a thread
+    while fake.name not in daemon.log and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert fake.name in daemon.log and "outside the served root" in daemon.log

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPOSITORY_ROOT
+from tests.conftest import REPOSITORY_ROOT, daemonEnvironment
 
 
-def test_regular_install_lists_the_plugin(tmp_path: Path) -> None:
+def test_regularInstallListsThePlugin(tmp_path: Path) -> None:
     """`pip install .` puts the plugin where `twistd --help` finds it, and the console scripts."""
     target = tmp_path / "site"
     subprocess.run(
@@ -33,7 +32,7 @@ def test_regular_install_lists_the_plugin(tmp_path: Path) -> None:
     assert (target / "twisted" / "plugins" / "gitserve_plugin.py").is_file()
     assert not (target / "twisted" / "plugins" / "__init__.py").exists()
     # Run from an empty directory, with only the installed copy on the path.
-    env = {**os.environ, "PYTHONPATH": str(target)}
+    env = {**daemonEnvironment(tmp_path / "home"), "PYTHONPATH": str(target)}
     result = subprocess.run(
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--help"],
         cwd=tmp_path,

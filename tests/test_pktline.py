@@ -17,7 +17,7 @@ from gitserve.core.pktline import (
 )
 
 
-def test_round_trip() -> None:
+def test_roundTrip() -> None:
     """Framed payloads and control packets parse back to themselves, in order."""
     stream = pktLine(b"command=ls-refs\n") + b"0001" + pktLine(b"peel\n") + b"0000" + b"0002"
     assert parsePktLines(stream) == [
@@ -30,7 +30,7 @@ def test_round_trip() -> None:
     assert parsePktLines(stream)[1] is DELIM_PKT
 
 
-def test_pieces_of_any_size() -> None:
+def test_piecesOfAnySize() -> None:
     """A stream fed one byte at a time yields the same packets."""
     stream = pktLine(b"want x\n") + b"0000" + pktLine(b"done\n")
     parser = PktLineParser()
@@ -51,20 +51,20 @@ def test_pieces_of_any_size() -> None:
         b"fff1" + b"x" * 65600,
     ],
 )
-def test_malformed_lengths(stream: bytes) -> None:
+def test_malformedLengths(stream: bytes) -> None:
     """Signs, underscores, spaces, the reserved length 3 and oversize lengths are errors."""
     with pytest.raises(ProtocolError):
         parsePktLines(stream)
 
 
 @pytest.mark.parametrize("stream", [b"00", b"000aabc", b"0009done\n0010short"])
-def test_truncated_streams(stream: bytes) -> None:
+def test_truncatedStreams(stream: bytes) -> None:
     """A stream that ends inside a packet is an error, not a silent short read."""
     with pytest.raises(ProtocolError):
         parsePktLines(stream)
 
 
-def test_limits_and_errors() -> None:
+def test_limitsAndErrors() -> None:
     """The largest payload frames; one more byte is refused; ERR packets carry their message."""
     assert pktLine(b"x" * MAX_PAYLOAD)[:4] == b"fff0"
     with pytest.raises(ValueError):

@@ -44,7 +44,7 @@ def root(tmp_path: Path) -> Path:
         ([b"linked"], "bare.git"),
     ],
 )
-def test_git_suffix_rules(root: Path, segments: list[bytes], gitDir: str) -> None:
+def test_gitSuffixRules(root: Path, segments: list[bytes], gitDir: str) -> None:
     """Names resolve as git's enter_repo() does: foo, foo.git, foo/.git, gitfiles, links inside."""
     repository = resolveRepository(root, segments)
     assert repository is not None
@@ -80,12 +80,12 @@ def test_git_suffix_rules(root: Path, segments: list[bytes], gitDir: str) -> Non
         [b"bare.git", b"objects"],
     ],
 )
-def test_hostile_paths_resolve_to_nothing(root: Path, segments: list[bytes]) -> None:
+def test_hostilePathsResolveToNothing(root: Path, segments: list[bytes]) -> None:
     """Traversal, smuggled separators, control chars, options and escapes find nothing."""
     assert resolveRepository(root, segments) is None
 
 
-def test_symlinked_root_is_followed(tmp_path: Path) -> None:
+def test_symlinkedRootIsFollowed(tmp_path: Path) -> None:
     """A root that is itself a link works once resolved, as tap resolves it."""
     makeRepository(tmp_path / "real" / "r.git")
     (tmp_path / "link").symlink_to(tmp_path / "real")
@@ -110,12 +110,12 @@ def test_symlinked_root_is_followed(tmp_path: Path) -> None:
         (b"maybe", None),
     ],
 )
-def test_git_booleans(value: bytes | None, expected: bool | None) -> None:
+def test_gitBooleans(value: bytes | None, expected: bool | None) -> None:
     """Config booleans follow git's spellings, which dulwich's parser does not all accept."""
     assert parseGitBoolean(value) == expected
 
 
-def test_config_is_reread_when_it_changes(root: Path) -> None:
+def test_configIsRereadWhenItChanges(root: Path) -> None:
     """A changed config is seen on the next request without a restart."""
     repository = resolveRepository(root, [b"bare"])
     assert repository is not None
@@ -127,7 +127,7 @@ def test_config_is_reread_when_it_changes(root: Path) -> None:
     assert configs.getBoolean(repository, "http", "receivepack") is True
 
 
-def test_included_config_is_followed_and_reread(root: Path) -> None:
+def test_includedConfigIsFollowedAndReread(root: Path) -> None:
     """A switch set through include.path counts, and editing only the included file is seen."""
     repository = resolveRepository(root, [b"bare"])
     assert repository is not None

@@ -47,7 +47,7 @@ def assertNoCache(response) -> None:
         assert response.header(name) == value, name
 
 
-def test_v0_advertisement(site: SiteHarness, root: Path) -> None:
+def test_v0Advertisement(site: SiteHarness, root: Path) -> None:
     """info/refs runs upload-pack --advertise-refs on the real path, after the preamble."""
     site.request(b"GET", b"/project/info/refs?service=git-upload-pack")
     child = site.child
@@ -69,7 +69,7 @@ def test_v0_advertisement(site: SiteHarness, root: Path) -> None:
     assert response.body == pktLine(b"# service=git-upload-pack\n") + FLUSH + b"0010refs-go-here"
 
 
-def test_v2_advertisement_has_no_preamble(site: SiteHarness) -> None:
+def test_v2AdvertisementHasNoPreamble(site: SiteHarness) -> None:
     """With Git-Protocol: version=2 the preamble is dropped and GIT_PROTOCOL reaches git."""
     site.request(
         b"GET", b"/project.git/info/refs?service=git-upload-pack", {b"Git-Protocol": b"version=2"}
@@ -80,7 +80,7 @@ def test_v2_advertisement_has_no_preamble(site: SiteHarness) -> None:
     assert site.response().body == b"000eversion 2\n0000"
 
 
-def test_child_environment_is_an_allowlist(root: Path) -> None:
+def test_childEnvironmentIsAnAllowlist(root: Path) -> None:
     """git sees PATH, HOME and the http-backend variables, nothing else of the daemon's env."""
     site = SiteHarness(
         root,
@@ -118,7 +118,7 @@ def test_child_environment_is_an_allowlist(root: Path) -> None:
         b"",
     ],
 )
-def test_invalid_git_protocol_is_refused(site: SiteHarness, header: bytes) -> None:
+def test_invalidGitProtocolIsRefused(site: SiteHarness, header: bytes) -> None:
     """A malformed Git-Protocol header gets 400 and never reaches git."""
     site.request(
         b"GET", b"/project.git/info/refs?service=git-upload-pack", {b"Git-Protocol": header}
@@ -141,7 +141,7 @@ def test_invalid_git_protocol_is_refused(site: SiteHarness, header: bytes) -> No
         (b"POST", b"/missing.git/git-upload-pack", 404),
     ],
 )
-def test_status_codes(site: SiteHarness, method: bytes, path: bytes, status: int) -> None:
+def test_statusCodes(site: SiteHarness, method: bytes, path: bytes, status: int) -> None:
     """Routing answers like http-backend, with a no-cache text/plain message and no git run."""
     site.request(method, path)
     response = site.response()
@@ -151,13 +151,13 @@ def test_status_codes(site: SiteHarness, method: bytes, path: bytes, status: int
     assert site.reactor.spawned == []
 
 
-def test_405_is_400_for_http_1_0(site: SiteHarness) -> None:
+def test_405Is400ForHttp10(site: SiteHarness) -> None:
     """HTTP/1.0 has no 405: http-backend answers 400 there."""
     site.send(b"GET /project.git/git-upload-pack HTTP/1.0\r\n\r\n")
     assert site.response().status == 400
 
 
-def test_disabled_service_is_403(root: Path) -> None:
+def test_disabledServiceIs403(root: Path) -> None:
     """http.uploadpack=false refuses upload-pack with the message git shows."""
     makeRepository(root / "off.git", "[http]\n\tuploadpack = false\n")
     site = SiteHarness(root)
@@ -167,7 +167,7 @@ def test_disabled_service_is_403(root: Path) -> None:
     assert response.body == b"Service not enabled: 'upload-pack'\n"
 
 
-def test_export_ok_required(root: Path) -> None:
+def test_exportOkRequired(root: Path) -> None:
     """With --require-export-ok a repository without the flag file is a 404; with it, served."""
     site = SiteHarness(root, requireExportOk=True)
     site.request(b"GET", b"/project.git/info/refs?service=git-upload-pack")
@@ -178,7 +178,7 @@ def test_export_ok_required(root: Path) -> None:
     assert len(site.reactor.spawned) == 1
 
 
-def test_wrong_content_type_is_415(site: SiteHarness) -> None:
+def test_wrongContentTypeIs415(site: SiteHarness) -> None:
     """A POST with another Content-Type is refused before git starts."""
     site.request(
         b"POST", b"/project.git/git-upload-pack", {b"Content-Type": b"text/plain"}, NEGOTIATION
@@ -187,7 +187,7 @@ def test_wrong_content_type_is_415(site: SiteHarness) -> None:
     assert site.reactor.spawned == []
 
 
-def test_declared_oversize_is_413_before_the_body(site: SiteHarness) -> None:
+def test_declaredOversizeIs413BeforeTheBody(site: SiteHarness) -> None:
     """A Content-Length above the request buffer is refused from the headers alone."""
     site.send(
         b"POST /project.git/git-upload-pack HTTP/1.1\r\nHost: x\r\n"
@@ -199,7 +199,7 @@ def test_declared_oversize_is_413_before_the_body(site: SiteHarness) -> None:
     assert site.reactor.spawned == []
 
 
-def test_upload_pack_body_is_checked_then_fed(site: SiteHarness) -> None:
+def test_uploadPackBodyIsCheckedThenFed(site: SiteHarness) -> None:
     """The negotiation is buffered whole, then written to git's stdin and closed."""
     site.request(b"POST", b"/project.git/git-upload-pack", UPLOAD_REQUEST, NEGOTIATION)
     child = site.child
@@ -214,7 +214,7 @@ def test_upload_pack_body_is_checked_then_fed(site: SiteHarness) -> None:
 
 
 @pytest.mark.parametrize("body", [b"-001", b"00_4abcd", b"000aab", b"ffffxyz"])
-def test_malformed_negotiation_is_400(site: SiteHarness, body: bytes) -> None:
+def test_malformedNegotiationIs400(site: SiteHarness, body: bytes) -> None:
     """Bytes that are not pkt-lines get a protocol error instead of reaching git."""
     site.request(b"POST", b"/project.git/git-upload-pack", UPLOAD_REQUEST, body)
     response = site.response()
@@ -223,14 +223,14 @@ def test_malformed_negotiation_is_400(site: SiteHarness, body: bytes) -> None:
     assert site.reactor.spawned == []
 
 
-def test_gzip_negotiation_is_inflated(site: SiteHarness) -> None:
+def test_gzipNegotiationIsInflated(site: SiteHarness) -> None:
     """A gzip request body reaches git inflated."""
     headers = {**UPLOAD_REQUEST, b"Content-Encoding": b"gzip"}
     site.request(b"POST", b"/project.git/git-upload-pack", headers, gzip.compress(NEGOTIATION))
     assert site.child.stdin == NEGOTIATION
 
 
-def test_gzip_bomb_stops_at_the_cap(site: SiteHarness) -> None:
+def test_gzipBombStopsAtTheCap(site: SiteHarness) -> None:
     """A small gzip body that inflates past the request buffer is refused with 413."""
     bomb = gzip.compress(b"0" * (MAX_REQUEST_BUFFER + 1024 * 1024), compresslevel=9)
     assert len(bomb) < 100 * 1024
@@ -240,14 +240,14 @@ def test_gzip_bomb_stops_at_the_cap(site: SiteHarness) -> None:
     assert site.reactor.spawned == []
 
 
-def test_broken_gzip_is_400(site: SiteHarness) -> None:
+def test_brokenGzipIs400(site: SiteHarness) -> None:
     """A body that claims gzip and is not gets 400."""
     headers = {**UPLOAD_REQUEST, b"Content-Encoding": b"gzip"}
     site.request(b"POST", b"/project.git/git-upload-pack", headers, b"not gzip at all")
     assert site.response().status == 400
 
 
-def test_anonymous_push_refused_without_reading_the_body(site: SiteHarness) -> None:
+def test_anonymousPushRefusedWithoutReadingTheBody(site: SiteHarness) -> None:
     """Anonymous receive-pack is refused (403, no auth configured) from the headers alone."""
     site.send(CHUNKED_PUSH)
     response = site.response()
@@ -256,7 +256,7 @@ def test_anonymous_push_refused_without_reading_the_body(site: SiteHarness) -> N
     assert site.reactor.spawned == []
 
 
-def test_refused_body_is_dropped_up_to_a_limit(site: SiteHarness) -> None:
+def test_refusedBodyIsDroppedUpToALimit(site: SiteHarness) -> None:
     """A refused request's body is discarded, and past the discard limit the connection closes."""
     site.send(CHUNKED_PUSH)
     chunk = b"x" * 65536
@@ -267,7 +267,7 @@ def test_refused_body_is_dropped_up_to_a_limit(site: SiteHarness) -> None:
     assert site.transport.disconnecting
 
 
-def test_refused_small_body_keeps_the_connection(site: SiteHarness) -> None:
+def test_refusedSmallBodyKeepsTheConnection(site: SiteHarness) -> None:
     """After a refused request with a small body, the next request on the connection is served."""
     site.request(b"POST", b"/project.git/git-receive-pack", RECEIVE_REQUEST, b"0000")
     site.request(b"GET", b"/project.git/info/refs?service=git-upload-pack")
@@ -275,7 +275,7 @@ def test_refused_small_body_keeps_the_connection(site: SiteHarness) -> None:
     assert len(site.reactor.spawned) == 1
 
 
-def test_push_streams_into_git_with_back_pressure(root: Path) -> None:
+def test_pushStreamsIntoGitWithBackPressure(root: Path) -> None:
     """receive-pack starts at the headers; body chunks reach stdin as they come, paced by git."""
     site = SiteHarness(root, anonymousPush=True)
     site.send(CHUNKED_PUSH)
@@ -299,7 +299,7 @@ def test_push_streams_into_git_with_back_pressure(root: Path) -> None:
     assert response.header(b"content-type") == b"application/x-git-receive-pack-result"
 
 
-def test_push_over_the_size_limit_ends_git(root: Path) -> None:
+def test_pushOverTheSizeLimitEndsGit(root: Path) -> None:
     """A streamed push past --max-push-size stops git and answers 413."""
     site = SiteHarness(root, anonymousPush=True)
     site.context.maxPushSize = 10
@@ -315,7 +315,7 @@ def test_push_over_the_size_limit_ends_git(root: Path) -> None:
     assert response.status == 413
 
 
-def test_error_before_output_becomes_err_packet(site: SiteHarness) -> None:
+def test_errorBeforeOutputBecomesErrPacket(site: SiteHarness) -> None:
     """git failing before writing anything gives the client an ERR packet with git's complaint."""
     site.request(b"GET", b"/project.git/info/refs?service=git-upload-pack")
     site.child.protocol.errReceived(b"fatal: bad config line 1 in file config\n")
@@ -325,7 +325,7 @@ def test_error_before_output_becomes_err_packet(site: SiteHarness) -> None:
     assert parsePktLines(response.body) == [b"ERR fatal: bad config line 1 in file config\n"]
 
 
-def test_dubious_ownership_is_not_leaked(site: SiteHarness) -> None:
+def test_dubiousOwnershipIsNotLeaked(site: SiteHarness) -> None:
     """git's ownership refusal tells the client to ask the admin, not where the repository is."""
     site.request(b"GET", b"/project.git/info/refs?service=git-upload-pack")
     site.child.protocol.errReceived(
@@ -337,7 +337,7 @@ def test_dubious_ownership_is_not_leaked(site: SiteHarness) -> None:
     assert b"ownership" in body
 
 
-def test_error_after_output_aborts(site: SiteHarness) -> None:
+def test_errorAfterOutputAborts(site: SiteHarness) -> None:
     """git failing mid-response aborts the connection rather than finishing a truncated reply."""
     site.request(b"POST", b"/project.git/git-upload-pack", UPLOAD_REQUEST, NEGOTIATION)
     site.child.protocol.outReceived(b"0008NAK\n")
@@ -346,7 +346,7 @@ def test_error_after_output_aborts(site: SiteHarness) -> None:
     assert not site.transport.value().endswith(b"0\r\n\r\n")
 
 
-def test_git_refusing_with_err_finishes_the_answer(site: SiteHarness) -> None:
+def test_gitRefusingWithErrFinishesTheAnswer(site: SiteHarness) -> None:
     """git's complete ERR refusal (e.g. "not our ref" after a race) reaches the client intact."""
     site.request(b"POST", b"/project.git/git-upload-pack", UPLOAD_REQUEST, NEGOTIATION)
     refusal = pktLine(b"ERR upload-pack: not our ref " + b"1" * 40)
@@ -358,7 +358,7 @@ def test_git_refusing_with_err_finishes_the_answer(site: SiteHarness) -> None:
     assert parsePktLines(response.body) == [refusal[4:]]
 
 
-def test_client_pause_pauses_git(site: SiteHarness) -> None:
+def test_clientPausePausesGit(site: SiteHarness) -> None:
     """When the client's socket backs up, git's output is paused, and resumed after."""
     site.request(b"POST", b"/project.git/git-upload-pack", UPLOAD_REQUEST, NEGOTIATION)
     child = site.child
@@ -369,7 +369,7 @@ def test_client_pause_pauses_git(site: SiteHarness) -> None:
     assert not child.paused
 
 
-def test_disconnect_ends_git(site: SiteHarness) -> None:
+def test_disconnectEndsGit(site: SiteHarness) -> None:
     """A client that goes away gets its git child TERMed, then KILLed after the grace."""
     site.request(b"POST", b"/project.git/git-upload-pack", UPLOAD_REQUEST, NEGOTIATION)
     child = site.child
@@ -381,7 +381,7 @@ def test_disconnect_ends_git(site: SiteHarness) -> None:
     child.exit(-9)
 
 
-def test_disconnect_mid_push_closes_stdin_before_signals(root: Path) -> None:
+def test_disconnectMidPushClosesStdinBeforeSignals(root: Path) -> None:
     """A pusher gone mid-body: git gets EOF first, TERM after the grace, KILL after that."""
     site = SiteHarness(root, anonymousPush=True)
     site.send(CHUNKED_PUSH + b"5\r\nhello\r\n")
@@ -399,7 +399,7 @@ def test_disconnect_mid_push_closes_stdin_before_signals(root: Path) -> None:
     assert not [call for call in site.reactor.getDelayedCalls() if call.active()]
 
 
-def test_disconnect_after_exit_leaves_nothing_scheduled(site: SiteHarness) -> None:
+def test_disconnectAfterExitLeavesNothingScheduled(site: SiteHarness) -> None:
     """A child that ends within its grace period leaves no kill timer behind."""
     site.request(b"POST", b"/project.git/git-upload-pack", UPLOAD_REQUEST, NEGOTIATION)
     child = site.child
@@ -410,7 +410,7 @@ def test_disconnect_after_exit_leaves_nothing_scheduled(site: SiteHarness) -> No
     assert child.protocol._signal not in pending
 
 
-def test_git_ending_mid_push_drops_the_rest_of_the_body(root: Path) -> None:
+def test_gitEndingMidPushDropsTheRestOfTheBody(root: Path) -> None:
     """When receive-pack dies while the body still streams, the client gets git's answer."""
     site = SiteHarness(root, anonymousPush=True)
     site.send(CHUNKED_PUSH + b"5\r\nhello\r\n")

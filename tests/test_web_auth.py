@@ -42,7 +42,7 @@ def withAuth(site: SiteHarness) -> SiteHarness:
     return site
 
 
-def test_anonymous_push_gets_a_challenge(root: Path) -> None:
+def test_anonymousPushGetsAChallenge(root: Path) -> None:
     """With auth configured, anonymous receive-pack is 401 with WWW-Authenticate; no git runs."""
     site = withAuth(SiteHarness(root))
     site.request(b"GET", ADVERTISE_RECEIVE)
@@ -52,7 +52,7 @@ def test_anonymous_push_gets_a_challenge(root: Path) -> None:
     assert site.reactor.spawned == []
 
 
-def test_wrong_password_gets_the_same_challenge(root: Path) -> None:
+def test_wrongPasswordGetsTheSameChallenge(root: Path) -> None:
     """A wrong password is answered exactly like no password."""
     anonymous = withAuth(SiteHarness(root))
     anonymous.request(b"GET", ADVERTISE_RECEIVE)
@@ -61,7 +61,7 @@ def test_wrong_password_gets_the_same_challenge(root: Path) -> None:
     assert wrong.response() == anonymous.response()
 
 
-def test_authenticated_push_reaches_git_as_the_user(root: Path) -> None:
+def test_authenticatedPushReachesGitAsTheUser(root: Path) -> None:
     """alice's receive-pack runs with REMOTE_USER and the committer ident http-backend sets."""
     site = withAuth(SiteHarness(root))
     site.request(b"GET", ADVERTISE_RECEIVE, basic("alice", "secret"))
@@ -71,7 +71,7 @@ def test_authenticated_push_reaches_git_as_the_user(root: Path) -> None:
     assert env["GIT_COMMITTER_EMAIL"] == "alice@http.192.0.2.7"
 
 
-def test_private_mode_hides_missing_and_existing_alike(root: Path) -> None:
+def test_privateModeHidesMissingAndExistingAlike(root: Path) -> None:
     """--private: without a valid user, smart or dumb, missing or existing: the same 401."""
     answers = []
     paths = (
@@ -91,7 +91,7 @@ def test_private_mode_hides_missing_and_existing_alike(root: Path) -> None:
     assert all(answer == answers[0] for answer in answers)
 
 
-def test_private_mode_serves_the_user(root: Path) -> None:
+def test_privateModeServesTheUser(root: Path) -> None:
     """--private with valid credentials: fetch runs, and a missing repository is a plain 404."""
     site = withAuth(SiteHarness(root))
     site.context.core.policy.private = True
@@ -118,7 +118,7 @@ def oneRunningOneQueued(root: Path) -> SiteHarness:
     return site
 
 
-def test_job_limit_queues_then_refuses(root: Path) -> None:
+def test_jobLimitQueuesThenRefuses(root: Path) -> None:
     """One job and one queue place: the second request waits, the third gets 503 + Retry-After."""
     site = oneRunningOneQueued(root)
     assert len(site.reactor.spawned) == 1
@@ -133,7 +133,7 @@ def test_job_limit_queues_then_refuses(root: Path) -> None:
     assert len(site.reactor.spawned) == 2
 
 
-def test_client_leaving_the_queue_frees_its_place(root: Path) -> None:
+def test_clientLeavingTheQueueFreesItsPlace(root: Path) -> None:
     """A queued client that disconnects never starts git."""
     site = oneRunningOneQueued(root)
     assert site.context.core.jobs.queued == 1
@@ -144,7 +144,7 @@ def test_client_leaving_the_queue_frees_its_place(root: Path) -> None:
     assert site.context.core.jobs.busy == 0
 
 
-def test_operation_log_is_structured(root: Path) -> None:
+def test_operationLogIsStructured(root: Path) -> None:
     """Each git operation logs one event with its service, repository, user, protocol and sizes."""
     site = withAuth(SiteHarness(root))
     with capturedLogs() as events:
@@ -177,7 +177,7 @@ PUSH_HEADERS = (
 )
 
 
-def test_push_waiting_for_a_job_is_not_idle(root: Path) -> None:
+def test_pushWaitingForAJobIsNotIdle(root: Path) -> None:
     """A push whose body the server holds back while it waits for a job is not timed out."""
     site = SiteHarness(root, anonymousPush=True)
     site.context.core.jobs = JobLimiter(maxJobs=1, maxQueue=1)
@@ -190,7 +190,7 @@ def test_push_waiting_for_a_job_is_not_idle(root: Path) -> None:
     assert site.reactor.spawned[1].args[1] == "receive-pack"
 
 
-def test_push_body_that_stops_coming_is_dropped(root: Path) -> None:
+def test_pushBodyThatStopsComingIsDropped(root: Path) -> None:
     """A push whose client stops sending its body is dropped after the idle timeout."""
     site = SiteHarness(root, anonymousPush=True)
     transport = guardedChannel(site, idleTimeout=10)

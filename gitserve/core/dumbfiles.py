@@ -196,19 +196,23 @@ def generateHead(gitDir: Path) -> bytes:
     return sha + b"\n"
 
 
-def listPacks(objectsDir: Path) -> list[str]:
+def listPacks(objectsDir: Path, root: Path) -> list[str]:
     """
     The finished local packs in C{objectsDir/pack}, newest first (git's own
     C{sort_pack()} order), as C{pack-<hex>.pack} names.
 
     Packs borrowed through alternates are left out, as git leaves them out:
     a dumb client cannot fetch them from here.
+
+    @param root: the served root; a pack whose C{.pack} or C{.idx} really
+        lies outside it is left out.
     """
     packDir = objectsDir / "pack"
     try:
         names = os.listdir(packDir)
     except OSError:
         return []
+    realRoot = Path(os.path.realpath(root))
     found: list[tuple[int, str]] = []
     for name in names:
         match = PACK_INDEX_NAME.fullmatch(name)
@@ -219,8 +223,26 @@ def listPacks(objectsDir: Path) -> list[str]:
             st = os.stat(packDir / packName)
         except OSError:
             continue
-        if stat.S_ISREG(st.st_mode):
-            found.append((-int(st.st_mtime), packName))
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        # A symlinked .pack or .idx leading out of the root would be refused
+        # by openServedFile anyway; listing it would still tell a client that
+        # the file exists and send every dumb clone after a 404 it cannot get
+        # past. Whoever planted the link may be able to write in the root but
+        # must not be able to make us name (or serve) what lies outside it.
+        outside = [
+            candidate
+            for candidate in (name, packName)
+            if not _inside(Path(os.path.realpath(packDir / candidate)), realRoot)
+        ]
+        if outside:
+            log.warn(
+                "Leaving {pack} out of objects/info/packs: {files} lead outside the served root",
+                pack=str(packDir / packName),
+                files=", ".join(outside),
+            )
+            continue
+        found.append((-int(st.st_mtime), packName))
     found.sort()
     return [packName for _, packName in found]
 
@@ -230,9 +252,13 @@ def formatInfoPacks(packNames: Sequence[str]) -> bytes:
     return b"".join(b"P %s\n" % name.encode("ascii") for name in packNames) + b"\n"
 
 
-def generateInfoPacks(gitDir: Path) -> bytes:
-    """C{objects/info/packs} for a repository, built from the packs present now."""
-    return formatInfoPacks(listPacks(gitDir / "objects"))
+def generateInfoPacks(gitDir: Path, root: Path) -> bytes:
+    """
+    C{objects/info/packs} for a repository, built from the packs present now.
+
+    @param root: the served root; packs leading outside it are not listed.
+    """
+    return formatInfoPacks(listPacks(gitDir / "objects", root))
 
 
 # Files

@@ -387,7 +387,9 @@ def getInfoPacks(
     """C{GET objects/info/packs}: the packs present now, never cached."""
     context.core.policy.checkGetAnyFile(repository)
     setNoCache(request)
-    return sendGenerated(request, TEXT_PLAIN_UTF8, generateInfoPacks(repository.gitDir))
+    return sendGenerated(
+        request, TEXT_PLAIN_UTF8, generateInfoPacks(repository.gitDir, context.core.root)
+    )
 
 
 def fileHandler(
