@@ -33,7 +33,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert options["credCheckers"] == []
 
 
-def test_auth_htpasswd_and_strcred(tmp_path: Path) -> None:
+def test_authHtpasswdAndStrcred(tmp_path: Path) -> None:
     """--auth takes the htpasswd plugin and Twisted's own checkers, repeatedly."""
     users = tmp_path / "users"
     users.write_text("")
@@ -60,7 +60,7 @@ def test_refusals(tmp_path: Path, args: list[str], message: str) -> None:
     assert message in str(caught.value)
 
 
-def test_ssl_listen_gets_a_reloadable_certificate(tmp_path: Path) -> None:
+def test_sslListenGetsAReloadableCertificate(tmp_path: Path) -> None:
     """--listen ssl:... is accepted exactly as Twisted spells it, with a reloadable certificate."""
     key, cert = makeSelfSigned(tmp_path)
     options = parse(
@@ -71,7 +71,7 @@ def test_ssl_listen_gets_a_reloadable_certificate(tmp_path: Path) -> None:
     assert reloader.reloadAll() == 1
 
 
-def test_ssl_with_a_mismatched_key_is_refused(tmp_path: Path) -> None:
+def test_sslWithAMismatchedKeyIsRefused(tmp_path: Path) -> None:
     """A key that does not belong to the certificate stops the start-up."""
     _, cert = makeSelfSigned(tmp_path)
     otherKey, _ = makeSelfSigned(tmp_path, name="other")
@@ -83,7 +83,7 @@ def test_ssl_with_a_mismatched_key_is_refused(tmp_path: Path) -> None:
     assert "TLS setup failed: Certificate public and private keys do not match" in str(caught.value)
 
 
-def test_listen_that_does_not_parse_is_a_usage_error(tmp_path: Path) -> None:
+def test_listenThatDoesNotParseIsAUsageError(tmp_path: Path) -> None:
     """A --listen description that does not parse stops start-up with a usage error naming it."""
     options = parse("--root", str(tmp_path), "--listen", "tcp:http")
     with pytest.raises(usage.UsageError) as caught:
@@ -104,14 +104,14 @@ def test_listen_that_does_not_parse_is_a_usage_error(tmp_path: Path) -> None:
         (["--list", "tcp:0"], "--list"),
     ],
 )
-def test_abbreviated_options_are_refused(tmp_path: Path, args: list[str], unknown: str) -> None:
+def test_abbreviatedOptionsAreRefused(tmp_path: Path, args: list[str], unknown: str) -> None:
     """getopt would take an unambiguous prefix; gitserve names it as an unknown option instead."""
     with pytest.raises(usage.UsageError) as caught:
         parse("--root", str(tmp_path), *args)
     assert str(caught.value) == f"option {unknown} not recognized"
 
 
-def test_full_option_names_still_work(tmp_path: Path) -> None:
+def test_fullOptionNamesStillWork(tmp_path: Path) -> None:
     """Every option written in full, with a space or "=", parses as before."""
     log = tmp_path / "access.log"
     options = parse(
@@ -137,13 +137,13 @@ def test_full_option_names_still_work(tmp_path: Path) -> None:
     assert options["listen"] == ["tcp:0", "unix:/tmp/x.sock"]
 
 
-def test_values_that_look_like_options_are_values(tmp_path: Path) -> None:
+def test_valuesThatLookLikeOptionsAreValues(tmp_path: Path) -> None:
     """An option's value is never taken for an option, even when it starts with "--"."""
     options = parse("--root", str(tmp_path), "--realm", "--anon")
     assert options["realm"] == "--anon"
 
 
-def test_double_dash_ends_the_options(tmp_path: Path) -> None:
+def test_doubleDashEndsTheOptions(tmp_path: Path) -> None:
     """After "--" nothing is an option: gitserve takes no arguments, so it is Twisted's refusal."""
     with pytest.raises(usage.UsageError) as caught:
         parse("--root", str(tmp_path), "--", "--anon")
@@ -162,7 +162,7 @@ def test_double_dash_ends_the_options(tmp_path: Path) -> None:
         (UNIXAddress(b"/run/gitserve.sock"), False, False),
     ],
 )
-def test_plaintext_basic_auth_warning(address: object, secure: bool, warned: bool) -> None:
+def test_plaintextBasicAuthWarning(address: object, secure: bool, warned: bool) -> None:
     """Basic auth over plain TCP beyond loopback is warned about; TLS, loopback and unix are not."""
     with capturedLogs() as events:
         result = warnIfPlaintextAuth("tcp:8080", address, object() if secure else None)  # type: ignore[arg-type]
