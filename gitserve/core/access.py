@@ -59,8 +59,6 @@ from dataclasses import dataclass, field
 
 import regex
 
-from gitserve.core.filestamps import Stamp, stampOf
-
 # gitolite's own patterns (Gitolite/Rc.pm), which decide what a name, a user,
 # a ref and a pattern may look like.
 REF_OR_FILENAME_PATT = regex.compile(r"^[0-9a-zA-Z][-0-9a-zA-Z._@/+ :,]*\Z")
@@ -702,8 +700,3 @@ def loadRules(path: str) -> AccessRules:
     files: list[str] = []
     lines = list(explode(path, baseDir, files=files))
     return AccessRules.fromLines(lines, files)
-
-
-def stampsOf(paths: Iterable[str]) -> tuple[tuple[str, Stamp], ...]:
-    """The stamps of a conf's files, to tell when it must be read again."""
-    return tuple((p, stampOf(p)) for p in paths)
