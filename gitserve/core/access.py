@@ -52,6 +52,7 @@ Where gitserve differs, and why (also in the README's design notes):
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 from collections.abc import Iterable, Iterator
@@ -70,6 +71,14 @@ _GROUP_LINE = regex.compile(r"^(@\S+) = (.*)\Z")
 _CONFIG_LINE = regex.compile(r"^config (.+) = ?(.*)\Z")
 _INCLUDE_LINE = regex.compile(r"^(include|subconf) (?:(\S+) )?(\S.+)\Z")
 _UNSAFE_REF_CHARS = regex.compile(r"[^-0-9a-zA-Z._@/+ :,]")
+_COMMENT = regex.compile(r'^((".*?"|[^#"])*)#.*')
+_SPACES = regex.compile(r"\s+")
+_BEGIN_SKIP = regex.compile(r"^= *begin (testconf|template-data)\Z")
+_END_SKIP = regex.compile(r"^= *end\Z")
+_QUOTED = regex.compile(r"""^(?:"(.+)"|'(.+)')\Z""")
+_OPTION_LINE = regex.compile(r"^option (\S+) = (\S.*)\Z")
+_GITWEB_LINE = regex.compile(r"^(desc|owner|category) = (\S.*)\Z")
+_CREATE_PERM = regex.compile("RW.*C")
 
 # The users gitolite gives to requests nobody authenticated: HTTP_ANON_USER
 # for HTTP, and git-daemon's "daemon" for git://.
@@ -176,6 +185,12 @@ def _match(pattern: str, text: str, compiled: dict[str, regex.Pattern[str]]) -> 
         raise PatternTimeout(pattern) from e
 
 
+@functools.lru_cache(maxsize=64)
+def _permissionMatcher(pattern: str) -> regex.Pattern[str]:
+    """The compiled form of an access turned into a pattern over permissions."""
+    return regex.compile(pattern)
+
+
 def _perlTrue(value: str) -> bool:
     """Perl truth of a string, as gitolite tests an option's value."""
     return value not in ("", "0")
@@ -187,9 +202,10 @@ def cleanupConfLine(line: str) -> str:
     simple double-quoted string), put spaces around the first C{=}, squeeze
     whitespace.
     """
-    line = regex.sub(r'^((".*?"|[^#"])*)#.*', r"\1", line, count=1)
+    if "#" in line:
+        line = _COMMENT.sub(r"\1", line, count=1)
     line = line.replace("=", " = ", 1)
-    line = regex.sub(r"\s+", " ", line)
+    line = _SPACES.sub(" ", line)
     return line.strip(" ")
 
 
@@ -241,11 +257,11 @@ def explode(
             continue
         source = Source(path, number, raw.strip())
         # gitolite's skip_block sugar: test data and templates are not rules.
-        if regex.match(r"^= *begin (testconf|template-data)\Z", line):
+        if _BEGIN_SKIP.match(line):
             skipping = True
             continue
         if skipping:
-            skipping = regex.match(r"^= *end\Z", line) is None
+            skipping = _END_SKIP.match(line) is None
             continue
         m = _INCLUDE_LINE.match(line)
         if m is None:
@@ -253,7 +269,7 @@ def explode(
             continue
         if m.group(1) == "subconf":
             raise AccessConfError(path, number, "subconf is not supported (use include)")
-        quoted = regex.match(r"""^(?:"(.+)"|'(.+)')\Z""", m.group(3))
+        quoted = _QUOTED.match(m.group(3))
         if m.group(2) is not None or quoted is None:
             raise AccessConfError(path, number, f"invalid include {m.group(3)!r} (quote it)")
         pattern = quoted.group(1) or quoted.group(2)
@@ -285,6 +301,8 @@ class _Compiler:
         self.seq = 0
         self.ignored: list[str] = []
         self._seenOptions: set[str] = set()
+        # Patterns already known to compile.
+        self._checked: set[str] = set()
 
     def fail(self, source: Source, reason: str) -> AccessConfError:
         return AccessConfError(source.path, source.lineNumber, reason)
@@ -337,14 +355,14 @@ class _Compiler:
         if m is not None:
             self.rule(m.group(1), m.group(2) or "", m.group(3), source)
             return
-        option = regex.match(r"^option (\S+) = (\S.*)\Z", text)
+        option = _OPTION_LINE.match(text)
         if option is not None:
             name = option.group(1)
             if name not in ("deny-rules", "CREATE_IS_C", "DELETE_IS_D", "MERGE_CHECK"):
                 self.ignored.append(f"{source.path}:{source.lineNumber}: option {name}")
             self.addConfig(f"gitolite-options.{name}", option.group(2))
             return
-        if regex.match(r"^(desc|owner|category) = (\S.*)\Z", text):
+        if _GITWEB_LINE.match(text):
             self.ignored.append(f"{source.path}:{source.lineNumber}: {text.split()[0]}")
             self.addConfig("gitweb." + text.split()[0], "")
             return
@@ -357,6 +375,9 @@ class _Compiler:
 
     def checkPattern(self, pattern: str, source: Source) -> None:
         """A name that gitolite would use as a regular expression must compile."""
+        if _isPlainName(pattern) or pattern in self._checked:
+            return
+        self._checked.add(pattern)
         try:
             regex.compile("^" + pattern + "$")
         except regex.error as e:
@@ -372,7 +393,7 @@ class _Compiler:
         # parse_refs: groups expanded, no ref means every ref, and a refex
         # not starting with refs/ is a branch.
         expanded = self.expand(refList, source) or ["refs/.*"]
-        qualified = [r if regex.match(r"^(refs|VREF)/", r) else "refs/heads/" + r for r in expanded]
+        qualified = [r if r.startswith(("refs/", "VREF/")) else "refs/heads/" + r for r in expanded]
         for user in userList:
             if not USERNAME_PATT.match(user):
                 raise self.fail(source, f"bad username {user!r}")
@@ -385,10 +406,12 @@ class _Compiler:
                     # gitserve runs no VREF programs: dropped, grant or deny.
                     self.ignored.append(f"{source.path}:{source.lineNumber}: VREF rule {ref}")
                     continue
-                try:
-                    regex.compile("^" + ref.replace("/USER/", "/x/", 1))
-                except regex.error as e:
-                    raise self.fail(source, f"bad refex {ref!r}: {e}") from e
+                if ref not in self._checked and not _isPlainName(ref):
+                    try:
+                        regex.compile("^" + ref.replace("/USER/", "/x/", 1))
+                    except regex.error as e:
+                        raise self.fail(source, f"bad refex {ref!r}: {e}") from e
+                    self._checked.add(ref)
                 item = Rule(self.seq, perm, ref, source)
                 for repo in self.repolist:
                     self.repos.setdefault(repo, {}).setdefault(user, []).append(item)
@@ -397,7 +420,7 @@ class _Compiler:
         # of this block.
         for option, wanted in (
             ("DELETE_IS_D", "D" in perm),
-            ("CREATE_IS_C", regex.search("RW.*C", perm) is not None),
+            ("CREATE_IS_C", _CREATE_PERM.search(perm) is not None),
             ("MERGE_CHECK", "M" in perm),
         ):
             if wanted and option not in self._seenOptions:
@@ -470,9 +493,12 @@ class AccessRules:
             return ""
         pattern = r"\b" + creator + r"\b"
         try:
-            generic = regex.sub(pattern, "CREATOR", repo, count=1, timeout=MATCH_TIMEOUT)
+            matcher = self._compiled.get(pattern) or regex.compile(pattern)
         except regex.error:
             return ""
+        self._compiled[pattern] = matcher
+        try:
+            generic = matcher.sub("CREATOR", repo, count=1, timeout=MATCH_TIMEOUT)
         except TimeoutError as e:
             raise PatternTimeout(pattern) from e
         return "" if generic == repo else generic
@@ -603,7 +629,7 @@ class AccessRules:
                 decision.text = f"{aa} {safeRef} {repo} {user} DENIED by {refex}"
                 decision.decidedBy = rule
                 return decision
-            if regex.search(pattern, perm):
+            if _permissionMatcher(pattern).search(perm):
                 decision.walked.append((rule, "A"))
                 decision.allowed = True
                 decision.text = refex
