@@ -171,3 +171,16 @@ def test_cliShowsTheRulesWalked(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert f"D {conf}:3: - dev/ = u1" in out
     assert out.rstrip().endswith("denied")
     assert accesscli.main(["--root", str(tmp_path), str(conf), "u1", "foo", "W", "main"]) == 0
+
+
+def test_hookImportsNoTwisted() -> None:
+    """The update hook runs once per ref: it imports the engine alone, not Twisted or dulwich."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gitserve.core.accesshook; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('twisted', 'dulwich')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
