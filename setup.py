@@ -23,6 +23,8 @@ setup(
         "service-identity>=21.1.0",
         "pyopenssl>=23.0",
         "bcrypt>=4.0",
+        # The access rules' regular expressions, with a time bound per match.
+        "regex>=2022.1.18",
     ],
     extras_require={
         "test": [
@@ -45,6 +47,7 @@ setup(
     entry_points={
         "console_scripts": [
             "gitserve-export = gitserve.export:main",
+            "gitserve-access = gitserve.accesscli:main",
         ],
     },
 )

@@ -34,6 +34,8 @@ from gitserve.app.tls import (
     warnIfPlaintextAuth,
 )
 from gitserve.auth import DEFAULT_REALM, BasicAuthenticator, makePortal
+from gitserve.core.access import AccessConfError
+from gitserve.core.accesscontrol import AccessControl, HooksDirectoryService, makeHooksDirectory
 from gitserve.core.advertisement import CapabilityCache
 from gitserve.core.jobs import JobLimiter, defaultMaxJobs
 from gitserve.core.operations import GitCore
@@ -95,6 +97,7 @@ class Options(strcred.AuthOptionMixin, usage.Options):
         ["max-push-size", None, "2g", "Refuse push bodies larger than this (k/m/g suffixes)."],
         ["realm", None, DEFAULT_REALM, "The HTTP Basic realm git shows when it asks."],
         ["access-log", None, None, "Write the access log (combined format) to this file."],
+        ["access", None, None, "Access rules in gitolite's conf syntax (re-read on change)."],
         [
             "shutdown-grace",
             None,
@@ -200,6 +203,11 @@ class Options(strcred.AuthOptionMixin, usage.Options):
         else:
             self["max-queue"] = int(self["max-queue"])
         self.setdefault("credCheckers", [])
+        if self["access"] is not None:
+            try:
+                self["access"] = AccessControl(self["access"])
+            except AccessConfError as e:
+                raise usage.UsageError(str(e)) from e
         if self["private"] and not self["credCheckers"]:
             raise usage.UsageError("--private needs --auth: nobody could log in")
         if not self["listen"]:
@@ -270,11 +278,13 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     # Blocking work (password hashing, dumb ref lists) goes to the reactor's pool.
     runInThread = partial(deferToThreadPool, reactor, reactor.getThreadPool())
     jobs = JobLimiter(options["max-jobs"], options["max-queue"])
+    access = options.get("access")
     backend = GitBackend(
         reactor=PipeReadingSpawner(reactor),
         gitPath=gitPath,
         environ=dict(os.environ),
         available=available,
+        accessHooks=makeHooksDirectory() if access is not None else None,
     )
     core = GitCore(
         root=options["root"],
@@ -283,6 +293,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             anonymousPush=options["anonymous-push"],
             requireExportOk=options["require-export-ok"],
             private=options["private"],
+            access=access,
+            root=options["root"],
+            canAuthenticate=bool(options["credCheckers"]),
         ),
         backend=backend,
         clock=reactor,
@@ -311,6 +324,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         reactor=reactor,
     )
     top = MultiService()
+    if backend.accessHooks is not None:
+        HooksDirectoryService(backend.accessHooks).setServiceParent(top)
     listeners = []
     for description, endpoint, tls in endpoints:
         listener = ListeningService(description, endpoint, site, reactor)

@@ -94,8 +94,8 @@ def test_listenThatDoesNotParseIsAUsageError(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "args, unknown",
     [
-        (["--access", "rules.conf"], "--access"),
-        (["--access=rules.conf"], "--access"),
+        (["--access-l", "access.log"], "--access-l"),
+        (["--access-lo=access.log"], "--access-lo"),
         (["--max-j", "3"], "--max-j"),
         (["--anon"], "--anon"),
         (["--priv", "--auth", "memory:a:b"], "--priv"),

@@ -35,6 +35,9 @@ class GitOperation:
     repository: Repository
     caller: Caller
     advertise: bool = False
+    # Variables for the child beyond the caller's (a push's access-rules
+    # snapshot for the update hook, see gitserve.core.accesscontrol).
+    environment: tuple[tuple[str, str], ...] = ()
 
     @property
     def protocolVersion(self) -> int:
@@ -106,6 +109,7 @@ class GitCore:
                 operation.repository,
                 operation.caller,
                 operation.advertise,
+                dict(operation.environment),
             )
             return protocol
 

@@ -9,9 +9,18 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gitserve.core.errors import AuthenticationRequired, Forbidden, NotFound
+from gitserve.core.errors import AuthenticationRequired, Forbidden, NotFound, Refusal
 from gitserve.core.repository import ConfigCache, Repository
+
+if TYPE_CHECKING:
+    from gitserve.core.accesscontrol import AccessControl
+
+# The user gitolite's rules see for a request nobody authenticated
+# (gitolite's HTTP_ANON_USER).
+ANONYMOUS = "anonymous"
 
 
 class Service(enum.Enum):
@@ -52,20 +61,48 @@ class Policy:
     @ivar requireExportOk: C{--require-export-ok}: only repositories holding
         C{git-daemon-export-ok} exist, as far as clients can tell.
     @ivar private: C{--private}: every request needs an authenticated user.
+    @ivar access: C{--access}: the gitolite rules, which alone grant rights
+        when set (L{None}: the switches above decide, as before).
+    @ivar root: the served root, which the rules name repositories under.
+    @ivar canAuthenticate: whether a user can log in at all (C{--auth}):
+        then an anonymous request for a repository it may not see is asked
+        for credentials rather than told it does not exist.
     """
 
     configs: ConfigCache
     anonymousPush: bool = False
     requireExportOk: bool = False
     private: bool = False
+    access: AccessControl | None = None
+    root: Path = Path("/")
+    canAuthenticate: bool = False
 
-    def checkVisible(self, repository: Repository) -> None:
+    def hidden(self, user: str | None) -> Refusal:
         """
-        @raise NotFound: when the repository is not exported. The answer is
-            the same as for a missing repository, so nothing leaks.
+        The one answer for a repository that is missing or that C{user} may
+        not read, so the two cannot be told apart: 404, or for an anonymous
+        request when users can log in, the same 401 (git then offers
+        credentials, and learns nothing about which repositories exist).
+        """
+        if user is None and self.canAuthenticate:
+            return AuthenticationRequired("Authentication required")
+        return NotFound()
+
+    def checkVisible(self, repository: Repository, user: str | None = None) -> None:
+        """
+        @raise NotFound: when the repository is not exported, or (under
+            C{--access}) the user may not read it. The answer is the same
+            as for a missing repository, so nothing leaks.
+        @raise AuthenticationRequired: the same, to an anonymous request
+            when users can log in (see L{hidden}).
         """
         if self.requireExportOk and not repository.exportOk:
-            raise NotFound()
+            raise self.hidden(user) if self.access is not None else NotFound()
+        if self.access is not None:
+            # gitolite's pre-git check: R on "any" ref.
+            decision = self.access.decide(self.root, repository, user or ANONYMOUS, "R")
+            if not decision.allowed:
+                raise self.hidden(user)
 
     def checkService(self, repository: Repository, service: Service, user: str | None) -> None:
         """
@@ -82,12 +119,34 @@ class Policy:
         enabled = self.configs.getBoolean(repository, "http", service.configName)
         if enabled is False:
             raise Forbidden(f"Service not enabled: '{service.command}'")
+        if self.access is not None:
+            # The rules alone grant rights: --anonymous-push and
+            # http.receivepack=true add nothing. Read was checked when the
+            # repository was resolved; a push needs W on some ref (gitolite's
+            # check before git runs), and each ref is checked by the update
+            # hook as it lands.
+            if service.isWrite:
+                decision = self.access.decide(self.root, repository, user or ANONYMOUS, "W")
+                if not decision.allowed:
+                    if user is None and self.canAuthenticate:
+                        raise AuthenticationRequired("Authentication required")
+                    raise Forbidden(f"access denied: {decision.text}")
+            return
         if service.isWrite and enabled is None and user is None and not self.anonymousPush:
             raise AuthenticationRequired(
                 "Anonymous push is not allowed: authenticate, or ask the administrator "
                 "to set http.receivepack=true in the repository or to start gitserve "
                 "with --anonymous-push"
             )
+
+    def pushEnvironment(self, repository: Repository, user: str | None) -> dict[str, str]:
+        """
+        The variables a push's git child needs for the update hook to check
+        each ref (empty without C{--access}).
+        """
+        if self.access is None:
+            return {}
+        return self.access.pushEnvironment(self.root, repository, user or ANONYMOUS)
 
     def checkGetAnyFile(self, repository: Repository) -> None:
         """

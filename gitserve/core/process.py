@@ -104,6 +104,9 @@ class GitBackend:
     environ: Mapping[str, str] = field(default_factory=dict)
     killGrace: float = KILL_GRACE
     available: bool = True
+    # Under --access: the hooks directory receive-pack runs with, whose
+    # update hook checks each ref (gitserve.core.accesscontrol).
+    accessHooks: str | None = None
 
     def environment(self, caller: Caller) -> dict[str, str]:
         """
@@ -128,12 +131,22 @@ class GitBackend:
             env["GIT_PROTOCOL"] = caller.protocol.decode("ascii")
         return env
 
-    def argv(self, service: Service, repository: Repository, advertise: bool) -> list[str]:
+    def argv(
+        self, service: Service, repository: Repository, advertise: bool, checkRefs: bool = False
+    ) -> list[str]:
         """
         The command line. The repository is an absolute, resolved path, so it
         starts with C{/} and git cannot read it as an option.
+
+        @param checkRefs: run receive-pack with gitserve's hooks directory,
+            whose update hook checks each ref against the access rules. On
+            the command line, it wins over any core.hooksPath the
+            repository's config sets.
         """
-        args = [self.gitPath, service.command]
+        args = [self.gitPath]
+        if checkRefs and self.accessHooks is not None and service is Service.RECEIVE_PACK:
+            args += ["-c", f"core.hooksPath={self.accessHooks}"]
+        args.append(service.command)
         if service is Service.UPLOAD_PACK:
             # --strict: serve exactly this directory, never <dir>/.git.
             args.append("--strict")
@@ -150,9 +163,12 @@ class GitBackend:
         repository: Repository,
         caller: Caller,
         advertise: bool,
+        extraEnvironment: Mapping[str, str] | None = None,
     ) -> IProcessTransport:
         """Start git for one request, driven by C{protocol}."""
-        args = self.argv(service, repository, advertise)
+        args = self.argv(service, repository, advertise, checkRefs=bool(extraEnvironment))
+        env = self.environment(caller)
+        env.update(extraEnvironment or {})
         # No working directory: git enters the repository named by its
         # absolute path itself (and hooks run there), and without a chdir
         # Twisted starts the child with posix_spawn instead of fork(), which
@@ -162,7 +178,7 @@ class GitBackend:
             protocol,
             self.gitPath,
             args,
-            env=self.environment(caller),
+            env=env,
         )
 
 

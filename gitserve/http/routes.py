@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -19,7 +20,9 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from gitserve.core.accesscontrol import createRepository, requestedName
 from gitserve.core.errors import AuthenticationRequired, NotFound, Refusal
+from gitserve.core.policy import ANONYMOUS
 from gitserve.core.repository import Repository, resolveRepository
 from gitserve.http import dumb, smart
 from gitserve.http.body import BodyLost
@@ -150,10 +153,77 @@ class RootResource(Resource):
         repository = resolveRepository(
             self.context.core.root, [s.encode("utf-8") for s in repositorySegments]
         )
+        if self.context.core.policy.access is not None:
+            # Under --access, what a user may see depends on who they are.
+            return self.context.userFor(request).addCallback(
+                self._dispatchByRules, request, chosen, tail, repositorySegments, repository
+            )
         if repository is None:
             raise NotFound()
         self.context.core.policy.checkVisible(repository)
         return chosen.handler(self.context, request, repository, tail)
+
+    def _dispatchByRules(
+        self,
+        user: str | None,
+        request: Request,
+        chosen: Route,
+        tail: Sequence[str],
+        repositorySegments: Sequence[str],
+        repository: Repository | None,
+    ) -> Any:
+        """
+        Route a request under the access rules: a missing repository that
+        the user may create (a wild one, gitolite's C{^C}) is created by a
+        smart request, as gitolite creates on the first fetch or push;
+        otherwise missing and unreadable answer alike.
+        """
+        core = self.context.core
+        policy = core.policy
+        if repository is None:
+            name = requestedName(list(repositorySegments))
+            if name is None or not self._mayCreateOn(request, chosen):
+                raise policy.hidden(user)
+            assert policy.access is not None
+            if not policy.access.mayCreate(name, user or ANONYMOUS).allowed:
+                raise policy.hidden(user)
+            created = core.runBlocking(
+                partial(createRepository, core.root, name, user or ANONYMOUS, core.backend.gitPath)
+            )
+
+            def resolved(_: object) -> Any:
+                segments = [s.encode("utf-8") for s in repositorySegments]
+                again = resolveRepository(core.root, segments)
+                if again is None:
+                    raise policy.hidden(user)
+                self.log.info("created {name} for {user}", name=name, user=user or ANONYMOUS)
+                return self._answer(user, request, chosen, tail, again)
+
+            return created.addCallback(resolved)
+        return self._answer(user, request, chosen, tail, repository)
+
+    def _answer(
+        self,
+        user: str | None,
+        request: Request,
+        chosen: Route,
+        tail: Sequence[str],
+        repository: Repository,
+    ) -> Any:
+        self.context.core.policy.checkVisible(repository, user)
+        result = chosen.handler(self.context, request, repository, tail)
+        if isinstance(result, bytes):
+            request.write(result)
+            request.finish()
+            return None
+        return result
+
+    @staticmethod
+    def _mayCreateOn(request: Request, chosen: Route) -> bool:
+        """Whether this route is a smart fetch or push (the only ones that create)."""
+        if chosen.handler in (smart.postUploadPack, smart.postReceivePack):
+            return True
+        return chosen.handler is smart.getInfoRefs and b"service" in (request.args or {})
 
     def _refuse(self, request: Request, error: Refusal | HTTPError) -> bytes:
         answer = self.context.httpErrorFor(error)

@@ -144,8 +144,16 @@ def runGit(
         # drops. receive-pack speaks no v2, so it always gets it.
         preamble = pktLine(b"# service=%s\n" % service.value.encode("ascii")) + FLUSH
     response = SmartResponse(request, contentTypeOf(service, advertise), preamble)
+    environment: dict[str, str] = {}
+    if service.isWrite and not advertise:
+        # Under --access, the update hook checks each ref with these.
+        environment = context.core.policy.pushEnvironment(repository, user)
     operation = GitOperation(
-        service, repository, context.caller(request, user, gitProtocol), advertise
+        service,
+        repository,
+        context.caller(request, user, gitProtocol),
+        advertise,
+        tuple(environment.items()),
     )
     started = context.core.start(operation, response)
     # A client that leaves while queued gives up its place.
