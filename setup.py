@@ -21,6 +21,10 @@ setup(
         "service-identity>=21.1.0",
         "pyopenssl>=23.0",
         "bcrypt>=4.0",
+        # The browser pages: READMEs (raw HTML off) and syntax highlighting,
+        # both turned into twisted.web.template tags from their tokens.
+        "markdown-it-py>=3.0",
+        "pygments>=2.15",
     ],
     extras_require={
         "test": [
