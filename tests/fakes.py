@@ -369,3 +369,15 @@ class HalfCloseableStringTransport(StringTransport):
 
     def loseWriteConnection(self) -> None:
         self.writeConnectionLost = True
+
+
+def browsingHarness(root: Path, **options: Any) -> SiteHarness:
+    """A L{SiteHarness} with the browser pages on, as C{makeService} wires them."""
+    from gitserve.core.browse import BrowseData
+    from gitserve.http.browse import BrowsePages
+
+    harness = SiteHarness(root, **options)
+    harness.context.browse = BrowsePages(
+        harness.context, BrowseData(harness.core.root, harness.core.policy)
+    )
+    return harness
