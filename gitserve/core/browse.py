@@ -615,20 +615,26 @@ def summaryKey(gitDir: Path, now: float) -> tuple[Any, ...] | None:
     directory walk, so checking a thousand repositories costs a few thousand
     C{stat}s. The loose ref C{HEAD} names is stamped too (its update renames
     a new file into place). L{None} when one of them is racy.
+
+    Plain strings, not L{Path}: this runs for every repository on every
+    index request, and path objects cost more than the C{stat}s.
     """
-    parts: list[Stamp] = []
-    for name in ("HEAD", "packed-refs", "config", "description"):
-        parts.append(stampOf(str(gitDir / name)))
+    base = os.fspath(gitDir)
+    parts = [stampOf(base + name) for name in _SUMMARY_FILES]
     try:
-        with open(gitDir / "HEAD", "rb") as f:
+        with open(base + "/HEAD", "rb") as f:
             head = f.read(512)
     except OSError:
         head = b""
     if head.startswith(b"ref: refs/") and b".." not in head:
-        parts.append(stampOf(str(gitDir / os.fsdecode(head[5:].strip()))))
-    if any(_recent(stamp, now) for stamp in parts):
-        return None
+        parts.append(stampOf(base + "/" + os.fsdecode(head[5:].strip())))
+    for stamp in parts:
+        if stamp is not None and now - stamp[3] / 1e9 < RACY_SECONDS:
+            return None
     return tuple(parts)
+
+
+_SUMMARY_FILES = ("/HEAD", "/packed-refs", "/config", "/description")
 
 
 class BoundedCache:
@@ -713,7 +719,7 @@ class BrowseData:
 
     root: Path
     policy: Policy
-    pages: BoundedCache = field(default_factory=lambda: BoundedCache(16 * 1024 * 1024))
+    pages: BoundedCache = field(default_factory=lambda: BoundedCache(8 * 1024 * 1024))
     _listing: _Listing | None = None
     _summaries: dict[Path, tuple[tuple[Any, ...], Summary]] = field(default_factory=dict)
 
