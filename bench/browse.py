@@ -91,7 +91,9 @@ remove-suffix=0
 scan-path={self.root}
 """)
         config = self.config.read_text()
-        config = config.replace("# Written by bench/servers.py: git http-backend", "# cgit; was: git http-backend")
+        config = config.replace(
+            "# Written by bench/servers.py: git http-backend", "# cgit; was: git http-backend"
+        )
         config += f"""
 SetEnv CGIT_CONFIG {cgitrc}
 Alias /cgit-css /usr/share/cgit
@@ -155,14 +157,18 @@ def _pickFile(repository: Path, env: dict[str, str]) -> str:
     """The median-sized file of the default branch: a typical file page."""
     listing = subprocess.run(
         ["git", "-C", str(repository), "ls-tree", "-r", "-l", "HEAD"],
-        capture_output=True, text=True, check=True, env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     ).stdout.splitlines()
     sized = sorted((int(line.split()[3]), line.split("\t", 1)[1]) for line in listing)
     return sized[len(sized) // 2][1]
 
 
-def runBrowse(corpus: Corpus, workDir: Path, reps: int, wrkSeconds: int,
-              log: Callable[[str], None]) -> str:
+def runBrowse(
+    corpus: Corpus, workDir: Path, reps: int, wrkSeconds: int, log: Callable[[str], None]
+) -> str:
     """Run the browse workloads and return the table (Markdown) with its footer."""
     if shutil.which("wrk") is None:
         raise MissingDependency("wrk is missing: apt-get install wrk")
@@ -173,10 +179,16 @@ def runBrowse(corpus: Corpus, workDir: Path, reps: int, wrkSeconds: int,
     pages = [
         (f"index of {MANY + 4} repositories", "/", "/cgit/"),
         ("repository summary (history.git)", "/history.git", "/cgit/history.git/"),
-        (f"tree ({folder}/)", f"/history.git/-/tree/main/{folder}",
-         f"/cgit/history.git/tree/{folder}"),
-        (f"file ({filePath.rsplit('/', 1)[1]})", f"/history.git/-/blob/main/{filePath}",
-         f"/cgit/history.git/tree/{filePath}"),
+        (
+            f"tree ({folder}/)",
+            f"/history.git/-/tree/main/{folder}",
+            f"/cgit/history.git/tree/{folder}",
+        ),
+        (
+            f"file ({filePath.rsplit('/', 1)[1]})",
+            f"/history.git/-/blob/main/{filePath}",
+            f"/cgit/history.git/tree/{filePath}",
+        ),
         ("log, 50 commits (history.git)", "/history.git/-/log/main", "/cgit/history.git/log/"),
     ]
     ApacheReference.findApache()
@@ -191,7 +203,10 @@ def runBrowse(corpus: Corpus, workDir: Path, reps: int, wrkSeconds: int,
         # Each page must work on both sides before it is timed.
         cold: dict[str, float] = {}
         for label, ours, theirs in pages:
-            for port, path, name in ((gitserve.port, ours, "gitserve"), (cgit.port, theirs, "cgit")):
+            for port, path, name in (
+                (gitserve.port, ours, "gitserve"),
+                (cgit.port, theirs, "cgit"),
+            ):
                 elapsed, status, body = _get(port, path, HTML)
                 if status != 200 or b"<html" not in body[:2000].lower():
                     raise RuntimeError(f"{name} {path}: {status} {body[:300]!r}")
@@ -206,24 +221,42 @@ def runBrowse(corpus: Corpus, workDir: Path, reps: int, wrkSeconds: int,
             ours_ms = statistics.median(samples["gitserve"])
             theirs_ms = statistics.median(samples["cgit"])
             log(f"  {label}: gitserve {ours_ms:.1f} ms, cgit {theirs_ms:.1f} ms")
-            rows.append((label + ", median latency", ours_ms, theirs_ms, "<= 1x cgit",
-                         ours_ms <= theirs_ms))
+            rows.append(
+                (label + ", median latency", ours_ms, theirs_ms, "<= 1x cgit", ours_ms <= theirs_ms)
+            )
         rates = {}
-        for port, path, name in ((gitserve.port, pages[1][1], "gitserve"),
-                                 (cgit.port, pages[1][2], "cgit")):
+        for port, path, name in (
+            (gitserve.port, pages[1][1], "gitserve"),
+            (cgit.port, pages[1][2], "cgit"),
+        ):
             rates[name], note = _wrk(port, path, wrkSeconds, HTML)
             if note:
                 notes.append(f"{name}: {note}")
             log(f"  summary wrk: {name} {rates[name]:.0f} req/s")
-        rows.append(("summary page requests/s, 16 connections", rates["gitserve"],
-                     rates["cgit"], ">= 2x cgit", rates["gitserve"] >= 2 * rates["cgit"]))
+        rows.append(
+            (
+                "summary page requests/s, 16 connections",
+                rates["gitserve"],
+                rates["cgit"],
+                ">= 2x cgit",
+                rates["gitserve"] >= 2 * rates["cgit"],
+            )
+        )
         rss = _gitserveRSS(gitserve)
-        rows.append(("server memory after browsing every page", rss, _cgitPSS(cgit),
-                     "<= 80 MB (gitserve RSS)", rss <= 80))
+        rows.append(
+            (
+                "server memory after browsing every page",
+                rss,
+                _cgitPSS(cgit),
+                "<= 80 MB (gitserve RSS)",
+                rss <= 80,
+            )
+        )
         notes.append(
             "gitserve's first (uncached) request for each page, just after start: "
-            + ", ".join(f"{label.split(' (')[0]} {seconds * 1000:.0f} ms"
-                        for label, seconds in cold.items())
+            + ", ".join(
+                f"{label.split(' (')[0]} {seconds * 1000:.0f} ms" for label, seconds in cold.items()
+            )
         )
     finally:
         for server in (gitserve, cgit):
@@ -234,15 +267,22 @@ def runBrowse(corpus: Corpus, workDir: Path, reps: int, wrkSeconds: int,
     ]
     for label, ours, theirs, target, met in rows:
         unit = "req/s" if "requests/s" in label else "MB" if "memory" in label else "ms"
-        fmt = (lambda v: f"{v:,.0f} req/s") if unit == "req/s" else (
-            (lambda v: f"{v:.1f} MB") if unit == "MB" else (lambda v: f"{v:.1f} ms"))
+        fmt = (
+            (lambda v: f"{v:,.0f} req/s")
+            if unit == "req/s"
+            else ((lambda v: f"{v:.1f} MB") if unit == "MB" else (lambda v: f"{v:.1f} ms"))
+        )
         ratio = f"{ours / theirs:.2f}" if ours and theirs else "—"
-        lines.append(f"| {label} | {fmt(ours)} | {fmt(theirs)} | {ratio} | {target} | "
-                     f"{'yes' if met else '**NO**'} |")
+        lines.append(
+            f"| {label} | {fmt(ours)} | {fmt(theirs)} | {ratio} | {target} | "
+            f"{'yes' if met else '**NO**'} |"
+        )
     lines += ["", *(f"- {note}" for note in notes)]
-    lines.append(f"- latency: median of {reps} GETs per page and server, a new connection each; "
-                 f"cgit memory is Apache's workers' PSS (cgit itself runs per request); "
-                 f"wrk -t2 -c16 -d{wrkSeconds}s")
+    lines.append(
+        f"- latency: median of {reps} GETs per page and server, a new connection each; "
+        f"cgit memory is Apache's workers' PSS (cgit itself runs per request); "
+        f"wrk -t2 -c16 -d{wrkSeconds}s"
+    )
     return "\n".join(lines)
 
 

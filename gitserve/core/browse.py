@@ -34,6 +34,7 @@ from typing import Any
 from dulwich.diff_tree import tree_changes
 from dulwich.errors import NotCommitError
 from dulwich.objects import Blob, Commit, ObjectID, Tag, Tree
+from dulwich.refs import Ref
 from dulwich.repo import Repo
 from dulwich.walk import Walker
 
@@ -278,7 +279,7 @@ class RepositoryReader:
     def defaultBranch(self) -> str:
         """The branch C{HEAD} names (unborn or not), or "" when it is detached or hidden."""
         try:
-            chain, _ = self.repo.refs.follow(b"HEAD")
+            chain, _ = self.repo.refs.follow(Ref(b"HEAD"))
         except (KeyError, ValueError):
             return ""
         if len(chain) < 2 or not chain[-1].startswith(b"refs/heads/"):
@@ -293,7 +294,7 @@ class RepositoryReader:
         if branch:
             return self._peelToCommit(self._refValue(b"refs/heads/" + branch.encode()))
         try:
-            chain, sha = self.repo.refs.follow(b"HEAD")
+            chain, sha = self.repo.refs.follow(Ref(b"HEAD"))
         except (KeyError, ValueError):
             return None
         if len(chain) > 1:
@@ -302,7 +303,7 @@ class RepositoryReader:
 
     def _refValue(self, name: bytes) -> bytes | None:
         try:
-            return self.repo.refs[name]
+            return self.repo.refs[Ref(name)]
         except (KeyError, ValueError):
             return None
 
@@ -321,7 +322,7 @@ class RepositoryReader:
         """Branches then tags, by name, hidden and malformed ones left out, at most C{limit}."""
         found: list[RefInfo] = []
         for prefix, kind in ((b"refs/heads/", "branch"), (b"refs/tags/", "tag")):
-            names = sorted(n for n in self.repo.refs.keys(prefix))
+            names = sorted(n for n in self.repo.refs.keys(Ref(prefix)))
             for short in names:
                 full = prefix + short
                 if not self._visible(full):
@@ -374,7 +375,7 @@ class RepositoryReader:
         for name in path:
             if not name or name in (".", "..") or not stat.S_ISDIR(mode):
                 raise NotFound()
-            tree = self.repo.object_store[sha]
+            tree = self.repo.object_store[ObjectID(sha)]
             if not isinstance(tree, Tree):
                 raise NotFound()
             try:
@@ -398,7 +399,7 @@ class RepositoryReader:
         mode, sha = self._lookup(commit, path)
         if not stat.S_ISDIR(mode):
             raise NotFound()
-        tree = self.repo.object_store[sha]
+        tree = self.repo.object_store[ObjectID(sha)]
         if not isinstance(tree, Tree):
             raise NotFound()
         entries: list[TreeEntry] = []
@@ -435,7 +436,7 @@ class RepositoryReader:
         mode, sha = self._lookup(commit, path)
         if stat.S_ISDIR(mode) or mode == 0o160000:
             raise NotFound()
-        blob = self.repo.object_store[sha]
+        blob = self.repo.object_store[ObjectID(sha)]
         if not isinstance(blob, Blob):
             raise NotFound()
         data = blob.as_raw_string()
@@ -528,7 +529,7 @@ class RepositoryReader:
     def _blobData(self, sha: bytes | None) -> bytes | None:
         if sha is None:
             return b""
-        obj = self.repo.object_store[sha]
+        obj = self.repo.object_store[ObjectID(sha)]
         if not isinstance(obj, Blob):
             return None
         raw = obj.as_raw_string()

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.web.server import Request
 
 from gitserve.core.browse import (
@@ -118,7 +118,8 @@ class BrowsePages:
         if segments[:2] == ["-", "static"] and len(segments) == 3 and segments[2] in STATIC:
             contentType, body = STATIC[segments[2]]
             request.setHeader(b"Cache-Control", b"public, max-age=86400")
-            return self._send(request, body, contentType)
+            self._send(request, body, contentType)
+            return succeed(None)
         if not segments:
             return self._index(request, user)
         if "-" in segments:
@@ -318,7 +319,8 @@ def _info(commit: Any) -> Any:
 
 
 def _argument(request: Request, name: bytes) -> str:
-    values = (request.args or {}).get(name) or [b""]
+    args: dict[bytes, list[bytes]] = request.args or {}
+    values = args.get(name) or [b""]
     return values[0].decode("utf-8", "replace").strip()
 
 
