@@ -22,13 +22,16 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from dulwich.objects import Commit
 from twisted.internet.defer import Deferred, succeed
 from twisted.web.server import Request
 
 from gitserve.core.browse import (
     MAX_RAW,
     BrowseData,
+    CommitInfo,
     Summary,
+    commitInfo,
     isBinary,
     refsKey,
     sortSummaries,
@@ -37,6 +40,7 @@ from gitserve.core.browse import (
 from gitserve.core.errors import NotFound
 from gitserve.core.repository import Repository, resolveRepository
 from gitserve.http import pages
+from gitserve.http.routes import matchRoute
 
 if TYPE_CHECKING:
     from gitserve.http.context import HTTPContext
@@ -102,8 +106,6 @@ class BrowsePages:
             return False
         if "-" in segments:
             return True
-        from gitserve.http.routes import matchRoute
-
         if matchRoute(segments) is not None:
             return False
         return asksForHTML(request)
@@ -312,9 +314,7 @@ class BrowsePages:
         request.finish()
 
 
-def _info(commit: Any) -> Any:
-    from gitserve.core.browse import commitInfo
-
+def _info(commit: Commit) -> CommitInfo:
     return commitInfo(commit)
 
 
