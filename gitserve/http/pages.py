@@ -726,7 +726,8 @@ h3.file { font-size: 1rem; font-family: ui-monospace, monospace; margin: 1.2rem 
 .note { color: var(--muted); font-style: italic; }
 table.list { width: 100%; border-collapse: collapse; }
 table.list td, table.list th { padding: .35rem .5rem; border-bottom: 1px solid var(--line);
-  text-align: left; vertical-align: top; overflow-wrap: anywhere; }
+  text-align: left; vertical-align: top; overflow-wrap: break-word; }
+table.list th { white-space: nowrap; }
 table.list th { font-weight: 600; }
 td.sha, td.date { white-space: nowrap; font-family: ui-monospace, monospace; font-size: .9em; }
 .filter { display: flex; flex-wrap: wrap; gap: .5rem; align-items: center; }
