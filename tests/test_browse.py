@@ -346,3 +346,19 @@ def testTemplatesAreTheOnlyWayIn() -> None:
     """The page skeleton escapes a hostile title like any other value."""
     body = pages.page("<b>x</b>", [("<i>", None)]).decode()
     assert "<title>&lt;b&gt;x&lt;/b&gt;</title>" in body and "<i>" not in body
+
+
+@pytest.mark.parametrize(("args", "pages"), [([], True), (["--no-browse"], False)])
+def testNoBrowseOption(tmp_path: Path, args: list[str], pages: bool) -> None:
+    """--no-browse leaves the site without pages; by default they are on."""
+    from twisted.application.service import IServiceCollection
+
+    from gitserve.tap import ListeningService, Options, makeService
+
+    options = Options()
+    options.parseOptions(["--root", str(tmp_path), "--listen", "tcp:0", *args])
+    assert options["no-browse"] is not pages
+    top = IServiceCollection(makeService(options))
+    (listener,) = [s for s in top if isinstance(s, ListeningService)]
+    context = listener.site.resource.context
+    assert (context.browse is not None) is pages
