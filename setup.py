@@ -25,6 +25,10 @@ setup(
         "bcrypt>=4.0",
         # The access rules' regular expressions, with a time bound per match.
         "regex>=2022.1.18",
+        # The browser pages: READMEs (raw HTML off) and syntax highlighting,
+        # both turned into twisted.web.template tags from their tokens.
+        "markdown-it-py>=3.0",
+        "pygments>=2.15",
     ],
     extras_require={
         "test": [

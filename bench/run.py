@@ -5,6 +5,7 @@ the floor (the same git work over a pipe, no HTTP), on this machine in one run.
     python bench/run.py                 # everything, full corpora (~20 minutes)
     python bench/run.py --quick         # small corpora, fewer repetitions (~3 minutes)
     python bench/run.py --only clone,push --servers http-backend,floor
+    python bench/run.py --only browse   # the browser pages against cgit (bench/browse.py)
 
 It prints one table: workload | gitserve | http-backend | floor | ratio | target | met?
 where ratio is gitserve / http-backend. Times are medians of the repetitions.
@@ -50,6 +51,9 @@ WORKLOADS = (
     "push",
     "dumb",
 )
+
+# Run only when asked for: against its own reference (cgit), with its own table.
+ON_DEMAND = ("browse",)
 
 MiB = 1024 * 1024
 
@@ -1065,7 +1069,7 @@ def parseArguments(argv: list[str] | None) -> argparse.Namespace:
         "where its time went (pip install py-spy)",
     )
     args = parser.parse_args(argv)
-    unknown = set(args.only.split(",")) - set(WORKLOADS)
+    unknown = set(args.only.split(",")) - set(WORKLOADS) - set(ON_DEMAND)
     if unknown:
         parser.error(f"unknown workloads: {sorted(unknown)}")
     unknown = set(args.servers.split(",")) - set(COLUMNS)
@@ -1090,6 +1094,20 @@ def main(argv: list[str] | None = None) -> int:
     wrkSeconds = args.wrk_seconds or (3 if args.quick else 10)
     columns = args.servers.split(",")
     corpus = ensureCorpora(sizes, log=log)
+    workloads = args.only.split(",")
+    if "browse" in workloads:
+        from bench.browse import runBrowse
+
+        try:
+            print(runBrowse(corpus, WORK_DIR, reps * 4, wrkSeconds, log))
+        except MissingDependency as error:
+            log(f"error: {error}")
+            return 1
+        print(f"\n`python bench/run.py --only browse` on {machineDescription()}")
+        workloads.remove("browse")
+        if not workloads:
+            return 0
+        args.only = ",".join(workloads)
     servers: dict[str, Server] = {}
     try:
         if BACKEND in columns:

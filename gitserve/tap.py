@@ -37,12 +37,14 @@ from gitserve.auth import DEFAULT_REALM, BasicAuthenticator, makePortal
 from gitserve.core.access import AccessConfError
 from gitserve.core.accesscontrol import AccessControl, HooksDirectoryService, makeHooksDirectory
 from gitserve.core.advertisement import CapabilityCache
+from gitserve.core.browse import BrowseData
 from gitserve.core.jobs import JobLimiter, defaultMaxJobs
 from gitserve.core.operations import GitCore
 from gitserve.core.policy import Policy
 from gitserve.core.process import Caller, GitBackend
 from gitserve.core.repository import ConfigCache, parseGitSize
 from gitserve.http.accesslog import accessLogFormatter
+from gitserve.http.browse import BrowsePages
 from gitserve.http.channel import DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, GitSite
 from gitserve.http.context import MAX_PUSH_SIZE, HTTPContext
 from gitserve.http.routes import RootResource
@@ -91,6 +93,7 @@ class Options(strcred.AuthOptionMixin, usage.Options):
         ["anonymous-push", None, "Allow push without authentication on every repository."],
         ["require-export-ok", None, "Serve only repositories holding git-daemon-export-ok."],
         ["private", None, "Every request (fetch too) needs an authenticated user."],
+        ["no-browse", None, "No pages for browsers: / and /<repo> answer 404 as before."],
     ]
     optParameters = [
         ["root", None, ".", "The directory of repositories to serve."],
@@ -307,6 +310,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         jobs=jobs,
     )
     context = HTTPContext(core, maxPushSize=options["max-push-size"])
+    if not options["no-browse"]:
+        context.browse = BrowsePages(context, BrowseData(core.root, core.policy))
     checkers = options["credCheckers"]
     if checkers:
         authenticator = BasicAuthenticator(makePortal(checkers, runInThread), options["realm"])

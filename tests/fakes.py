@@ -25,11 +25,13 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gitserve.core.browse import BrowseData
 from gitserve.core.operations import GitCore
 from gitserve.core.policy import Policy
 from gitserve.core.process import GitBackend, GitOutcome
 from gitserve.core.repository import ConfigCache
 from gitserve.http.body import RequestBody
+from gitserve.http.browse import BrowsePages
 from gitserve.http.channel import GitChannel, GitSite
 from gitserve.http.context import HTTPContext
 from gitserve.http.routes import RootResource
@@ -427,3 +429,12 @@ class FakeServiceReactor(FakeProcessReactor):
 
     def suggestThreadPoolSize(self, size: int) -> None:
         pass
+
+
+def browsingHarness(root: Path, **options: Any) -> SiteHarness:
+    """A L{SiteHarness} with the browser pages on, as C{makeService} wires them."""
+    harness = SiteHarness(root, **options)
+    harness.context.browse = BrowsePages(
+        harness.context, BrowseData(harness.core.root, harness.core.policy)
+    )
+    return harness

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.web.server import Request
@@ -28,12 +29,15 @@ class HTTPContext:
     @ivar authenticate: maps a request to its user (L{None} for anonymous);
         without it (no authentication configured) everyone is anonymous.
     @ivar challenge: the C{WWW-Authenticate} value a 401 carries.
+    @ivar browse: the browser pages, or L{None} when they are off.
     """
 
     core: GitCore
     maxPushSize: int = MAX_PUSH_SIZE
     authenticate: Callable[[Request], Deferred[str | None]] | None = None
     challenge: bytes = b'Basic realm="gitserve"'
+    # The browser pages (L{gitserve.http.browse.BrowsePages}); None with --no-browse.
+    browse: Any = None
 
     def userFor(self, request: Request) -> Deferred[str | None]:
         """

@@ -141,6 +141,10 @@ class RootResource(Resource):
                 segments.append(raw.decode("utf-8"))
             except UnicodeDecodeError:
                 raise NotFound() from None
+        # Browser pages first: they claim only what git never asks for.
+        browse = self.context.browse
+        if browse is not None and browse.claims(request, segments):
+            return browse.render(request, segments)
         matched = matchRoute(segments)
         if matched is None:
             raise NotFound()
