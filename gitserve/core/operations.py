@@ -29,12 +29,17 @@ class GitOperation:
     What a front door asks of the core: which service, on which (resolved)
     repository, for whom, and whether only the advertisement is wanted
     (C{--advertise-refs}, as a stateless HTTP C{info/refs} asks).
+
+    @ivar statelessRpc: HTTP's request-and-answer mode; false for the
+        full-duplex doors (SSH, git://), where one git child talks with the
+        client for the whole operation.
     """
 
     service: Service
     repository: Repository
     caller: Caller
     advertise: bool = False
+    statelessRpc: bool = True
 
     @property
     def protocolVersion(self) -> int:
@@ -49,6 +54,17 @@ class GitOperation:
             f"protocol=v{self.protocolVersion}"
         )
 
+    def describeTransport(self) -> str:
+        """
+        The door the operation came through (and the SSH key used), as the
+        end of the per-operation log line: after the fields the line always
+        had, so that what parsed it before still does.
+        """
+        text = f" transport={self.caller.transport}"
+        if self.caller.keyFingerprint:
+            text += f" key={self.caller.keyFingerprint}"
+        return text
+
     def logFields(self) -> dict[str, object]:
         """The same, as separate event fields for structured log observers."""
         return {
@@ -57,6 +73,8 @@ class GitOperation:
             "user": self.caller.user,
             "protocolVersion": self.protocolVersion,
             "advertise": self.advertise,
+            "transport": self.caller.transport,
+            "keyFingerprint": self.caller.keyFingerprint,
         }
 
 
@@ -99,6 +117,7 @@ class GitCore:
                 description=operation.describe(),
                 logFields=operation.logFields(),
                 killGrace=self.backend.killGrace,
+                logSuffix=operation.describeTransport(),
             )
             self.backend.spawn(
                 protocol,
@@ -106,6 +125,7 @@ class GitCore:
                 operation.repository,
                 operation.caller,
                 operation.advertise,
+                operation.statelessRpc,
             )
             return protocol
 
