@@ -375,11 +375,15 @@ class SessionTests(SynchronousTestCase):
 
     def test_notRequestsRefusedWithMessage(self) -> None:
         """pty, subsystems, X11 and agent forwarding are refused with a line on stderr."""
-        for kind in (b"pty-req", b"subsystem", b"x11-req", b"auth-agent-req@openssh.com"):
-            self.assertFalse(self.request(kind, NS(b"x") if kind == b"subsystem" else b""))
+        for kind in (b"pty-req", b"x11-req", b"auth-agent-req@openssh.com"):
+            self.assertFalse(self.request(kind, b""))
         text = bytes(self.conn.stderr).decode()
-        self.assertEqual(text.count("this server runs git commands only"), 4)
+        self.assertEqual(text.count("this server runs git commands only"), 3)
         self.assertFalse(self.conn.closedChannel)
+        # A subsystem is accepted only to be refused in words, with status 1.
+        self.assertTrue(self.request(b"subsystem", NS(b"sftp")))
+        self.assertIn("no subsystems (sftp, ...) here", bytes(self.conn.stderr).decode())
+        self.assertEqual(self.exitStatus(), 1)
 
     def test_secondCommandRefused(self) -> None:
         """A session runs one command: a second exec is refused."""

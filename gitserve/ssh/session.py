@@ -63,7 +63,6 @@ _UNPRINTABLE = re.compile(rb"[^\x20-\x7e]")
 
 REFUSED_REQUESTS = {
     b"pty-req": "no terminal here: this server runs git commands only",
-    b"subsystem": "no subsystems (sftp, ...) here: this server runs git commands only",
     b"x11-req": "X11 forwarding is not available: this server runs git commands only",
     b"auth-agent-req@openssh.com": (
         "agent forwarding is not available: this server runs git commands only"
@@ -191,15 +190,19 @@ class GitSessionChannel(SSHChannel):
                 name, rest = getNS(data)
                 value, _ = getNS(rest)
                 return self.setEnvironment(name, value)
-            if requestType in (b"exec", b"shell"):
+            if requestType in (b"exec", b"shell", b"subsystem"):
                 if self.commandSeen:
                     return False
                 self.commandSeen = True
                 if requestType == b"exec":
                     command, _ = getNS(data)
                     self.door.clock.callLater(0, self.execute, command)
-                else:
+                elif requestType == b"shell":
                     self.door.clock.callLater(0, self.greet)
+                else:
+                    # Accepted only to be refused in words: OpenSSH gives up
+                    # on a failed subsystem request without showing stderr.
+                    self.door.clock.callLater(0, self.refuseSubsystem)
                 return True
         except (struct.error, IndexError, ValueError):
             return False
@@ -246,6 +249,11 @@ class GitSessionChannel(SSHChannel):
         """One line on the client's stderr (ssh prints it; so does git)."""
         if not self.gone:
             self.writeExtended(connection.EXTENDED_DATA_STDERR, line.encode("utf-8") + b"\n")
+
+    def refuseSubsystem(self) -> None:
+        """A subsystem (sftp, ...): the refusal, exit status 1."""
+        self.writeStderr("gitserve: no subsystems (sftp, ...) here: this server runs git only")
+        self.exit(1)
 
     def refuse(self, message: str) -> None:
         """End the session as a refusal: the message, then exit status 128."""
