@@ -61,9 +61,9 @@ class GracefulShutdownService(Service):
     ) -> None:
         """
         @param site: its connections are closed as their requests end.
-        @param doors: the other doors (SSH, git://), drained the same way.
         @param grace: C{--shutdown-grace}: how long transfers may go on.
         @param killGrace: how long a child gets between SIGTERM and SIGKILL.
+        @param doors: the other doors (SSH, git://), drained the same way.
         """
         self._jobs = jobs
         self._site = site
