@@ -174,3 +174,22 @@ class DaemonProtocolTests(SynchronousTestCase):
         self.assertEqual(transport.producerState, "paused")
         child.readStdin()
         self.assertEqual(transport.producerState, "producing")
+
+    def test_drainWaitsForRunningGit(self) -> None:
+        """A shutdown closes idle connections now and waits for the one running git."""
+        busy = self.connect(b"git-upload-pack /app.git\0host=h\0")
+        [child] = self.reactor.spawned
+        busyProtocol = self.protocol
+        idle = StringTransport(peerAddress=CLIENT)
+        idleProtocol = self.factory.buildProtocol(CLIENT)
+        assert idleProtocol is not None
+        idleProtocol.makeConnection(idle)
+        drained = self.factory.drainConnections()
+        self.assertTrue(idle.disconnecting)
+        self.assertFalse(busy.disconnecting)
+        idleProtocol.connectionLost(None)
+        self.assertNoResult(drained)
+        child.exit(0)
+        self.assertTrue(busy.disconnecting)
+        busyProtocol.connectionLost(None)
+        self.successResultOf(drained)
