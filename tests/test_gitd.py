@@ -5,6 +5,7 @@ a connection over a StringTransport and a core whose git children are fakes.
 
 from __future__ import annotations
 
+from twisted.internet.protocol import connectionDone
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -155,7 +156,7 @@ class DaemonProtocolTests(SynchronousTestCase):
         """A client that goes away ends git."""
         self.connect(b"git-upload-pack /app.git\0host=h\0")
         [child] = self.reactor.spawned
-        self.protocol.connectionLost(None)
+        self.protocol.connectionLost(connectionDone)
         self.reactor.advance(10)
         self.assertIn("TERM", child.signals)
 
@@ -187,9 +188,9 @@ class DaemonProtocolTests(SynchronousTestCase):
         drained = self.factory.drainConnections()
         self.assertTrue(idle.disconnecting)
         self.assertFalse(busy.disconnecting)
-        idleProtocol.connectionLost(None)
+        idleProtocol.connectionLost(connectionDone)
         self.assertNoResult(drained)
         child.exit(0)
         self.assertTrue(busy.disconnecting)
-        busyProtocol.connectionLost(None)
+        busyProtocol.connectionLost(connectionDone)
         self.successResultOf(drained)
