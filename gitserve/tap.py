@@ -19,6 +19,7 @@ from twisted.application.service import IService, MultiService
 from twisted.cred import strcred
 from twisted.cred.credentials import IUsernamePassword
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorSSL, IStreamServerEndpoint
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -43,6 +44,7 @@ from gitserve.core.operations import GitCore
 from gitserve.core.policy import Policy
 from gitserve.core.process import Caller, GitBackend
 from gitserve.core.repository import ConfigCache, parseGitSize
+from gitserve.gitd.daemon import GitDaemonFactory
 from gitserve.http.accesslog import accessLogFormatter
 from gitserve.http.browse import BrowsePages
 from gitserve.http.channel import DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, GitSite
@@ -51,6 +53,10 @@ from gitserve.http.routes import RootResource
 from gitserve.twistedinternals import PipeReadingSpawner
 
 DEFAULT_LISTEN = "tcp:8080"
+
+# --ssh-host-key's default: beside twistd's own twistd.pid and twistd.log,
+# in the directory the daemon starts in.
+DEFAULT_SSH_HOST_KEY = "ssh_host_ed25519_key"
 
 
 def parseSize(text: str) -> int:
@@ -121,6 +127,18 @@ class Options(strcred.AuthOptionMixin, usage.Options):
             str(int(DEFAULT_HEADER_TIMEOUT)),
             "Drop a connection whose request headers take longer than this.",
         ],
+        [
+            "ssh-host-key",
+            None,
+            DEFAULT_SSH_HOST_KEY,
+            "The SSH server's private key; created (ed25519, mode 0600) if missing.",
+        ],
+        [
+            "ssh-keys",
+            None,
+            None,
+            "Users' SSH public keys, gitolite's keydir: DIR/alice.pub, DIR/x/alice@laptop.pub.",
+        ],
     ]
 
     compData = usage.Completions(optActions={"root": usage.CompleteDirs()})
@@ -128,6 +146,8 @@ class Options(strcred.AuthOptionMixin, usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["listen-ssh"] = []
+        self["listen-git"] = []
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """
@@ -182,6 +202,14 @@ class Options(strcred.AuthOptionMixin, usage.Options):
         """A Twisted endpoint to listen on (repeatable; default tcp:8080)."""
         self["listen"].append(description)
 
+    def opt_listen_ssh(self, description: str) -> None:
+        """A Twisted endpoint to serve git over SSH on (repeatable; needs --ssh-keys)."""
+        self["listen-ssh"].append(description)
+
+    def opt_listen_git(self, description: str) -> None:
+        """A Twisted endpoint to serve the git:// protocol on (repeatable)."""
+        self["listen-git"].append(description)
+
     def postOptions(self) -> None:
         """
         Check and convert every option. Endpoints are not built here: that
@@ -215,6 +243,13 @@ class Options(strcred.AuthOptionMixin, usage.Options):
             raise usage.UsageError("--private needs --auth: nobody could log in")
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
+        if self["listen-ssh"]:
+            if self["ssh-keys"] is None:
+                raise usage.UsageError("--listen-ssh needs --ssh-keys DIR: nobody could log in")
+            if not Path(self["ssh-keys"]).is_dir():
+                raise usage.UsageError(f"--ssh-keys {self['ssh-keys']!r} is not a directory")
+            self["ssh-keys"] = Path(self["ssh-keys"]).resolve()
+            self["ssh-host-key"] = Path(self["ssh-host-key"]).absolute()
 
 
 def listeningEndpoints(
@@ -240,6 +275,23 @@ def listeningEndpoints(
     return built
 
 
+def doorEndpoints(
+    reactor: Any, option: str, descriptions: list[str]
+) -> list[tuple[str, IStreamServerEndpoint]]:
+    """
+    Build the endpoint of each --listen-ssh or --listen-git description.
+
+    @raise usage.UsageError: naming the option, for one that does not parse.
+    """
+    built = []
+    for description in descriptions:
+        try:
+            built.append((description, serverFromString(reactor, description)))
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            raise usage.UsageError(f"--{option} {description!r} is not an endpoint: {e}") from e
+    return built
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     """
     Assemble the daemon: one site, one listening service per --listen.
@@ -258,6 +310,18 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         reactor = globalReactor
     try:
         endpoints = listeningEndpoints(reactor, options["listen"])
+        sshEndpoints = doorEndpoints(reactor, "listen-ssh", options["listen-ssh"])
+        gitEndpoints = doorEndpoints(reactor, "listen-git", options["listen-git"])
+        hostKey = None
+        if sshEndpoints:
+            from gitserve.ssh.keys import loadOrCreateHostKey
+
+            try:
+                hostKey = loadOrCreateHostKey(options["ssh-host-key"])
+            except Exception as e:
+                raise usage.UsageError(
+                    f"--ssh-host-key {str(options['ssh-host-key'])!r}: {e}"
+                ) from e
     except usage.UsageError as error:
         if options.parent is None:
             raise
@@ -349,11 +413,43 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         started = [listener.listening for listener, _ in listeners if listener.listening]
         return gatherResults(started).addCallback(check)
 
+    # The SSH and git:// doors: the same core, their own listeners.
+    doors: list[Any] = []
+    if hostKey is not None:
+        from gitserve.ssh.keys import KeyDirectory
+        from gitserve.ssh.server import GitSSHFactory
+
+        doors += [
+            (
+                endpoint,
+                description,
+                GitSSHFactory(
+                    core,
+                    hostKey,
+                    KeyDirectory(options["ssh-keys"]),
+                    reactor,
+                    options["idle-timeout"],
+                ),
+            )
+            for description, endpoint in sshEndpoints
+        ]
+    if gitEndpoints:
+        gitDaemon = GitDaemonFactory(core, reactor, options["idle-timeout"])
+        doors += [(endpoint, description, gitDaemon) for description, endpoint in gitEndpoints]
+    for endpoint, description, factory in doors:
+        listener = ListeningService(description, endpoint, factory, reactor)
+        listener.setServiceParent(top)
+        listeners.append((listener, None))
     CertificateReloadService(
         [tls for _, tls in listeners if tls is not None], reactor.callFromThread
     ).setServiceParent(top)
     GracefulShutdownService(
-        jobs, site, options["shutdown-grace"], backend.killGrace, reactor
+        jobs,
+        site,
+        options["shutdown-grace"],
+        backend.killGrace,
+        reactor,
+        doors=list({id(factory): factory for _, _, factory in doors}.values()),
     ).setServiceParent(top)
     # Last, so that it is stopped first: STOPPING=1 before anything else.
     SystemdNotifyService(

@@ -438,3 +438,70 @@ def browsingHarness(root: Path, **options: Any) -> SiteHarness:
         harness.context, BrowseData(harness.core.root, harness.core.policy)
     )
     return harness
+
+
+# SSH and git:// ------------------------------------------------------------------
+
+
+def makeCore(
+    root: Path,
+    reactor: FakeProcessReactor,
+    jobs: Any = None,
+    requireExportOk: bool = False,
+    private: bool = False,
+) -> GitCore:
+    """A core over C{root} whose git children are the fake reactor's."""
+    configs = ConfigCache()
+    return GitCore(
+        root=root.resolve(),
+        policy=Policy(configs, requireExportOk=requireExportOk, private=private),
+        backend=GitBackend(reactor, "/usr/bin/git", {"PATH": "/usr/bin:/bin"}),
+        clock=reactor,
+        configs=configs,
+        jobs=jobs,
+    )
+
+
+class FakeSSHConnection:
+    """
+    The part of conch's connection service a session channel talks to,
+    recording what would go to the client: data, stderr, requests, EOF, close.
+    """
+
+    def __init__(self, peer: Any = CLIENT) -> None:
+        self.data = bytearray()
+        self.stderr = bytearray()
+        self.requests: list[tuple[bytes, bytes]] = []
+        self.eof = False
+        self.closedChannel = False
+        self.windowAdjusts: list[int] = []
+        self.transport = _FakeSSHTransport(peer)
+
+    def sendData(self, channel: Any, data: bytes) -> None:
+        self.data += data
+
+    def sendExtendedData(self, channel: Any, dataType: int, data: bytes) -> None:
+        self.stderr += data
+
+    def sendRequest(
+        self, channel: Any, requestType: bytes, data: bytes, wantReply: int = 0
+    ) -> None:
+        self.requests.append((requestType, data))
+
+    def sendEOF(self, channel: Any) -> None:
+        self.eof = True
+
+    def sendClose(self, channel: Any) -> None:
+        self.closedChannel = True
+        channel.localClosed = True
+
+    def adjustWindow(self, channel: Any, bytesToAdd: int) -> None:
+        self.windowAdjusts.append(bytesToAdd)
+        channel.localWindowLeft += bytesToAdd
+
+
+class _FakeSSHTransport:
+    """conch's SSH transport as a session sees it: the TCP transport below it."""
+
+    def __init__(self, peer: Any) -> None:
+        self.transport = StringTransport(peerAddress=peer)

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IListeningPort, IReactorCore, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorCore,
+    IStreamServerEndpoint,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -25,7 +30,7 @@ class ListeningService(Service):
         self,
         description: str,
         endpoint: IStreamServerEndpoint,
-        site: GitSite,
+        site: GitSite | IProtocolFactory,
         reactor: IReactorCore,
     ) -> None:
         self.description = description

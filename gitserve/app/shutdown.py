@@ -14,7 +14,8 @@ applied wholly or not at all.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults
@@ -31,6 +32,19 @@ DEFAULT_SHUTDOWN_GRACE = 30.0
 REAP_MARGIN = 2.0
 
 
+class Drainable(Protocol):
+    """
+    A door other than the web site whose connections a shutdown closes: the
+    SSH and git:// factories.
+    """
+
+    def drainConnections(self) -> Deferred[None]:
+        """Close each connection once its operation is done; fires when none is left."""
+
+    def abortConnections(self) -> None:
+        """Drop every connection at once."""
+
+
 class GracefulShutdownService(Service):
     """Drain the git children when the daemon stops."""
 
@@ -43,17 +57,20 @@ class GracefulShutdownService(Service):
         grace: float,
         killGrace: float,
         clock: IReactorTime,
+        doors: Sequence[Drainable] = (),
     ) -> None:
         """
         @param site: its connections are closed as their requests end.
         @param grace: C{--shutdown-grace}: how long transfers may go on.
         @param killGrace: how long a child gets between SIGTERM and SIGKILL.
+        @param doors: the other doors (SSH, git://), drained the same way.
         """
         self._jobs = jobs
         self._site = site
         self._grace = grace
         self._killGrace = killGrace
         self._clock = clock
+        self._doors = list(doors)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -63,7 +80,13 @@ class GracefulShutdownService(Service):
                 busy=self._jobs.busy,
                 grace=self._grace,
             )
-        finished = gatherResults([self._jobs.whenIdle(), self._site.drainConnections()])
+        finished = gatherResults(
+            [
+                self._jobs.whenIdle(),
+                self._site.drainConnections(),
+                *[door.drainConnections() for door in self._doors],
+            ]
+        )
         return self._within(finished, self._grace).addCallback(self._afterGrace)
 
     def _within(self, d: Deferred[Any], seconds: float) -> Deferred[bool]:
@@ -108,6 +131,8 @@ class GracefulShutdownService(Service):
             # Their children are gone, so their requests are answered or
             # aborted; whatever connection is left has nothing to finish.
             self._site.abortConnections()
+            for door in self._doors:
+                door.abortConnections()
 
         return self._within(self._jobs.whenIdle(), self._killGrace + REAP_MARGIN).addCallback(
             reaped

@@ -6,21 +6,27 @@ door's output.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
+from gitserve.core.accesscontrol import createRepository, requestedName
 from gitserve.core.advertisement import CapabilityCache
+from gitserve.core.errors import NotFound, Refusal
 from gitserve.core.gitprotocol import protocolVersion
 from gitserve.core.jobs import JobLimiter
-from gitserve.core.policy import Policy, Service
+from gitserve.core.policy import ANONYMOUS, Policy, Service
 from gitserve.core.process import Caller, GitBackend, GitProcessProtocol
-from gitserve.core.repository import ConfigCache, Repository
+from gitserve.core.repository import ConfigCache, Repository, resolveRepository
 from gitserve.interfaces import IGitOutput
+
+log = Logger()
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,10 @@ class GitOperation:
     What a front door asks of the core: which service, on which (resolved)
     repository, for whom, and whether only the advertisement is wanted
     (C{--advertise-refs}, as a stateless HTTP C{info/refs} asks).
+
+    @ivar statelessRpc: HTTP's request-and-answer mode; false for the
+        full-duplex doors (SSH, git://), where one git child talks with the
+        client for the whole operation.
     """
 
     service: Service
@@ -38,6 +48,7 @@ class GitOperation:
     # Variables for the child beyond the caller's (a push's access-rules
     # snapshot for the update hook, see gitserve.core.accesscontrol).
     environment: tuple[tuple[str, str], ...] = ()
+    statelessRpc: bool = True
 
     @property
     def protocolVersion(self) -> int:
@@ -52,6 +63,17 @@ class GitOperation:
             f"protocol=v{self.protocolVersion}"
         )
 
+    def describeTransport(self) -> str:
+        """
+        The door the operation came through (and the SSH key used), as the
+        end of the per-operation log line: after the fields the line always
+        had, so that what parsed it before still does.
+        """
+        text = f" transport={self.caller.transport}"
+        if self.caller.keyFingerprint:
+            text += f" key={self.caller.keyFingerprint}"
+        return text
+
     def logFields(self) -> dict[str, object]:
         """The same, as separate event fields for structured log observers."""
         return {
@@ -60,6 +82,8 @@ class GitOperation:
             "user": self.caller.user,
             "protocolVersion": self.protocolVersion,
             "advertise": self.advertise,
+            "transport": self.caller.transport,
+            "keyFingerprint": self.caller.keyFingerprint,
         }
 
 
@@ -85,6 +109,69 @@ class GitCore:
     capabilities: CapabilityCache | None = None
     runBlocking: Callable[[Callable[[], Any]], Deferred[Any]] = maybeDeferred
 
+    def resolveFor(
+        self, segments: Sequence[bytes], user: str | None, create: bool
+    ) -> Deferred[Repository]:
+        """
+        The repository named by C{segments} that C{user} may see, for every
+        door: resolved once, and checked against the policy (the access rules
+        when there are some) with the user.
+
+        Under C{--access}, a missing repository that C{user} may create (a
+        wild one: gitolite's C{^C}) is created first when C{create} is true
+        (a smart fetch or a push), as gitolite creates on the first fetch or
+        push; otherwise a missing and an unreadable repository are refused
+        alike (L{Policy.hidden}).
+
+        @return: fires with the repository, or fails with a refusal.
+        """
+        policy = self.policy
+        repository = resolveRepository(self.root, segments)
+        if repository is not None:
+            try:
+                policy.checkVisible(repository, user)
+            except Refusal as refusal:
+                return fail(refusal)
+            return succeed(repository)
+        if policy.access is None:
+            return fail(NotFound())
+        name = requestedName([s.decode("utf-8", "replace") for s in segments])
+        creator = user or ANONYMOUS
+        if not create or name is None or not policy.access.mayCreate(name, creator).allowed:
+            return fail(policy.hidden(user))
+        created = self.runBlocking(
+            partial(createRepository, self.root, name, creator, self.backend.gitPath)
+        )
+
+        def resolved(_: object) -> Repository:
+            again = resolveRepository(self.root, segments)
+            if again is None:
+                raise policy.hidden(user)
+            log.info("created {name} for {user}", name=name, user=creator)
+            policy.checkVisible(again, user)
+            return again
+
+        return created.addCallback(resolved)
+
+    def operation(
+        self,
+        service: Service,
+        repository: Repository,
+        caller: Caller,
+        advertise: bool = False,
+        statelessRpc: bool = True,
+    ) -> GitOperation:
+        """
+        The operation a door asks for, with what the core adds for every door:
+        a push carries the user's access-rules snapshot for the update hook.
+        """
+        environment: dict[str, str] = {}
+        if service.isWrite and not advertise:
+            environment = self.policy.pushEnvironment(repository, caller.user)
+        return GitOperation(
+            service, repository, caller, advertise, tuple(environment.items()), statelessRpc
+        )
+
     def start(self, operation: GitOperation, output: IGitOutput) -> Deferred[GitProcessProtocol]:
         """
         Start git for C{operation} once a job slot is free, writing to
@@ -102,6 +189,7 @@ class GitCore:
                 description=operation.describe(),
                 logFields=operation.logFields(),
                 killGrace=self.backend.killGrace,
+                logSuffix=operation.describeTransport(),
             )
             self.backend.spawn(
                 protocol,
@@ -110,6 +198,7 @@ class GitCore:
                 operation.caller,
                 operation.advertise,
                 dict(operation.environment),
+                operation.statelessRpc,
             )
             return protocol
 

@@ -78,12 +78,22 @@ class IChildTransport(IProcessTransport, IConsumer):
 
 @dataclass(frozen=True)
 class Caller:
-    """Who a git child works for, as its environment tells hooks and reflogs."""
+    """
+    Who a git child works for, as its environment tells hooks and reflogs.
+
+    @ivar transport: the door the request came through (C{http}, C{ssh},
+        C{git}): the per-operation log line names it, and the committer
+        email says it as http-backend's says C{http}.
+    @ivar keyFingerprint: for SSH, the fingerprint of the key that logged
+        the user in, so the log tells which of a user's keys was used.
+    """
 
     remoteAddr: str
     user: str | None = None
     userAgent: bytes | None = None
     protocol: bytes | None = None
+    transport: str = "http"
+    keyFingerprint: str | None = None
 
 
 @dataclass
@@ -113,8 +123,9 @@ class GitBackend:
         The child's whole environment: what http-backend would give it.
 
         GIT_COMMITTER_NAME/EMAIL name the pusher (or C{anonymous}) at
-        C{http.<address>}, as http-backend sets them, so reflogs and hooks
-        see who pushed.
+        C{<transport>.<address>} (C{http.<address>} exactly as http-backend
+        sets them; C{ssh.<address>} over SSH), so reflogs and hooks see who
+        pushed and how.
         """
         env = {name: self.environ[name] for name in INHERITED_ENVIRONMENT if name in self.environ}
         env.setdefault("PATH", DEFAULT_PATH)
@@ -123,7 +134,7 @@ class GitBackend:
         if caller.user:
             env["REMOTE_USER"] = caller.user
         env["GIT_COMMITTER_NAME"] = user
-        env["GIT_COMMITTER_EMAIL"] = f"{user}@http.{caller.remoteAddr or '(none)'}"
+        env["GIT_COMMITTER_EMAIL"] = f"{user}@{caller.transport}.{caller.remoteAddr or '(none)'}"
         if caller.userAgent:
             env["GIT_HTTP_USER_AGENT"] = _PRINTABLE.sub(b"", caller.userAgent)[:256].decode()
         if caller.protocol:
@@ -132,12 +143,20 @@ class GitBackend:
         return env
 
     def argv(
-        self, service: Service, repository: Repository, advertise: bool, checkRefs: bool = False
+        self,
+        service: Service,
+        repository: Repository,
+        advertise: bool,
+        statelessRpc: bool = True,
+        checkRefs: bool = False,
     ) -> list[str]:
         """
         The command line. The repository is an absolute, resolved path, so it
         starts with C{/} and git cannot read it as an option.
 
+        @param statelessRpc: HTTP's one request, one answer (C{--stateless-rpc});
+            false for SSH and git://, where git talks with the client over one
+            full-duplex stream, as under git-shell and git daemon.
         @param checkRefs: run receive-pack with gitserve's hooks directory,
             whose update hook checks each ref against the access rules. On
             the command line, it wins over any core.hooksPath the
@@ -150,7 +169,8 @@ class GitBackend:
         if service is Service.UPLOAD_PACK:
             # --strict: serve exactly this directory, never <dir>/.git.
             args.append("--strict")
-        args.append("--stateless-rpc")
+        if statelessRpc:
+            args.append("--stateless-rpc")
         if advertise:
             args.append("--advertise-refs")
         args.append(str(repository.gitDir))
@@ -164,9 +184,12 @@ class GitBackend:
         caller: Caller,
         advertise: bool,
         extraEnvironment: Mapping[str, str] | None = None,
+        statelessRpc: bool = True,
     ) -> IProcessTransport:
         """Start git for one request, driven by C{protocol}."""
-        args = self.argv(service, repository, advertise, checkRefs=bool(extraEnvironment))
+        args = self.argv(
+            service, repository, advertise, statelessRpc, checkRefs=bool(extraEnvironment)
+        )
         env = self.environment(caller)
         env.update(extraEnvironment or {})
         # No working directory: git enters the repository named by its
@@ -239,8 +262,12 @@ class GitProcessProtocol(ProcessProtocol):
         description: str,
         killGrace: float = KILL_GRACE,
         logFields: Mapping[str, object] | None = None,
+        logSuffix: str = "",
     ) -> None:
         self.output = output
+        # Fields the log line carries after its fixed ones (transport=...),
+        # so that parsers of the older line keep working.
+        self.logSuffix = logSuffix
         # The operation's service, repository, user and protocol version as
         # separate event fields, for JSON log observers.
         self.logFields = dict(logFields or {})
@@ -363,6 +390,8 @@ class GitProcessProtocol(ProcessProtocol):
             # git stopped reading before the body ended (it failed, or was
             # ended): what is left of the body has nowhere to go.
             stdin, self._stdin = self._stdin, None
+            # A full-duplex door's stream has no end before git exits.
+            self.bytesIn = stdin.received
             stdin.stopProducing()
         if self._killCall is not None and self._killCall.active():
             self._killCall.cancel()
@@ -413,8 +442,9 @@ class GitProcessProtocol(ProcessProtocol):
             )
         self.log.info(
             "git {description} exit={exitCode} bytes_in={bytesIn} bytes_out={bytesOut} "
-            "duration={duration:.3f}s",
+            "duration={duration:.3f}s{logSuffix}",
             **self.logFields,
+            logSuffix=self.logSuffix,
             description=self.description,
             exitCode=exitCode,
             bytesIn=self.bytesIn,

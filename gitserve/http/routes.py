@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -20,9 +19,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from gitserve.core.accesscontrol import createRepository, requestedName
 from gitserve.core.errors import AuthenticationRequired, NotFound, Refusal
-from gitserve.core.policy import ANONYMOUS
 from gitserve.core.repository import Repository, resolveRepository
 from gitserve.http import dumb, smart
 from gitserve.http.body import BodyLost
@@ -154,67 +151,26 @@ class RootResource(Resource):
         # about which repositories exist.
         if request.method not in chosen.methods:
             raise MethodNotAllowed(chosen.methods)
-        repository = resolveRepository(
-            self.context.core.root, [s.encode("utf-8") for s in repositorySegments]
-        )
-        if self.context.core.policy.access is not None:
-            # Under --access, what a user may see depends on who they are.
+        core = self.context.core
+        named = [part.encode("utf-8") for part in repositorySegments]
+        if core.policy.access is not None:
+            # Under --access, what a user may see depends on who they are,
+            # and a smart request may create a wild repository.
+            create = self._mayCreateOn(request, chosen)
             return self.context.userFor(request).addCallback(
-                self._dispatchByRules, request, chosen, tail, repositorySegments, repository
+                lambda user: core.resolveFor(named, user, create).addCallback(
+                    self._answer, request, chosen, tail
+                )
             )
+        repository = resolveRepository(core.root, named)
         if repository is None:
             raise NotFound()
-        self.context.core.policy.checkVisible(repository)
+        core.policy.checkVisible(repository)
         return chosen.handler(self.context, request, repository, tail)
 
-    def _dispatchByRules(
-        self,
-        user: str | None,
-        request: Request,
-        chosen: Route,
-        tail: Sequence[str],
-        repositorySegments: Sequence[str],
-        repository: Repository | None,
-    ) -> Any:
-        """
-        Route a request under the access rules: a missing repository that
-        the user may create (a wild one, gitolite's C{^C}) is created by a
-        smart request, as gitolite creates on the first fetch or push;
-        otherwise missing and unreadable answer alike.
-        """
-        core = self.context.core
-        policy = core.policy
-        if repository is None:
-            name = requestedName(list(repositorySegments))
-            if name is None or not self._mayCreateOn(request, chosen):
-                raise policy.hidden(user)
-            assert policy.access is not None
-            if not policy.access.mayCreate(name, user or ANONYMOUS).allowed:
-                raise policy.hidden(user)
-            created = core.runBlocking(
-                partial(createRepository, core.root, name, user or ANONYMOUS, core.backend.gitPath)
-            )
-
-            def resolved(_: object) -> Any:
-                segments = [s.encode("utf-8") for s in repositorySegments]
-                again = resolveRepository(core.root, segments)
-                if again is None:
-                    raise policy.hidden(user)
-                self.log.info("created {name} for {user}", name=name, user=user or ANONYMOUS)
-                return self._answer(user, request, chosen, tail, again)
-
-            return created.addCallback(resolved)
-        return self._answer(user, request, chosen, tail, repository)
-
     def _answer(
-        self,
-        user: str | None,
-        request: Request,
-        chosen: Route,
-        tail: Sequence[str],
-        repository: Repository,
+        self, repository: Repository, request: Request, chosen: Route, tail: Sequence[str]
     ) -> Any:
-        self.context.core.policy.checkVisible(repository, user)
         result = chosen.handler(self.context, request, repository, tail)
         if isinstance(result, bytes):
             request.write(result)

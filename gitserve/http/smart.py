@@ -19,7 +19,6 @@ from zope.interface import implementer
 from gitserve.core.errors import Forbidden, InvalidRequest, Refusal, TooLarge
 from gitserve.core.gitprotocol import VERSION_2, checkGitProtocol, protocolVersion
 from gitserve.core.housekeeping import sweepStaleQuarantines
-from gitserve.core.operations import GitOperation
 from gitserve.core.pktline import FLUSH, ProtocolError, errorLine, parsePktLines, pktLine
 from gitserve.core.policy import Service
 from gitserve.core.process import GitOutcome, GitProcessProtocol
@@ -144,16 +143,8 @@ def runGit(
         # drops. receive-pack speaks no v2, so it always gets it.
         preamble = pktLine(b"# service=%s\n" % service.value.encode("ascii")) + FLUSH
     response = SmartResponse(request, contentTypeOf(service, advertise), preamble)
-    environment: dict[str, str] = {}
-    if service.isWrite and not advertise:
-        # Under --access, the update hook checks each ref with these.
-        environment = context.core.policy.pushEnvironment(repository, user)
-    operation = GitOperation(
-        service,
-        repository,
-        context.caller(request, user, gitProtocol),
-        advertise,
-        tuple(environment.items()),
+    operation = context.core.operation(
+        service, repository, context.caller(request, user, gitProtocol), advertise
     )
     started = context.core.start(operation, response)
     # A client that leaves while queued gives up its place.

@@ -1,0 +1,187 @@
+"""
+What the full-duplex doors (SSH, git://) share between the client's stream
+and a stateful git child: the client's bytes as the child's stdin, paced by
+git, and the path a client names turned into segments for resolution.
+
+Over HTTP each request carries a finite body; over SSH and git:// the client
+and git talk over one stream for the whole operation, so the stream itself is
+git's stdin until the client sends EOF or git exits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gitserve.core.errors import InvalidRequest
+from gitserve.interfaces import IStdinSource
+
+# What a door keeps of the client's stream before git is there to read it
+# (the operation waits for a job slot): git clients send nothing before the
+# server's first answer, so more than this is not a git client; the
+# connection is paused rather than buffered without bound.
+MAX_EARLY_INPUT = 64 * 1024
+
+# The longest repository path a client may name: git's own PATH_MAX.
+MAX_PATH = 4096
+
+
+class ClientGone(Exception):
+    """The client closed its side or its connection before sending EOF."""
+
+
+@implementer(IStdinSource, IPushProducer)
+class DuplexStdin:
+    """
+    The client's stream as a git child's stdin.
+
+    The door calls L{feed} with what arrives, L{finish} on EOF and L{fail}
+    when the client leaves. Once git is running (L{streamTo}) the bytes go
+    straight to its stdin, and when git does not keep up (its pipe is full)
+    the door's connection is paused: a fast pusher costs a pipe buffer, not
+    memory.
+
+    @ivar received: bytes delivered to git so far.
+    """
+
+    def __init__(self, pauseClient: Callable[[], None], resumeClient: Callable[[], None]) -> None:
+        """
+        @param pauseClient: stops reading the client's connection.
+        @param resumeClient: reads it again.
+        """
+        self._pauseClient = pauseClient
+        self._resumeClient = resumeClient
+        self.received = 0
+        self._early = bytearray()
+        self._consumer: IConsumer | None = None
+        self._done: Deferred[int] | None = None
+        self._ended: Failure | bool = False
+        self._paused = False
+        self._stopped = False
+
+    def _pause(self) -> None:
+        if not self._paused:
+            self._paused = True
+            self._pauseClient()
+
+    def _resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            self._resumeClient()
+
+    # The door's side ---------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Bytes from the client."""
+        if self._stopped or self._ended:
+            return
+        if self._consumer is None:
+            self._early += data
+            if len(self._early) > MAX_EARLY_INPUT:
+                self._pause()
+            return
+        self.received += len(data)
+        self._consumer.write(data)
+
+    def finish(self) -> None:
+        """The client sent EOF: git's input is complete."""
+        if self._ended:
+            return
+        self._ended = True
+        if self._consumer is not None:
+            self._settle()
+
+    def fail(self, reason: Failure | None = None) -> None:
+        """The client left: git's input will never be complete."""
+        if self._ended:
+            return
+        self._ended = reason if reason is not None else Failure(ClientGone())
+        if self._consumer is not None:
+            self._settle()
+
+    # The core's side ---------------------------------------------------------
+
+    def streamTo(self, consumer: IConsumer) -> Deferred[int]:
+        """
+        Write the stream into C{consumer} (git's stdin), first what came
+        before git started, then what arrives.
+
+        @return: fires with the bytes delivered at EOF, or fails with
+            L{ClientGone} when the client leaves without one.
+        """
+        self._done = Deferred()
+        done = self._done
+        self._consumer = consumer
+        consumer.registerProducer(self, True)
+        early, self._early = bytes(self._early), bytearray()
+        if early:
+            self.received += len(early)
+            consumer.write(early)
+        if not self._stopped:
+            self._resume()
+        if self._ended:
+            self._settle()
+        return done
+
+    def _settle(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            consumer.unregisterProducer()
+        done, self._done = self._done, None
+        if done is None:
+            return
+        if isinstance(self._ended, Failure):
+            done.errback(self._ended)
+        else:
+            done.callback(self.received)
+
+    def pauseProducing(self) -> None:
+        """git's stdin is full: stop reading the client."""
+        self._pause()
+
+    def resumeProducing(self) -> None:
+        """git read its stdin: read the client again."""
+        self._resume()
+
+    def stopProducing(self) -> None:
+        """
+        git stopped reading (it exited): what the client still sends is
+        dropped, and the connection is read again so that it is not left
+        paused while the door answers.
+        """
+        self._stopped = True
+        self._consumer = None
+        self._done = None
+        self._early = bytearray()
+        self._resume()
+
+
+def segmentsOfPath(path: bytes) -> list[bytes]:
+    """
+    The segments for L{gitserve.core.repository.resolveRepository} of a
+    repository path as an SSH command or a git:// request names it: C{/x},
+    C{x} (scp-like C{host:x}, relative to the served root) and C{/team/x/}
+    all name the same thing under C{--root}, never anything outside it.
+
+    Trailing slashes are dropped, as git's C{enter_repo()} drops them; every
+    other check (C{..}, empty segments, control characters, a leading C{-})
+    is resolution's.
+
+    @raise InvalidRequest: a C{~user} form (home directories are not served:
+        every repository lives under C{--root}), or a path too long for git.
+    """
+    if len(path) > MAX_PATH:
+        raise InvalidRequest("repository path too long")
+    if path.startswith(b"~"):
+        # git sends ~alice/x for ssh://host/~alice/x; git daemon refuses it
+        # unless --user-path is on, git-shell maps it to a home directory.
+        # There are no per-user directories here.
+        raise InvalidRequest("~user paths are not served here; name the repository from the root")
+    stripped = path.rstrip(b"/")
+    if stripped.startswith(b"/"):
+        stripped = stripped[1:]
+    return stripped.split(b"/") if stripped else []

@@ -1,0 +1,1 @@
+"""The git:// protocol, as git daemon speaks it: anonymous fetch."""

@@ -1,0 +1,1 @@
+"""git over SSH: a twisted.conch server that runs only git's own commands."""
