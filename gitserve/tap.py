@@ -35,8 +35,6 @@ from gitserve.app.tls import (
     warnIfPlaintextAuth,
 )
 from gitserve.auth import DEFAULT_REALM, BasicAuthenticator, makePortal
-from gitserve.core.access import AccessConfError
-from gitserve.core.accesscontrol import AccessControl, HooksDirectoryService, makeHooksDirectory
 from gitserve.core.advertisement import CapabilityCache
 from gitserve.core.browse import BrowseData
 from gitserve.core.jobs import JobLimiter, defaultMaxJobs
@@ -235,6 +233,11 @@ class Options(strcred.AuthOptionMixin, usage.Options):
             self["max-queue"] = int(self["max-queue"])
         self.setdefault("credCheckers", [])
         if self["access"] is not None:
+            # Imported only for --access: the rule engine's regex module is
+            # memory a daemon without rules need not carry.
+            from gitserve.core.access import AccessConfError
+            from gitserve.core.accesscontrol import AccessControl
+
             try:
                 self["access"] = AccessControl(self["access"])
             except AccessConfError as e:
@@ -346,12 +349,17 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     runInThread = partial(deferToThreadPool, reactor, reactor.getThreadPool())
     jobs = JobLimiter(options["max-jobs"], options["max-queue"])
     access = options.get("access")
+    accessHooks = None
+    if access is not None:
+        from gitserve.core.accesscontrol import makeHooksDirectory
+
+        accessHooks = makeHooksDirectory()
     backend = GitBackend(
         reactor=PipeReadingSpawner(reactor),
         gitPath=gitPath,
         environ=dict(os.environ),
         available=available,
-        accessHooks=makeHooksDirectory() if access is not None else None,
+        accessHooks=accessHooks,
     )
     core = GitCore(
         root=options["root"],
@@ -394,6 +402,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     )
     top = MultiService()
     if backend.accessHooks is not None:
+        from gitserve.core.accesscontrol import HooksDirectoryService
+
         HooksDirectoryService(backend.accessHooks).setServiceParent(top)
     listeners = []
     for description, endpoint, tls in endpoints:

@@ -16,7 +16,6 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from gitserve.core.accesscontrol import createRepository, requestedName
 from gitserve.core.advertisement import CapabilityCache
 from gitserve.core.errors import NotFound, Refusal
 from gitserve.core.gitprotocol import protocolVersion
@@ -135,6 +134,10 @@ class GitCore:
             return succeed(repository)
         if policy.access is None:
             return fail(NotFound())
+        # Only under --access (see gitserve.tap: the rule engine is loaded
+        # for it alone).
+        from gitserve.core.accesscontrol import createRepository, requestedName
+
         name = requestedName([s.decode("utf-8", "replace") for s in segments])
         creator = user or ANONYMOUS
         if not create or name is None or not policy.access.mayCreate(name, creator).allowed:

@@ -64,9 +64,11 @@ SECURITY_HEADERS = (
 # that forbids everything and sandboxes it, in case a browser sniffs anyway.
 RAW_CSP = b"default-src 'none'; style-src 'unsafe-inline'; sandbox"
 
-STATIC = {
-    "style.css": (b"text/css; charset=utf-8", pages.stylesheet()),
-    "favicon.svg": (b"image/svg+xml", pages.FAVICON),
+# The daemon's own files, built when first asked for (the stylesheet
+# carries Pygments' colours, which are not loaded at start-up).
+STATIC: dict[str, tuple[bytes, Callable[[], bytes]]] = {
+    "style.css": (b"text/css; charset=utf-8", pages.stylesheet),
+    "favicon.svg": (b"image/svg+xml", lambda: pages.FAVICON),
 }
 
 
@@ -118,7 +120,8 @@ class BrowsePages:
         while segments and segments[-1] == "":
             segments.pop()
         if segments[:2] == ["-", "static"] and len(segments) == 3 and segments[2] in STATIC:
-            contentType, body = STATIC[segments[2]]
+            contentType, build = STATIC[segments[2]]
+            body = build()
             request.setHeader(b"Cache-Control", b"public, max-age=86400")
             self._send(request, body, contentType)
             return succeed(None)

@@ -19,15 +19,9 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
-from markdown_it import MarkdownIt
-from markdown_it.token import Token
-from pygments.formatters import HtmlFormatter
-from pygments.lexer import Lexer
-from pygments.lexers._mapping import LEXERS
-from pygments.token import STANDARD_TYPES, _TokenType
 from twisted.web.template import Tag, flattenString, tags
 
 from gitserve.core.browse import (
@@ -75,6 +69,16 @@ def flatten(root: Tag) -> bytes:
         failures[0].raiseException()
     return DOCTYPE + result[0]
 
+
+if TYPE_CHECKING:
+    from markdown_it import MarkdownIt
+    from markdown_it.token import Token
+    from pygments.lexer import Lexer
+    from pygments.token import _TokenType
+
+# markdown-it-py and Pygments are imported when the first README or file is
+# shown, not at start-up: together they are some 5 MB of a daemon that may
+# never serve a page (the large-push tests hold its RSS under 60 MB).
 
 # -- URLs ---------------------------------------------------------------------------------------
 
@@ -478,6 +482,8 @@ def commitPageView(name: str, detail: CommitPage) -> bytes:
 
 
 def _cssClass(kind: _TokenType) -> str:
+    from pygments.token import STANDARD_TYPES
+
     while kind not in STANDARD_TYPES:
         kind = kind.parent
     return STANDARD_TYPES[kind]
@@ -491,13 +497,15 @@ def _lexerFor(filename: str) -> Lexer | None:
     lookup also scans plugins and imported some 600 modules, 38 MB, on the
     first file shown.)
     """
+    from pygments.lexers._mapping import LEXERS
+
     for className, (module, _, _, patterns, _) in LEXERS.items():
         if any(fnmatch.fnmatchcase(filename, pattern) for pattern in patterns):
             try:
                 lexer = getattr(importlib.import_module(module), className)
             except (ImportError, AttributeError):
                 return None
-            return cast(Lexer, lexer(stripnl=False, ensurenl=False))
+            return cast("Lexer", lexer(stripnl=False, ensurenl=False))
     return None
 
 
@@ -568,7 +576,14 @@ def filePage(name: str, ref: str, where: Sequence[str], data: FileData) -> bytes
 
 # -- READMEs ------------------------------------------------------------------------------------
 
-_MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table").enable("strikethrough")
+
+@lru_cache(maxsize=1)
+def _markdown() -> MarkdownIt:
+    """The README parser: CommonMark with tables and strikethrough, raw HTML off."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False}).enable("table").enable("strikethrough")
+
 
 # The tags a README may become; anything else turns into a neutral container.
 _BLOCK_TAGS = {
@@ -659,7 +674,7 @@ def renderMarkdown(source: str, safe: Any) -> Tag:
     """Markdown as tags, from markdown-it's tokens (raw HTML off: it stays text)."""
     root = tags.div(class_="markdown")
     stack: list[Tag] = [root]
-    for token in _MARKDOWN.parse(source):
+    for token in _markdown().parse(source):
         if token.type == "inline":
             _inline(token.children or [], stack[-1], safe)
         elif token.nesting == 1:
@@ -766,8 +781,11 @@ dl.meta dd { margin: 0; overflow-wrap: anywhere; }
 """
 
 
+@lru_cache(maxsize=1)
 def stylesheet() -> bytes:
     """The one stylesheet: the layout, then Pygments' colours for light and dark."""
+    from pygments.formatters import HtmlFormatter
+
     light = HtmlFormatter(style="default").get_style_defs(".hl")
     dark = HtmlFormatter(style="github-dark").get_style_defs(".hl")
     keep = lambda css: "\n".join(  # noqa: E731
