@@ -391,6 +391,31 @@ class SessionTests(SynchronousTestCase):
         self.assertFalse(self.request(b"exec", NS(b"git-upload-pack '/app.git'")))
         self.assertEqual(len(self.reactor.spawned), 1)
 
+    def test_inputWithTheCommandReachesGit(self) -> None:
+        """A request sent in the same breath as the exec, before it is handled, reaches git."""
+        self.channel.requestReceived(b"exec", NS(b"git-upload-pack '/app.git'"))
+        self.channel.dataReceived(b"0000")
+        self.channel.eofReceived()
+        self.reactor.advance(0)
+        [child] = self.reactor.spawned
+        self.assertEqual(bytes(child.stdin), b"0000")
+        self.assertTrue(child.stdinClosed)
+
+    def test_inputBeforeGitStartsReachesGit(self) -> None:
+        """A request sent with the command, before git runs (queued for a slot), reaches git whole."""
+        self.jobs.maxQueue = 1
+        self.request(b"exec", NS(b"git-upload-pack '/app.git'"))
+        waiting = self.openChannel()
+        self.request(b"exec", NS(b"git-upload-pack '/app.git'"), waiting)
+        waiting.dataReceived(b"0009done\n")
+        waiting.eofReceived()
+        [first] = self.reactor.spawned
+        first.exit(0)
+        self.reactor.advance(0)
+        second = self.reactor.spawned[1]
+        self.assertEqual(bytes(second.stdin), b"0009done\n")
+        self.assertTrue(second.stdinClosed)
+
     def test_busyIsAMessage(self) -> None:
         """With every job slot taken and no queue, the user is told the server is busy."""
         self.request(b"exec", NS(b"git-upload-pack '/app.git'"))

@@ -196,6 +196,11 @@ class GitSessionChannel(SSHChannel):
                 self.commandSeen = True
                 if requestType == b"exec":
                     command, _ = getNS(data)
+                    # The client may send its request right after the command
+                    # (git waits for the server to speak first, other clients
+                    # do not): what arrives before git runs is kept for its
+                    # stdin, from now on.
+                    self.stdin = DuplexStdin(self.pauseInput, self.resumeInput)
                     self.door.clock.callLater(0, self.execute, command)
                 elif requestType == b"shell":
                     self.door.clock.callLater(0, self.greet)
@@ -401,7 +406,6 @@ class GitSessionChannel(SSHChannel):
             keyFingerprint=owner.fingerprint,
         )
         operation = core.operation(parsed.service, repository, caller, statelessRpc=False)
-        self.stdin = DuplexStdin(self.pauseInput, self.resumeInput)
         self.started = core.start(operation, self)
         self.started.addCallbacks(self._running, self._notStarted)
 
