@@ -402,7 +402,7 @@ class SessionTests(SynchronousTestCase):
         self.assertTrue(child.stdinClosed)
 
     def test_inputBeforeGitStartsReachesGit(self) -> None:
-        """A request sent with the command, before git runs (queued for a slot), reaches git whole."""
+        """A request sent while git waits for a job slot reaches git whole once it runs."""
         self.jobs.maxQueue = 1
         self.request(b"exec", NS(b"git-upload-pack '/app.git'"))
         waiting = self.openChannel()
