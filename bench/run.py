@@ -6,6 +6,7 @@ the floor (the same git work over a pipe, no HTTP), on this machine in one run.
     python bench/run.py --quick         # small corpora, fewer repetitions (~3 minutes)
     python bench/run.py --only clone,push --servers http-backend,floor
     python bench/run.py --only browse   # the browser pages against cgit (bench/browse.py)
+    python bench/run.py --only ssh      # SSH, git:// against sshd, git daemon (bench/doors.py)
 
 It prints one table: workload | gitserve | http-backend | floor | ratio | target | met?
 where ratio is gitserve / http-backend. Times are medians of the repetitions.
@@ -53,7 +54,7 @@ WORKLOADS = (
 )
 
 # Run only when asked for: against its own reference (cgit), with its own table.
-ON_DEMAND = ("browse",)
+ON_DEMAND = ("browse", "ssh")
 
 MiB = 1024 * 1024
 
@@ -1105,6 +1106,19 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"\n`python bench/run.py --only browse` on {machineDescription()}")
         workloads.remove("browse")
+        if not workloads:
+            return 0
+        args.only = ",".join(workloads)
+    if "ssh" in workloads:
+        from bench.doors import runDoorsBench
+
+        command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        try:
+            print(runDoorsBench(corpus, WORK_DIR, reps, heavyReps, log, command.strip()))
+        except MissingDependency as error:
+            log(f"error: {error}")
+            return 1
+        workloads.remove("ssh")
         if not workloads:
             return 0
         args.only = ",".join(workloads)

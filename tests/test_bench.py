@@ -99,3 +99,34 @@ def test_replayedFetchRequestGetsAPackFromUploadPack(tmp_path: Path) -> None:
     ).stdout
     assert answer.startswith(b"000dpackfile\n")
     assert b"PACK" in answer
+
+
+def test_sshdForcedCommandIsGitShellAndNothingElse() -> None:
+    """The reference sshd's key line forces git-shell and forbids forwarding and a pty."""
+    from bench.doors import authorizedKeysLine
+
+    line = authorizedKeysLine("ssh-ed25519 AAAAkey bench\n")
+    assert line == (
+        'command="git-shell -c \\"$SSH_ORIGINAL_COMMAND\\"",no-port-forwarding,'
+        "no-X11-forwarding,no-agent-forwarding,no-pty ssh-ed25519 AAAAkey bench\n"
+    )
+
+
+def test_nonLoopbackListenersFindsAWildcardBind() -> None:
+    """A listener on 0.0.0.0 or :: on a benchmark port is reported; loopback ones are not."""
+    from bench.doors import nonLoopbackListeners
+
+    header = "  sl  local_address rem_address   st\n"
+    tables = {
+        "tcp": header
+        + "0: 0100007F:1F90 00000000:0000 0A\n"
+        + "1: 00000000:1F91 00000000:0000 0A\n"
+        + "2: 00000000:1F92 00000000:0000 01\n",
+        "tcp6": header
+        + "0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A\n"
+        + "1: 00000000000000000000000000000000:1F92 00000000000000000000000000000000:0000 0A\n",
+    }
+    assert nonLoopbackListeners({0x1F90, 0x1F91, 0x1F92}, tables) == [
+        "tcp 00000000:1F91",
+        "tcp6 00000000000000000000000000000000:1F92",
+    ]
