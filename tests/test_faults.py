@@ -38,7 +38,12 @@ def settledLeftovers(repo: Path, timeout: float = 15.0, locksOnly: bool = False)
     """Leftovers once git had time to clean up after itself (it may still be exiting)."""
     deadline = time.monotonic() + timeout
     while True:
-        found = [p for p in leftovers(repo) if p.name.endswith(".lock") or not locksOnly]
+        try:
+            found = [p for p in leftovers(repo) if p.name.endswith(".lock") or not locksOnly]
+        except FileNotFoundError:
+            # git removed a directory while the walk was inside it: it is
+            # still cleaning up, so look again.
+            found = [repo]
         if not found or time.monotonic() > deadline:
             return found
         time.sleep(0.1)
