@@ -4,9 +4,16 @@ One listening endpoint as a service, and the readiness line it logs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IListeningPort, IReactorCore, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorCore,
+    IStreamServerEndpoint,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -25,9 +32,16 @@ class ListeningService(Service):
         self,
         description: str,
         endpoint: IStreamServerEndpoint,
-        site: GitSite,
+        site: GitSite | IProtocolFactory,
         reactor: IReactorCore,
+        notBefore: Callable[[], Deferred[None]] | None = None,
     ) -> None:
+        """
+        @param notBefore: when stopping, close the port only once what this
+            returns has fired (a drain announcement: see
+            L{gitserve.app.shutdown.DrainAnnouncement}).
+        """
+        self.notBefore = notBefore
         self.description = description
         self.endpoint = endpoint
         self.site = site
@@ -59,9 +73,12 @@ class ListeningService(Service):
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
-        if self.port is not None:
-            return self.port.stopListening()
-        return None
+        if self.port is None:
+            return None
+        port = self.port
+        if self.notBefore is None:
+            return port.stopListening()
+        return self.notBefore().addCallback(lambda _: port.stopListening())
 
 
 __all__ = ["ListeningService"]

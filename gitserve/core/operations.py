@@ -17,8 +17,9 @@ from twisted.internet.interfaces import IReactorTime
 from gitserve.core.advertisement import CapabilityCache
 from gitserve.core.gitprotocol import protocolVersion
 from gitserve.core.jobs import JobLimiter
+from gitserve.core.metrics import IMetrics, NullMetrics, OperationLabels, exitStatusLabel
 from gitserve.core.policy import Policy, Service
-from gitserve.core.process import Caller, GitBackend, GitProcessProtocol
+from gitserve.core.process import Caller, GitBackend, GitOutcome, GitProcessProtocol
 from gitserve.core.repository import ConfigCache, Repository
 from gitserve.interfaces import IGitOutput
 
@@ -47,6 +48,22 @@ class GitOperation:
             f"{self.service.value}{' advertise' if self.advertise else ''} "
             f"repo={self.repository.name} user={self.caller.user or '-'} "
             f"protocol=v{self.protocolVersion}"
+            # The client's address: behind a load balancer, the one its
+            # PROXY header gave (see the haproxy: listener in the README).
+            f" remote={self.caller.remoteAddr or '-'}"
+        )
+
+    def metricLabels(self) -> OperationLabels:
+        """
+        The operation's bounded labels for the metrics: never its repository
+        or user. A door that adds a C{transport} attribute (SSH, git://)
+        gets it as the transport label; HTTP is the default.
+        """
+        return OperationLabels(
+            service=self.service.value,
+            version=self.protocolVersion,
+            transport=str(getattr(self, "transport", "http")),
+            advertise=self.advertise,
         )
 
     def logFields(self) -> dict[str, object]:
@@ -57,6 +74,7 @@ class GitOperation:
             "user": self.caller.user,
             "protocolVersion": self.protocolVersion,
             "advertise": self.advertise,
+            "remoteAddr": self.caller.remoteAddr,
         }
 
 
@@ -81,6 +99,7 @@ class GitCore:
     jobs: JobLimiter | None = None
     capabilities: CapabilityCache | None = None
     runBlocking: Callable[[Callable[[], Any]], Deferred[Any]] = maybeDeferred
+    metrics: IMetrics = field(default_factory=NullMetrics)
 
     def start(self, operation: GitOperation, output: IGitOutput) -> Deferred[GitProcessProtocol]:
         """
@@ -100,6 +119,7 @@ class GitCore:
                 logFields=operation.logFields(),
                 killGrace=self.backend.killGrace,
             )
+            protocol.done.addCallback(self._measure, operation, protocol)
             self.backend.spawn(
                 protocol,
                 operation.service,
@@ -112,3 +132,16 @@ class GitCore:
         if self.jobs is None:
             return maybeDeferred(spawn)
         return self.jobs.run(spawn)
+
+    def _measure(
+        self, outcome: GitOutcome, operation: GitOperation, protocol: GitProcessProtocol
+    ) -> GitOutcome:
+        """Report an ended operation to the metrics, whatever door it came through."""
+        self.metrics.operationFinished(
+            operation.metricLabels(),
+            exitStatusLabel(outcome.exitCode, outcome.failure is not None),
+            max(0.0, self.clock.seconds() - protocol.began),
+            protocol.bytesIn,
+            protocol.bytesOut,
+        )
+        return outcome

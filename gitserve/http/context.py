@@ -6,7 +6,7 @@ it (authentication, the push size cap).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.web.server import Request
@@ -15,6 +15,7 @@ from gitserve.core.errors import Refusal
 from gitserve.core.operations import GitCore
 from gitserve.core.process import Caller
 from gitserve.http.errors import HTTPError, httpErrorFor
+from gitserve.http.health import Health
 
 # Default --max-push-size: a push body (inflated) larger than this is refused.
 MAX_PUSH_SIZE = 2 * 1024**3
@@ -28,12 +29,15 @@ class HTTPContext:
     @ivar authenticate: maps a request to its user (L{None} for anonymous);
         without it (no authentication configured) everyone is anonymous.
     @ivar challenge: the C{WWW-Authenticate} value a 401 carries.
+    @ivar health: the serving state C{/-/health} reports.
     """
 
     core: GitCore
     maxPushSize: int = MAX_PUSH_SIZE
     authenticate: Callable[[Request], Deferred[str | None]] | None = None
     challenge: bytes = b'Basic realm="gitserve"'
+    # What /-/health answers: 503 once a graceful shutdown begins.
+    health: Health = field(default_factory=Health)
 
     def userFor(self, request: Request) -> Deferred[str | None]:
         """
