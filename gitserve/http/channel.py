@@ -484,11 +484,15 @@ class GitSite(Site):
         return channel
 
     def log(self, request: Any) -> None:
-        """Write the access log line, and count the request for the metrics."""
-        super().log(request)
-        self.metrics.requestFinished(
-            "http", methodLabel(request.method), routeKindOf(request), int(request.code)
-        )
+        """
+        Write the access log line, and count the request for the metrics.
+        Health checks (a load balancer's, every second or two) are counted
+        but not logged: they would drown the lines that matter.
+        """
+        kind = routeKindOf(request)
+        if kind != "health":
+            super().log(request)
+        self.metrics.requestFinished("http", methodLabel(request.method), kind, int(request.code))
 
     def channelClosed(self, channel: GitChannel) -> None:
         """A connection ended."""
