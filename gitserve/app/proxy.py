@@ -18,12 +18,14 @@ connection from any other peer is closed before a byte of it is read.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import endpoints
+from twisted.internet.address import IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
+    IAddress,
     IListeningPort,
     ILoggingContext,
     IProtocol,
@@ -33,6 +35,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.logger import Logger
 from twisted.protocols.haproxy import proxyEndpoint
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from zope.interface import implementer
 
 from gitserve.app.tls import (
@@ -111,16 +114,56 @@ class TrustedPeersFactory:
         return type(wrapped).__name__
 
 
-@implementer(IStreamServerEndpoint)
-class TrustedPeersEndpoint:
-    """An endpoint whose connections from peers outside C{trusted} are closed at once."""
+def canonicalAddress(address: IAddress) -> IAddress:
+    """
+    C{address} with its IPv6 host in the usual compressed form
+    (C{2001:db8::7}): Twisted's PROXY v2 parser writes every group
+    (C{2001:db8:0:0:0:0:0:7}), which would make the same client look like
+    two in logs, fail2ban filters and committer emails.
+    """
+    if isinstance(address, IPv6Address):
+        try:
+            host = str(ipaddress.ip_address(address.host))
+        except ValueError:
+            return address
+        return IPv6Address(address.type, host, address.port, address.flowInfo, address.scopeID)
+    return address
 
-    def __init__(self, wrapped: IStreamServerEndpoint, trusted: Sequence[Network]) -> None:
+
+class _CanonicalPeer(ProtocolWrapper):
+    """A connection whose peer is reported in canonical form (see L{canonicalAddress})."""
+
+    def getPeer(self) -> IAddress:
+        return canonicalAddress(super().getPeer())
+
+
+class CanonicalPeerFactory(WrappingFactory):
+    """Wraps each connection in L{_CanonicalPeer}."""
+
+    protocol = _CanonicalPeer
+
+
+@implementer(IStreamServerEndpoint)
+class FactoryWrappingEndpoint:
+    """An endpoint that listens with C{wrap(factory)} instead of C{factory}."""
+
+    def __init__(
+        self,
+        wrapped: IStreamServerEndpoint,
+        wrap: Callable[[IProtocolFactory], IProtocolFactory],
+    ) -> None:
         self._wrapped = wrapped
-        self._trusted = list(trusted)
+        self._wrap = wrap
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
-        return self._wrapped.listen(TrustedPeersFactory(protocolFactory, self._trusted))
+        return self._wrapped.listen(self._wrap(protocolFactory))
+
+
+def TrustedPeersEndpoint(
+    wrapped: IStreamServerEndpoint, trusted: Sequence[Network]
+) -> IStreamServerEndpoint:
+    """An endpoint whose connections from peers outside C{trusted} are closed at once."""
+    return FactoryWrappingEndpoint(wrapped, lambda f: TrustedPeersFactory(f, trusted))
 
 
 def proxiedServerFromString(
@@ -152,7 +195,9 @@ def proxiedServerFromString(
         plain = endpoints.serverFromString(reactor, inner)
     if trusted:
         plain = TrustedPeersEndpoint(plain, trusted)
-    endpoint: IStreamServerEndpoint = proxyEndpoint(plain)
+    endpoint: IStreamServerEndpoint = FactoryWrappingEndpoint(
+        proxyEndpoint(plain), CanonicalPeerFactory
+    )
     if tls is not None:
         endpoint = TLSServerEndpoint(endpoint, tls)
     return endpoint, tls
