@@ -23,6 +23,9 @@ setup(
         "service-identity>=21.1.0",
         "pyopenssl>=23.0",
         "bcrypt>=4.0",
+        # --metrics: the exposition format, process metrics and the Twisted
+        # resource that serves them.
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "test": [
