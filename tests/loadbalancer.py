@@ -30,9 +30,13 @@ HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 METRICS_READY = re.compile(r"gitserve listening on ([0-9.]+):(\d+) \(--metrics ")
 CLIENT_HEADER = "X-Test-Client"
 
-# How HAProxy checks a replica: often, and one failed check takes it out, so
+# How HAProxy checks a replica: often, and two failed checks take it out, so
 # a replica's drain announcement (--drain-delay) needs only about a second.
+# A check may take longer than its interval on a loaded machine: without
+# "timeout check" HAProxy would time it out after the interval and take a
+# healthy replica out (every replica, under load: 503 for everyone).
 CHECK_INTERVAL_MS = 200
+CHECK_FALL = 2
 DRAIN_DELAY = 1.5
 
 
@@ -55,8 +59,8 @@ def haproxyConfig(front: int, replicas: list[int], pinned: list[int], proxyVersi
     """
     sendProxy = "send-proxy-v2" if proxyVersion == 2 else "send-proxy"
     servers = "\n".join(
-        f"    server r{i} 127.0.0.1:{port} check inter {CHECK_INTERVAL_MS}ms fall 1 rise 1 "
-        f"{sendProxy}"
+        f"    server r{i} 127.0.0.1:{port} check inter {CHECK_INTERVAL_MS}ms "
+        f"fall {CHECK_FALL} rise 1 {sendProxy}"
         for i, port in enumerate(replicas)
     )
     text = f"""
@@ -74,6 +78,7 @@ defaults
     timeout server 120s
     timeout http-keep-alive 10s
     timeout queue 30s
+    timeout check 5s
     # A connection refused by a replica that just stopped listening, or a
     # request that met a kept-alive connection as the replica closed it:
     # try again, on another replica.
@@ -101,7 +106,8 @@ frontend pinned{i}
 
 backend only{i}
     option httpchk GET /-/health
-    server r{i} 127.0.0.1:{replica} check inter {CHECK_INTERVAL_MS}ms fall 1 rise 1 {sendProxy}
+    server r{i} 127.0.0.1:{replica} check inter {CHECK_INTERVAL_MS}ms fall {CHECK_FALL} rise 1 \
+{sendProxy}
 """
     return text
 
