@@ -250,7 +250,10 @@ class Options(strcred.AuthOptionMixin, usage.Options):
 
 
 def listeningEndpoints(
-    reactor: IReactorSSL, descriptions: list[str], trusted: list[Network] | None = None
+    reactor: IReactorSSL,
+    descriptions: list[str],
+    trusted: list[Network] | None = None,
+    option: str = "--listen",
 ) -> list[tuple[str, IStreamServerEndpoint, ReloadableServerTLS | None]]:
     """
     Build the endpoint of each --listen description, with its reloadable
@@ -267,10 +270,10 @@ def listeningEndpoints(
             else:
                 endpoint, tls = reloadableServerFromString(reactor, description)
         except (ValueError, KeyError, TypeError, OSError) as e:
-            raise usage.UsageError(f"--listen {description!r} is not an endpoint: {e}") from e
+            raise usage.UsageError(f"{option} {description!r} is not an endpoint: {e}") from e
         except Exception as e:
             # A key that does not match its certificate, or pyOpenSSL's errors.
-            raise usage.UsageError(f"--listen {description!r}: TLS setup failed: {e}") from e
+            raise usage.UsageError(f"{option} {description!r}: TLS setup failed: {e}") from e
         built.append((description, endpoint, tls))
     return built
 
@@ -294,7 +297,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     try:
         endpoints = listeningEndpoints(reactor, options["listen"], options["trusted-proxy"])
         metricsEndpoints = listeningEndpoints(
-            reactor, [options["metrics"]] if options["metrics"] else []
+            reactor, [options["metrics"]] if options["metrics"] else [], option="--metrics"
         )
     except usage.UsageError as error:
         if options.parent is None:

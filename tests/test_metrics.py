@@ -324,6 +324,14 @@ class MakeServiceProxyTests(SynchronousTestCase):
         )
         self.assertEqual([s[0] for s in self.reactor.tcpServers], [8080, 9100])
 
+    def test_badMetricsEndpointNamesItsOption(self) -> None:
+        """A --metrics description that does not parse is a usage error naming --metrics."""
+        options = Options()
+        options.parseOptions(["--root", str(self.root), "--metrics", "tcp:nope"])
+        with self.assertRaises(usage.UsageError) as caught:
+            makeService(options, reactor=self.reactor)
+        self.assertTrue(str(caught.exception).startswith("--metrics 'tcp:nope' is not"))
+
     def test_badOptions(self) -> None:
         """A bad --trusted-proxy or --drain-delay is a usage error."""
         for args in (["--trusted-proxy", "nowhere"], ["--drain-delay", "-1"]):
