@@ -31,11 +31,13 @@ from gitserve.app.proxy import (
     warnIfProxyUntrusted,
 )
 from gitserve.app.shutdown import DrainAnnouncement, GracefulShutdownService
+from gitserve.app.tls import CertificateReloadService
 from gitserve.core.jobs import JobLimiter
 from gitserve.core.metrics import IMetrics, NullMetrics, OperationLabels, exitStatusLabel
 from gitserve.http.channel import GitSite, methodLabel, routeKindOf
 from gitserve.http.health import Health
 from gitserve.tap import Options, makeService
+from tests.certs import makeSelfSigned
 from tests.fakes import FakeJob, FakeServiceReactor, parseResponses, scratchDirectory
 
 LB = IPv4Address("TCP", "10.0.0.2", 40000)
@@ -323,6 +325,23 @@ class MakeServiceProxyTests(SynchronousTestCase):
             ["tcp:8080", "--metrics tcp:9100:interface=127.0.0.1"],
         )
         self.assertEqual([s[0] for s in self.reactor.tcpServers], [8080, 9100])
+
+    def test_proxyThenTls(self) -> None:
+        """haproxy:ssl: reads the PROXY header first, then TLS, and its certificate reloads."""
+        key, cert = makeSelfSigned(self.root)
+        service = self.build("--listen", f"haproxy:ssl:8443:privateKey={key}:certKey={cert}")
+        [(port, factory, _, _)] = self.reactor.tcpServers
+        layers = []
+        while not isinstance(factory, GitSite):
+            layers.append(type(factory).__name__)
+            factory = factory.wrappedFactory
+        self.assertEqual(
+            (port, layers),
+            (8443, ["HAProxyWrappingFactory", "CanonicalPeerFactory", "TLSMemoryBIOFactory"]),
+        )
+        [reloader] = [s for s in service if isinstance(s, CertificateReloadService)]
+        with capturedLogs():
+            self.assertEqual(reloader.reloadAll(), 1)
 
     def test_badMetricsEndpointNamesItsOption(self) -> None:
         """A --metrics description that does not parse is a usage error naming --metrics."""
