@@ -29,6 +29,9 @@ setup(
         # both turned into twisted.web.template tags from their tokens.
         "markdown-it-py>=3.0",
         "pygments>=2.15",
+        # --metrics: the exposition format, process metrics and the Twisted
+        # resource that serves them.
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "test": [

@@ -1,13 +1,18 @@
 """
 Soak: a mixed load of clones, fetches, ls-remotes and pushes against one
-gitserve on loopback, for a bounded time and a bounded number of operations.
+gitserve on loopback, for a bounded time and a bounded number of operations;
+or through HAProxy against N replicas serving one root, with a rolling
+restart (SIGTERM, drain, start again) every few minutes.
 
     PYTHONPATH=. python bench/soak.py --duration 600 --workers 4
+    PYTHONPATH=. python bench/soak.py --duration 3600 --workers 4 --replicas 3 --restart-every 300
 
 It prints the operations done by kind, the failures (the goal is 0) with the
-first few messages, and the daemon's RSS and open descriptors after warm-up
-and at the end (they must not grow). Exit status 1 when anything failed or
-the daemon's descriptors or children grew.
+first few messages, and each daemon's RSS and open descriptors after warm-up
+and at the end (they must not grow). With replicas, replica 0 is never
+restarted, so its figures span the whole run; the others are restarted in
+turn, and each of their runs is reported. Exit status 1 when anything failed
+or a daemon's descriptors or children grew.
 
 Not a test: pytest does not collect bench/ (testpaths is tests/).
 """
@@ -28,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.conftest import Daemon, GitClient, startDaemon  # noqa: E402
+from tests.loadbalancer import LoadBalancer, Replica, startCluster  # noqa: E402
 
 # How a worker's time is shared between operations (weights).
 MIX = {
@@ -47,8 +53,8 @@ SHARED_RETRIES = 25
 class Soak:
     """The shared state of one soak run: counters, failures, the deadline."""
 
-    def __init__(self, daemon: Daemon, git: GitClient, base: Path, deadline: float, maxOps: int):
-        self.daemon = daemon
+    def __init__(self, url: str, git: GitClient, base: Path, deadline: float, maxOps: int):
+        self.url = url
         self.git = git
         self.base = base
         self.deadline = deadline
@@ -57,10 +63,6 @@ class Soak:
         self.failed: Counter[str] = Counter()
         self.messages: list[str] = []
         self.lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        return self.daemon.url("project.git")
 
     def running(self) -> bool:
         with self.lock:
@@ -145,9 +147,9 @@ class Soak:
         return False, "never got in: " + message
 
 
-def snapshot(daemon: Daemon) -> tuple[int, int, int]:
+def snapshot(daemon: Daemon, settle: float = 30) -> tuple[int, int, int]:
     """RSS (bytes), open descriptors and children, once git children settled."""
-    daemon.settledChildren(30)
+    daemon.settledChildren(settle)
     return daemon.rss(), daemon.openFds(), len(daemon.children())
 
 
@@ -167,12 +169,72 @@ def setUp(git: GitClient, base: Path) -> Path:
     return root
 
 
+class RollingRestarts:
+    """
+    Restarts replicas 1..N-1 in turn, one every C{every} seconds, while the
+    load runs; replica 0 stays up the whole run. Each run of a restarted
+    replica is measured just before it stops.
+    """
+
+    def __init__(self, replicas: list[Replica], balancer: LoadBalancer, every: float) -> None:
+        self.replicas = replicas
+        self.balancer = balancer
+        self.every = every
+        self.stopping = threading.Event()
+        self.runs: list[tuple[int, tuple[int, int, int], tuple[int, int, int], int | None]] = []
+        self.starts: dict[int, tuple[int, int, int]] = {}
+        self.restarts = 0
+
+    def run(self) -> None:
+        turn = 0
+        candidates = list(range(1, len(self.replicas))) or [0]
+        while not self.stopping.wait(self.every):
+            index = candidates[turn % len(candidates)]
+            turn += 1
+            replica = self.replicas[index]
+            assert replica.daemon is not None
+            end = snapshot(replica.daemon, settle=5)
+            began = time.monotonic()
+            code = replica.stop()
+            self.runs.append((index, self.starts[index], end, code))
+            replica.start()
+            self.balancer.waitHealthy()
+            assert replica.daemon is not None
+            self.starts[index] = snapshot(replica.daemon, settle=0)
+            self.restarts += 1
+            print(
+                f"[{time.strftime('%H:%M:%S')}] restarted replica {index} "
+                f"(exit {code}, back in {time.monotonic() - began:.1f} s)",
+                flush=True,
+            )
+
+
+def progress(soak: Soak, began: float, every: float, stop: threading.Event) -> None:
+    """A line now and then, so a long run shows how far it got."""
+    while not stop.wait(every):
+        with soak.lock:
+            done, failed = sum(soak.done.values()), sum(soak.failed.values())
+        print(
+            f"[{time.strftime('%H:%M:%S')}] {time.monotonic() - began:.0f} s: "
+            f"{done} operations, {failed} failed",
+            flush=True,
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of load")
     parser.add_argument("--workers", type=int, default=4, help="concurrent clients")
     parser.add_argument("--max-ops", type=int, default=100_000, help="stop after this many")
+    parser.add_argument(
+        "--replicas", type=int, default=0, help="run N replicas behind HAProxy (0: one daemon)"
+    )
+    parser.add_argument(
+        "--restart-every", type=float, default=0, help="with --replicas: restart one every S s"
+    )
     args = parser.parse_args()
+    if args.replicas:
+        return mainReplicas(args)
 
     base = Path(tempfile.mkdtemp(prefix="gitserve-soak-"))
     try:
@@ -182,7 +244,8 @@ def main() -> int:
         try:
             # Warm-up: the first clone and push build caches and the
             # reactor's child-signal pipe; growth is measured from here.
-            soak = Soak(daemon, git, base, time.monotonic() + args.duration, args.max_ops)
+            url = daemon.url("project.git")
+            soak = Soak(url, git, base, time.monotonic() + args.duration, args.max_ops)
             warm = base / "warm"
             warm.mkdir()
             soak.clone_v2(warm, warm, 0, 0)
@@ -220,6 +283,109 @@ def main() -> int:
     print(f"fsck after: {'clean' if fsck.returncode == 0 else fsck.stderr.strip()}")
     bad = failures or endFds > startFds or endChildren or fsck.returncode
     return 1 if bad else 0
+
+
+def mainReplicas(args: argparse.Namespace) -> int:
+    """The soak through HAProxy against C{args.replicas} replicas of one root."""
+    base = Path(tempfile.mkdtemp(prefix="gitserve-soak-"))
+    restarts: RollingRestarts | None = None
+    try:
+        git = GitClient(base / "home")
+        root = setUp(git, base)
+        balancer, replicas = startCluster(root, args.replicas)
+        try:
+            soak = Soak(
+                balancer.url("project.git"),
+                git,
+                base,
+                time.monotonic() + args.duration,
+                args.max_ops,
+            )
+            warm = base / "warm"
+            warm.mkdir()
+            for _ in replicas:
+                soak.clone_v2(warm, warm, 0, 0)
+                soak.push_branch(warm, base / "seed", 99, 0)
+            starts = {}
+            for index, replica in enumerate(replicas):
+                assert replica.daemon is not None
+                starts[index] = snapshot(replica.daemon)
+            began = time.monotonic()
+            stop = threading.Event()
+            threading.Thread(target=progress, args=(soak, began, 60, stop), daemon=True).start()
+            restarter = None
+            if args.restart_every > 0:
+                restarts = RollingRestarts(replicas, balancer, args.restart_every)
+                restarts.starts = dict(starts)
+                restarter = threading.Thread(target=restarts.run, daemon=True)
+                restarter.start()
+            threads = [
+                threading.Thread(target=soak.worker, args=(i,), daemon=True)
+                for i in range(args.workers)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            stop.set()
+            if restarts is not None and restarter is not None:
+                restarts.stopping.set()
+                restarter.join()
+            elapsed = time.monotonic() - began
+            ends = {}
+            for index, replica in enumerate(replicas):
+                assert replica.daemon is not None
+                ends[index] = snapshot(replica.daemon)
+            fsck = git.run("fsck", "--full", cwd=root / "project.git", check=False)
+        finally:
+            for replica in replicas:
+                replica.stop()
+            balancerLog = balancer.haproxyLog()
+            balancer.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+    total = sum(soak.done.values())
+    failures = sum(soak.failed.values())
+    print(
+        f"soak: {args.workers} workers, {elapsed:.0f} s, HAProxy + {args.replicas} replicas, "
+        f"{restarts.restarts if restarts else 0} rolling restarts"
+    )
+    print(f"operations: {total} ({total / elapsed:.1f}/s)")
+    for kind in MIX:
+        print(f"  {kind:12} {soak.done[kind]:6} ok  {soak.failed[kind]:4} failed")
+    print(f"failures: {failures}")
+    for message in soak.messages:
+        print(f"  {message}")
+    # HAProxy logs only what went wrong (option dontlog-normal).
+    errors = [
+        line for line in balancerLog.splitlines() if " HTTP/1" in line and " /-/health " not in line
+    ]
+    if errors:
+        print("HAProxy's unusual requests (last 20):")
+        for entry in errors[-20:]:
+            print(f"  {entry}")
+    grew = False
+
+    def line(label: str, start: tuple[int, int, int], end: tuple[int, int, int]) -> None:
+        print(
+            f"  {label}: RSS {start[0] / 2**20:.1f} -> {end[0] / 2**20:.1f} MiB, "
+            f"fds {start[1]} -> {end[1]}, git children {start[2]} -> {end[2]}"
+        )
+
+    print("replicas (start of run -> end of run):")
+    for index, start, end, code in restarts.runs if restarts else []:
+        line(f"replica {index} (a run ended by restart, exit {code})", start, end)
+    finalStarts = restarts.starts if restarts else starts
+    for index in range(args.replicas):
+        line(
+            f"replica {index} (last run{', whole soak' if index == 0 else ''})",
+            finalStarts[index],
+            ends[index],
+        )
+        grew = grew or ends[index][1] > finalStarts[index][1] or ends[index][2] > 0
+    print(f"fsck after: {'clean' if fsck.returncode == 0 else fsck.stderr.strip()}")
+    return 1 if failures or grew or fsck.returncode else 0
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from twisted.web.guard import BasicCredentialFactory
 from zope.interface import Interface, implementer
 
 from gitserve.core.filestamps import stampOf
+from gitserve.core.metrics import IMetrics, NullMetrics
 
 # The prefixes `htpasswd -B` writes ($2y$) and the other spellings of the same
 # bcrypt scheme; pyca/bcrypt verifies all three.
@@ -355,8 +356,10 @@ class BasicAuthenticator:
 
     log = Logger()
 
-    def __init__(self, portal: Portal, realm: str = DEFAULT_REALM):
+    def __init__(self, portal: Portal, realm: str = DEFAULT_REALM, metrics: IMetrics | None = None):
+        """@param metrics: counts failed logins."""
         self._portal = portal
+        self._metrics: IMetrics = metrics if metrics is not None else NullMetrics()
         self._factory = BasicCredentialFactory(realm)
         self.challenge = b'Basic realm="%s", charset="UTF-8"' % (
             realm.replace("\\", "\\\\").replace('"', '\\"').encode("utf-8")
@@ -394,6 +397,7 @@ class BasicAuthenticator:
 
         def refused(reason: Failure) -> None:
             reason.trap(LoginFailed)
+            self._metrics.authenticationFailed("http")
             self.log.warn(
                 "authentication failed for {user!r} from {remote}",
                 user=credentials.username.decode("utf-8", "replace"),

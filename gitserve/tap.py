@@ -26,7 +26,19 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from gitserve.app.listening import ListeningService
-from gitserve.app.shutdown import DEFAULT_SHUTDOWN_GRACE, GracefulShutdownService
+from gitserve.app.metrics import PrometheusMetrics, metricsSite
+from gitserve.app.proxy import (
+    PROXY_PREFIX,
+    Network,
+    parseNetwork,
+    proxiedServerFromString,
+    warnIfProxyUntrusted,
+)
+from gitserve.app.shutdown import (
+    DEFAULT_SHUTDOWN_GRACE,
+    DrainAnnouncement,
+    GracefulShutdownService,
+)
 from gitserve.app.systemd import SystemdNotifier, SystemdNotifyService
 from gitserve.app.tls import (
     CertificateReloadService,
@@ -38,6 +50,7 @@ from gitserve.auth import DEFAULT_REALM, BasicAuthenticator, makePortal
 from gitserve.core.advertisement import CapabilityCache
 from gitserve.core.browse import BrowseData
 from gitserve.core.jobs import JobLimiter, defaultMaxJobs
+from gitserve.core.metrics import IMetrics, NullMetrics
 from gitserve.core.operations import GitCore
 from gitserve.core.policy import Policy
 from gitserve.core.process import Caller, GitBackend
@@ -137,6 +150,19 @@ class Options(strcred.AuthOptionMixin, usage.Options):
             None,
             "Users' SSH public keys, gitolite's keydir: DIR/alice.pub, DIR/x/alice@laptop.pub.",
         ],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics at /metrics on this endpoint (off by default).",
+        ],
+        [
+            "drain-delay",
+            None,
+            "0",
+            "On SIGTERM, answer /-/health with 503 and keep serving this many seconds "
+            "before closing the listeners (for a load balancer's health checks).",
+        ],
     ]
 
     compData = usage.Completions(optActions={"root": usage.CompleteDirs()})
@@ -146,6 +172,7 @@ class Options(strcred.AuthOptionMixin, usage.Options):
         self["listen"] = []
         self["listen-ssh"] = []
         self["listen-git"] = []
+        self["trusted-proxy"] = []
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """
@@ -208,6 +235,16 @@ class Options(strcred.AuthOptionMixin, usage.Options):
         """A Twisted endpoint to serve the git:// protocol on (repeatable)."""
         self["listen-git"].append(description)
 
+    def opt_trusted_proxy(self, network: str) -> None:
+        """
+        Accept connections on haproxy: listeners only from this address or
+        network (repeatable; default: from anyone who can connect).
+        """
+        try:
+            self["trusted-proxy"].append(parseNetwork(network))
+        except ValueError as e:
+            raise usage.UsageError(f"--trusted-proxy {network!r}: {e}") from e
+
     def postOptions(self) -> None:
         """
         Check and convert every option. Endpoints are not built here: that
@@ -220,6 +257,12 @@ class Options(strcred.AuthOptionMixin, usage.Options):
         self["max-push-size"] = parseSize(self["max-push-size"])
         for name in ("shutdown-grace", "idle-timeout", "header-timeout"):
             self[name] = _positive(name, self[name])
+        try:
+            self["drain-delay"] = float(self["drain-delay"])
+        except ValueError:
+            self["drain-delay"] = -1.0
+        if not 0 <= self["drain-delay"] < float("inf"):
+            raise usage.UsageError("--drain-delay must be a number of seconds, 0 or more")
         self["max-jobs"] = (
             defaultMaxJobs()
             if self["max-jobs"] is None
@@ -256,7 +299,10 @@ class Options(strcred.AuthOptionMixin, usage.Options):
 
 
 def listeningEndpoints(
-    reactor: IReactorSSL, descriptions: list[str]
+    reactor: IReactorSSL,
+    descriptions: list[str],
+    trusted: list[Network] | None = None,
+    option: str = "--listen",
 ) -> list[tuple[str, IStreamServerEndpoint, ReloadableServerTLS | None]]:
     """
     Build the endpoint of each --listen description, with its reloadable
@@ -268,12 +314,15 @@ def listeningEndpoints(
     built = []
     for description in descriptions:
         try:
-            endpoint, tls = reloadableServerFromString(reactor, description)
+            if description.startswith(PROXY_PREFIX):
+                endpoint, tls = proxiedServerFromString(reactor, description, trusted or [])
+            else:
+                endpoint, tls = reloadableServerFromString(reactor, description)
         except (ValueError, KeyError, TypeError, OSError) as e:
-            raise usage.UsageError(f"--listen {description!r} is not an endpoint: {e}") from e
+            raise usage.UsageError(f"{option} {description!r} is not an endpoint: {e}") from e
         except Exception as e:
             # A key that does not match its certificate, or pyOpenSSL's errors.
-            raise usage.UsageError(f"--listen {description!r}: TLS setup failed: {e}") from e
+            raise usage.UsageError(f"{option} {description!r}: TLS setup failed: {e}") from e
         built.append((description, endpoint, tls))
     return built
 
@@ -312,7 +361,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
         reactor = globalReactor
     try:
-        endpoints = listeningEndpoints(reactor, options["listen"])
+        endpoints = listeningEndpoints(reactor, options["listen"], options["trusted-proxy"])
         sshEndpoints = doorEndpoints(reactor, "listen-ssh", options["listen-ssh"])
         gitEndpoints = doorEndpoints(reactor, "listen-git", options["listen-git"])
         hostKey = None
@@ -325,6 +374,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
                 raise usage.UsageError(
                     f"--ssh-host-key {str(options['ssh-host-key'])!r}: {e}"
                 ) from e
+        metricsEndpoints = listeningEndpoints(
+            reactor, [options["metrics"]] if options["metrics"] else [], option="--metrics"
+        )
     except usage.UsageError as error:
         if options.parent is None:
             raise
@@ -354,6 +406,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from gitserve.core.accesscontrol import makeHooksDirectory
 
         accessHooks = makeHooksDirectory()
+    metrics: IMetrics = PrometheusMetrics() if metricsEndpoints else NullMetrics()
     backend = GitBackend(
         reactor=PipeReadingSpawner(reactor),
         gitPath=gitPath,
@@ -380,13 +433,19 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         ),
         runBlocking=runInThread,
         jobs=jobs,
+        metrics=metrics,
     )
+    metrics.watchJobs(jobs)
+    if core.capabilities is not None:
+        metrics.watchCache("advertisement", core.capabilities)
     context = HTTPContext(core, maxPushSize=options["max-push-size"])
     if not options["no-browse"]:
         context.browse = BrowsePages(context, BrowseData(core.root, core.policy))
     checkers = options["credCheckers"]
     if checkers:
-        authenticator = BasicAuthenticator(makePortal(checkers, runInThread), options["realm"])
+        authenticator = BasicAuthenticator(
+            makePortal(checkers, runInThread), options["realm"], metrics
+        )
         context.authenticate = lambda request: authenticator.authenticate(
             request.getHeader(b"Authorization"),
             str(getattr(request.getClientAddress(), "host", "-")),
@@ -399,7 +458,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         logPath=options["access-log"],
         logFormatter=accessLogFormatter,
         reactor=reactor,
+        metrics=metrics,
     )
+    metrics.watchConnections("http", lambda: len(site.channels))
+    # On SIGTERM, /-/health says 503 first; listeners close after --drain-delay.
+    announcement = DrainAnnouncement(context.health, options["drain-delay"], reactor)
     top = MultiService()
     if backend.accessHooks is not None:
         from gitserve.core.accesscontrol import HooksDirectoryService
@@ -407,9 +470,19 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         HooksDirectoryService(backend.accessHooks).setServiceParent(top)
     listeners = []
     for description, endpoint, tls in endpoints:
-        listener = ListeningService(description, endpoint, site, reactor)
+        listener = ListeningService(description, endpoint, site, reactor, announcement.begin)
         listener.setServiceParent(top)
         listeners.append((listener, tls))
+    for description, endpoint, _ in metricsEndpoints:
+        # After the git listeners, whose readiness line comes first.
+        assert isinstance(metrics, PrometheusMetrics)
+        ListeningService(
+            f"--metrics {description}",
+            endpoint,
+            metricsSite(metrics, context.health),
+            reactor,
+            announcement.begin,
+        ).setServiceParent(top)
 
     def whenListening() -> Deferred[None]:
         def check(_: object) -> None:
@@ -418,6 +491,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
                     raise RuntimeError(f"not listening on {listener.description}")
                 if checkers:
                     warnIfPlaintextAuth(listener.description, listener.port.getHost(), tls)
+                warnIfProxyUntrusted(
+                    listener.description, listener.port.getHost(), options["trusted-proxy"]
+                )
 
         # Asked once the services have started, when every listener has begun.
         started = [listener.listening for listener, _ in listeners if listener.listening]
@@ -460,6 +536,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         backend.killGrace,
         reactor,
         doors=list({id(factory): factory for _, _, factory in doors}.values()),
+        announcement=announcement,
     ).setServiceParent(top)
     # Last, so that it is stopped first: STOPPING=1 before anything else.
     SystemdNotifyService(

@@ -336,13 +336,16 @@ def test_accessLogAndOperationLog(
     assert ("alice", "POST", "/project.git/git-receive-pack", "200") in requests
     assert ("-", "GET", "/project.git/info/refs?service=git-upload-pack", "200") in requests
     pattern = (
-        r"git git-receive-pack repo=project\.git user=alice protocol=v0 exit=0 "
+        r"git git-receive-pack repo=project\.git user=alice protocol=v0 remote=127\.0\.0\.1 exit=0 "
         r"bytes_in=(\d+) bytes_out=(\d+) duration=[0-9.]+s"
     )
     waitFor(lambda: re.search(pattern, daemon.log) is not None, what="the operation log")
     operation = re.search(pattern, daemon.log)
     assert operation and int(operation.group(1)) > 0 and int(operation.group(2)) > 0, daemon.log
-    advertised = r"git git-upload-pack advertise repo=project\.git user=- protocol=v2 exit=0"
+    advertised = (
+        r"git git-upload-pack advertise repo=project\.git user=- protocol=v2 "
+        r"remote=127\.0\.0\.1 exit=0"
+    )
     waitFor(lambda: re.search(advertised, daemon.log) is not None, what="the v2 advertisement")
 
 

@@ -4,6 +4,8 @@ One listening endpoint as a service, and the readiness line it logs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -32,7 +34,14 @@ class ListeningService(Service):
         endpoint: IStreamServerEndpoint,
         site: GitSite | IProtocolFactory,
         reactor: IReactorCore,
+        notBefore: Callable[[], Deferred[None]] | None = None,
     ) -> None:
+        """
+        @param notBefore: when stopping, close the port only once what this
+            returns has fired (a drain announcement: see
+            L{gitserve.app.shutdown.DrainAnnouncement}).
+        """
+        self.notBefore = notBefore
         self.description = description
         self.endpoint = endpoint
         self.site = site
@@ -64,9 +73,12 @@ class ListeningService(Service):
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
-        if self.port is not None:
-            return self.port.stopListening()
-        return None
+        if self.port is None:
+            return None
+        port = self.port
+        if self.notBefore is None:
+            return port.stopListening()
+        return self.notBefore().addCallback(lambda _: port.stopListening())
 
 
 __all__ = ["ListeningService"]

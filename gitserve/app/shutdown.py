@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from gitserve.core.jobs import JobLimiter
 from gitserve.http.channel import GitSite
+from gitserve.http.health import Health
 
 DEFAULT_SHUTDOWN_GRACE = 30.0
 
@@ -45,6 +46,48 @@ class Drainable(Protocol):
         """Drop every connection at once."""
 
 
+class DrainAnnouncement:
+    """
+    The first step of a graceful shutdown: C{/-/health} turns 503 at once,
+    and new work is still taken for C{delay} seconds, long enough for a load
+    balancer's health checks to notice and send it elsewhere; only then do
+    the listeners close and the drain proper begin. With no delay (the
+    default) they close at once, as before, and a load balancer learns it
+    from refused connections instead.
+    """
+
+    def __init__(self, health: Health, delay: float, clock: IReactorTime) -> None:
+        self.health = health
+        self.delay = delay
+        self.clock = clock
+        self._waiters: list[Deferred[None]] | None = None
+
+    def begin(self) -> Deferred[None]:
+        """
+        Start announcing (once; later calls join in).
+
+        @return: fires when the announcement is over and listeners may close.
+        """
+        waiter: Deferred[None] = Deferred()
+        if self._waiters is None:
+            self._waiters = [waiter]
+            self.health.beginDraining()
+            if self.delay > 0:
+                self.clock.callLater(self.delay, self._over)
+            else:
+                self._over()
+        elif self._waiters:
+            self._waiters.append(waiter)
+        else:
+            waiter.callback(None)
+        return waiter
+
+    def _over(self) -> None:
+        waiters, self._waiters = self._waiters or [], []
+        for waiter in waiters:
+            waiter.callback(None)
+
+
 class GracefulShutdownService(Service):
     """Drain the git children when the daemon stops."""
 
@@ -57,6 +100,7 @@ class GracefulShutdownService(Service):
         grace: float,
         killGrace: float,
         clock: IReactorTime,
+        announcement: DrainAnnouncement | None = None,
         doors: Sequence[Drainable] = (),
     ) -> None:
         """
@@ -64,7 +108,10 @@ class GracefulShutdownService(Service):
         @param grace: C{--shutdown-grace}: how long transfers may go on.
         @param killGrace: how long a child gets between SIGTERM and SIGKILL.
         @param doors: the other doors (SSH, git://), drained the same way.
+        @param announcement: begun first, so that C{/-/health} says 503
+            before anything else happens; the drain waits for its end.
         """
+        self._announcement = announcement
         self._jobs = jobs
         self._site = site
         self._grace = grace
@@ -74,6 +121,11 @@ class GracefulShutdownService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        if self._announcement is None:
+            return self._drain()
+        return self._announcement.begin().addCallback(lambda _: self._drain())
+
+    def _drain(self) -> Deferred[None]:
         if self._jobs.busy:
             self.log.info(
                 "stopping: letting {busy} git operations finish (up to {grace}s)",

@@ -55,6 +55,8 @@ class JobLimiter:
         self._slotsTaken = 0
         self._waiting: deque[Deferred[None]] = deque()
         self._idleWaiters: list[Deferred[None]] = []
+        # Requests refused because the queue was full, for the metrics.
+        self.refusals = 0
 
     @property
     def queued(self) -> int:
@@ -84,6 +86,7 @@ class JobLimiter:
             self._slotsTaken += 1
             return succeed(None)
         if len(self._waiting) >= self.maxQueue:
+            self.refusals += 1
             self.log.warn(
                 "refusing a git request: {busy} running and {queued} waiting",
                 busy=self._slotsTaken,

@@ -20,8 +20,9 @@ from gitserve.core.advertisement import CapabilityCache
 from gitserve.core.errors import NotFound, Refusal
 from gitserve.core.gitprotocol import protocolVersion
 from gitserve.core.jobs import JobLimiter
+from gitserve.core.metrics import IMetrics, NullMetrics, OperationLabels, exitStatusLabel
 from gitserve.core.policy import ANONYMOUS, Policy, Service
-from gitserve.core.process import Caller, GitBackend, GitProcessProtocol
+from gitserve.core.process import Caller, GitBackend, GitOutcome, GitProcessProtocol
 from gitserve.core.repository import ConfigCache, Repository, resolveRepository
 from gitserve.interfaces import IGitOutput
 
@@ -60,6 +61,21 @@ class GitOperation:
             f"{self.service.value}{' advertise' if self.advertise else ''} "
             f"repo={self.repository.name} user={self.caller.user or '-'} "
             f"protocol=v{self.protocolVersion}"
+            # The client's address: behind a load balancer, the one its
+            # PROXY header gave (see the haproxy: listener in the README).
+            f" remote={self.caller.remoteAddr or '-'}"
+        )
+
+    def metricLabels(self) -> OperationLabels:
+        """
+        The operation's bounded labels for the metrics: never its repository
+        or user. The transport is the caller's door (http, ssh, git).
+        """
+        return OperationLabels(
+            service=self.service.value,
+            version=self.protocolVersion,
+            transport=self.caller.transport,
+            advertise=self.advertise,
         )
 
     def describeTransport(self) -> str:
@@ -83,6 +99,7 @@ class GitOperation:
             "advertise": self.advertise,
             "transport": self.caller.transport,
             "keyFingerprint": self.caller.keyFingerprint,
+            "remoteAddr": self.caller.remoteAddr,
         }
 
 
@@ -107,6 +124,7 @@ class GitCore:
     jobs: JobLimiter | None = None
     capabilities: CapabilityCache | None = None
     runBlocking: Callable[[Callable[[], Any]], Deferred[Any]] = maybeDeferred
+    metrics: IMetrics = field(default_factory=NullMetrics)
 
     def resolveFor(
         self, segments: Sequence[bytes], user: str | None, create: bool
@@ -194,6 +212,7 @@ class GitCore:
                 killGrace=self.backend.killGrace,
                 logSuffix=operation.describeTransport(),
             )
+            protocol.done.addCallback(self._measure, operation, protocol)
             self.backend.spawn(
                 protocol,
                 operation.service,
@@ -208,3 +227,16 @@ class GitCore:
         if self.jobs is None:
             return maybeDeferred(spawn)
         return self.jobs.run(spawn)
+
+    def _measure(
+        self, outcome: GitOutcome, operation: GitOperation, protocol: GitProcessProtocol
+    ) -> GitOutcome:
+        """Report an ended operation to the metrics, whatever door it came through."""
+        self.metrics.operationFinished(
+            operation.metricLabels(),
+            exitStatusLabel(outcome.exitCode, outcome.failure is not None),
+            max(0.0, self.clock.seconds() - protocol.began),
+            protocol.bytesIn,
+            protocol.bytesOut,
+        )
+        return outcome

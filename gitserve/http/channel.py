@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, parse_qs
 from twisted.web.server import Request, Site
 
+from gitserve.core.metrics import IMetrics, NullMetrics
 from gitserve.http.body import RequestBody
 from gitserve.twistedinternals import DeferredContinueMixin, watchChunkSizes
 
@@ -416,6 +417,33 @@ class GitRequest(Request):
         super().connectionLost(reason)
 
 
+# The methods counted by name; any other (a client may send anything) counts
+# as "other", so the metrics' labels stay bounded.
+KNOWN_METHODS = frozenset(
+    (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE")
+)
+
+
+def methodLabel(method: bytes | None) -> str:
+    """An HTTP method as a bounded metrics label."""
+    return method.decode("ascii") if method in KNOWN_METHODS else "other"
+
+
+def routeKindOf(request: Any) -> str:
+    """
+    What kind of route answered C{request}, for the metrics: what the
+    resource that answered set as C{routeKind} (C{smart}, C{dumb},
+    C{health}), else C{browse} for an HTML page, else C{other}.
+    """
+    kind = getattr(request, "routeKind", None)
+    if kind is not None:
+        return str(kind)
+    contentType = request.responseHeaders.getRawHeaders(b"Content-Type", [b""])[0]
+    if contentType.startswith(b"text/html"):
+        return "browse"
+    return "other"
+
+
 class GitSite(Site):
     """
     A Site whose connections are L{GitChannel}s, and which knows them all, so
@@ -438,9 +466,11 @@ class GitSite(Site):
         idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
         headerTimeout: float = DEFAULT_HEADER_TIMEOUT,
         reactor: IReactorTime | None = None,
+        metrics: IMetrics | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(resource, timeout=idleTimeout, reactor=reactor, **kwargs)
+        self.metrics: IMetrics = metrics if metrics is not None else NullMetrics()
         self.headerTimeout = headerTimeout
         self.stallTimeout = idleTimeout
         self.channels: set[GitChannel] = set()
@@ -452,6 +482,17 @@ class GitSite(Site):
         channel.stallTimeout = self.stallTimeout
         self.channels.add(channel)
         return channel
+
+    def log(self, request: Any) -> None:
+        """
+        Write the access log line, and count the request for the metrics.
+        Health checks (a load balancer's, every second or two) are counted
+        but not logged: they would drown the lines that matter.
+        """
+        kind = routeKindOf(request)
+        if kind != "health":
+            super().log(request)
+        self.metrics.requestFinished("http", methodLabel(request.method), kind, int(request.code))
 
     def channelClosed(self, channel: GitChannel) -> None:
         """A connection ended."""

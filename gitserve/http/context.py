@@ -6,7 +6,7 @@ it (authentication, the push size cap).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -16,6 +16,7 @@ from gitserve.core.errors import Refusal
 from gitserve.core.operations import GitCore
 from gitserve.core.process import Caller
 from gitserve.http.errors import HTTPError, httpErrorFor
+from gitserve.http.health import Health
 
 # Default --max-push-size: a push body (inflated) larger than this is refused.
 MAX_PUSH_SIZE = 2 * 1024**3
@@ -30,6 +31,7 @@ class HTTPContext:
         without it (no authentication configured) everyone is anonymous.
     @ivar challenge: the C{WWW-Authenticate} value a 401 carries.
     @ivar browse: the browser pages, or L{None} when they are off.
+    @ivar health: the serving state C{/-/health} reports.
     """
 
     core: GitCore
@@ -38,6 +40,8 @@ class HTTPContext:
     challenge: bytes = b'Basic realm="gitserve"'
     # The browser pages (L{gitserve.http.browse.BrowsePages}); None with --no-browse.
     browse: Any = None
+    # What /-/health answers: 503 once a graceful shutdown begins.
+    health: Health = field(default_factory=Health)
 
     def userFor(self, request: Request) -> Deferred[str | None]:
         """

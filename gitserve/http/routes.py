@@ -26,6 +26,7 @@ from gitserve.http.body import BodyLost
 from gitserve.http.channel import isAnswerable
 from gitserve.http.context import HTTPContext
 from gitserve.http.errors import HTTPError, MethodNotAllowed, renderError
+from gitserve.http.health import HEALTH_PATH
 
 Handler = Callable[[HTTPContext, Request, Repository, Sequence[str]], Any]
 
@@ -102,6 +103,11 @@ class RootResource(Resource):
         self.context = context
 
     def render(self, request: Request) -> bytes | int:
+        # Before routing and before private mode's authentication: a load
+        # balancer checks it anonymously, and it says nothing about any
+        # repository.
+        if request.path == HEALTH_PATH:
+            return self.context.health.render(request)
         if self.context.core.policy.private:
             result = self.context.userFor(request).addCallback(self._dispatchPrivate, request)
         else:
@@ -141,6 +147,7 @@ class RootResource(Resource):
         # Browser pages first: they claim only what git never asks for.
         browse = self.context.browse
         if browse is not None and browse.claims(request, segments):
+            request.routeKind = "browse"  # type: ignore[attr-defined]
             return browse.render(request, segments)
         matched = matchRoute(segments)
         if matched is None:
@@ -151,6 +158,11 @@ class RootResource(Resource):
         # about which repositories exist.
         if request.method not in chosen.methods:
             raise MethodNotAllowed(chosen.methods)
+        # For the metrics: info/refs without service= is the dumb ref list.
+        smartRoute = chosen.handler.__module__ == smart.__name__ and (
+            chosen.handler is not smart.getInfoRefs or b"service" in (request.args or {})
+        )
+        request.routeKind = "smart" if smartRoute else "dumb"  # type: ignore[attr-defined]
         core = self.context.core
         named = [part.encode("utf-8") for part in repositorySegments]
         if core.policy.access is not None:
