@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -21,6 +21,9 @@ from gitserve.core.policy import Policy, Service
 from gitserve.core.process import Caller, GitBackend, GitProcessProtocol
 from gitserve.core.repository import ConfigCache, Repository
 from gitserve.interfaces import IGitOutput
+
+if TYPE_CHECKING:
+    from gitserve.core.packcache import PackCache
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,9 @@ class GitOperation:
     # Variables for the child beyond the caller's (a push's access-rules
     # snapshot for the update hook, see gitserve.core.accesscontrol).
     environment: tuple[tuple[str, str], ...] = ()
+    # How the pack cache answered (hit, follow, lead, miss; see
+    # gitserve.core.packcache), or None when it has no say.
+    cache: str | None = None
 
     @property
     def protocolVersion(self) -> int:
@@ -50,6 +56,7 @@ class GitOperation:
             f"{self.service.value}{' advertise' if self.advertise else ''} "
             f"repo={self.repository.name} user={self.caller.user or '-'} "
             f"protocol=v{self.protocolVersion}"
+            f"{f' cache={self.cache}' if self.cache else ''}"
         )
 
     def logFields(self) -> dict[str, object]:
@@ -60,6 +67,7 @@ class GitOperation:
             "user": self.caller.user,
             "protocolVersion": self.protocolVersion,
             "advertise": self.advertise,
+            **({"cache": self.cache} if self.cache else {}),
         }
 
 
@@ -83,6 +91,8 @@ class GitCore:
     configs: ConfigCache = field(default_factory=ConfigCache)
     jobs: JobLimiter | None = None
     capabilities: CapabilityCache | None = None
+    # Shared upload-pack answers (--pack-cache), or None when off.
+    packCache: PackCache | None = None
     runBlocking: Callable[[Callable[[], Any]], Deferred[Any]] = maybeDeferred
 
     def start(self, operation: GitOperation, output: IGitOutput) -> Deferred[GitProcessProtocol]:
