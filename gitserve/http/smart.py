@@ -8,6 +8,7 @@ looks like (an C{ERR} packet, an error status, or an aborted connection).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import partial
 
 from twisted.internet.defer import Deferred
@@ -20,6 +21,7 @@ from gitserve.core.errors import Forbidden, InvalidRequest, Refusal, TooLarge
 from gitserve.core.gitprotocol import VERSION_2, checkGitProtocol, protocolVersion
 from gitserve.core.housekeeping import sweepStaleQuarantines
 from gitserve.core.operations import GitOperation
+from gitserve.core.packcache import CacheReader, Lookup
 from gitserve.core.pktline import FLUSH, ProtocolError, errorLine, parsePktLines, pktLine
 from gitserve.core.policy import Service
 from gitserve.core.process import GitOutcome, GitProcessProtocol
@@ -29,6 +31,7 @@ from gitserve.http.channel import GitRequest, connectionOf, isAnswerable
 from gitserve.http.context import HTTPContext
 from gitserve.http.errors import HTTPError, UnsupportedMediaType, renderError
 from gitserve.http.headers import startGitResponse
+from gitserve.http.packhit import SendfileHit, canSendfile
 from gitserve.interfaces import IGitOutput
 
 # http-backend's default for http.maxRequestBuffer: upload-pack negotiation is
@@ -280,10 +283,64 @@ def postUploadPack(
             parsePktLines(data)
         except ProtocolError as e:
             raise InvalidRequest(f"protocol error: {e}") from e
+        if context.core.packCache is not None:
+            return _fetchThroughCache(context, request, repository, user, gitProtocol, data)
         _, started = runGit(context, request, repository, service, user, gitProtocol, False)
         return started.addCallback(lambda protocol: protocol.feedStdin(data))
 
     return context.userFor(request).addCallback(checkUser).addCallback(start)
+
+
+def _fetchThroughCache(
+    context: HTTPContext,
+    request: Request,
+    repository: Repository,
+    user: str | None,
+    gitProtocol: bytes | None,
+    data: bytes,
+) -> Deferred[None]:
+    """
+    C{POST git-upload-pack} with the pack cache on: a kept answer goes out
+    with sendfile(2) where the connection allows; anything else is a reader
+    of the cache (or a git child of its own), answered as git's output is.
+    """
+    core = context.core
+    cache = core.packCache
+    assert cache is not None
+    contentType = contentTypeOf(Service.UPLOAD_PACK, advertise=False)
+    operation = GitOperation(
+        Service.UPLOAD_PACK, repository, context.caller(request, user, gitProtocol)
+    )
+
+    def serve(lookup: Lookup) -> Deferred[None] | None:
+        if not isAnswerable(request):
+            if lookup.entry is not None:
+                lookup.entry.close()
+            return None
+        if lookup.entry is not None and lookup.key is not None:
+            if lookup.key.digest not in cache.flights and canSendfile(request):
+                hit = SendfileHit(
+                    request,
+                    lookup.entry,
+                    contentType,
+                    cache,
+                    replace(operation, cache="hit"),
+                    len(data),
+                    core.clock,
+                )
+                hit.start()
+                return None
+        response = SmartResponse(request, contentType)
+        started = cache.start(core, lookup, response)
+        # A client that leaves while queued gives up its place.
+        request.notifyFinish().addErrback(lambda _: started.cancel())
+
+        def answerWhenDone(job: GitProcessProtocol | CacheReader) -> None:
+            job.done.addCallback(response.answer, context)
+
+        return started.addCallback(answerWhenDone)
+
+    return cache.lookup(operation, data).addCallback(serve)
 
 
 def postReceivePack(
