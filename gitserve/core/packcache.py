@@ -188,6 +188,9 @@ class Lookup:
     body: bytes
     key: CacheKey | None
     entry: CacheEntry | None = None
+    # Whether the request asks for a pack at all: an ls-refs or a
+    # negotiation round is not the cache's business (no cache= field).
+    fetchesPack: bool = True
 
 
 class PackCache:
@@ -311,6 +314,8 @@ class PackCache:
         """
         key = self.keyFor(operation, body)
         found = Lookup(operation, body, key)
+        if key is None:
+            found.fetchesPack = negotiationComplete(body, operation.protocolVersion)
         if key is None or key.digest in self.flights or key.digest not in self.entries:
             return succeed(found)
         path = self.entriesDir / key.digest
@@ -376,18 +381,25 @@ class PackCache:
                 return succeed(
                     self._read(flight, operation, "lead", output, len(lookup.body), quiet=True)
                 )
-        return self._miss(core, operation, lookup.body, output)
+        return self._miss(core, operation, lookup.body, output, lookup.fetchesPack)
 
     def _miss(
-        self, core: GitCore, operation: GitOperation, body: bytes, output: IGitOutput
+        self,
+        core: GitCore,
+        operation: GitOperation,
+        body: bytes,
+        output: IGitOutput,
+        fetchesPack: bool,
     ) -> Deferred[GitProcessProtocol | CacheReader]:
-        self.counts["miss"] += 1
+        if fetchesPack:
+            self.counts["miss"] += 1
+            operation = replace(operation, cache="miss")
 
         def feed(protocol: GitProcessProtocol) -> GitProcessProtocol | CacheReader:
             protocol.feedStdin(body)
             return protocol
 
-        return core.start(replace(operation, cache="miss"), output).addCallback(feed)
+        return core.start(operation, output).addCallback(feed)
 
     def _read(
         self,

@@ -1,0 +1,329 @@
+"""
+The pack cache end to end: the real daemon with --pack-cache, the real git
+client and raw sockets reading at different paces.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Daemon, GitClient, bigRepository, startDaemon
+from tests.rawhttp import wantRequest
+
+NAK = b"0008NAK\n"
+
+
+def settle(*paths: Path) -> None:
+    """
+    Date every file under C{paths} a minute back: the cache keeps no answer
+    built from a file changed within its racy window (2 s), and these tests
+    create their repositories just before fetching.
+    """
+    past = time.time() - 60
+    for path in paths:
+        for folder, dirs, files in os.walk(path):
+            for name in dirs + files:
+                os.utime(os.path.join(folder, name), (past, past), follow_symlinks=False)
+        os.utime(path, (past, past))
+
+
+def daemonHome(tmp_path: Path, hookSeconds: float | None = None) -> Path:
+    """
+    A daemon HOME whose global git config (see tests.conftest) holds, with
+    C{hookSeconds}, an uploadpack.packObjectsHook that waits that long
+    before pack-objects runs: a flight that stays open for others to join.
+    """
+    home = tmp_path / "dhome"
+    home.mkdir()
+    config = home.parent / f"{home.name}-global.gitconfig"
+    text = ""
+    if hookSeconds is not None:
+        hook = tmp_path / "slow-pack-objects"
+        hook.write_text(f'#!/bin/sh\nsleep {hookSeconds}\nexec "$@"\n')
+        hook.chmod(0o755)
+        text = f"[uploadpack]\n\tpackObjectsHook = {hook}\n"
+    config.write_text(text)
+    return home
+
+
+def settleDaemon(home: Path) -> None:
+    """The daemon's global config is touched at start: date it back too."""
+    settle(home.parent / f"{home.name}-global.gitconfig")
+
+
+def post(daemon: Daemon, repository: str, body: bytes, receiveBuffer: int = 0) -> socket.socket:
+    """Send a v0 upload-pack POST on a raw socket; the caller reads (or not)."""
+    sock = socket.create_connection((daemon.host, daemon.port))
+    if receiveBuffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receiveBuffer)
+    sock.sendall(
+        b"POST /%s/git-upload-pack HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Content-Type: application/x-git-upload-pack-request\r\n"
+        b"Content-Length: %d\r\n\r\n" % (repository.encode(), len(body)) + body
+    )
+    return sock
+
+
+def readToEnd(sock: socket.socket, timeout: float = 120.0) -> bytes:
+    """Everything the server sends until it closes."""
+    sock.settimeout(timeout)
+    chunks = []
+    while True:
+        try:
+            data = sock.recv(1 << 20)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    sock.close()
+    return b"".join(chunks)
+
+
+def readAllConcurrently(socks: list[socket.socket]) -> list[bytes]:
+    """Read every socket to its end at once, each in its own thread."""
+    results: list[bytes] = [b""] * len(socks)
+
+    def read(index: int) -> None:
+        results[index] = readToEnd(socks[index])
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(len(socks))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def httpBody(raw: bytes) -> bytes:
+    """The body of a 200 response, de-chunked when chunked."""
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    if b"transfer-encoding: chunked" not in head.lower():
+        return rest
+    body = bytearray()
+    while True:
+        sizeLine, _, rest = rest.partition(b"\r\n")
+        size = int(sizeLine, 16)
+        if size == 0:
+            return bytes(body)
+        body += rest[:size]
+        rest = rest[size + 2 :]
+
+
+def assertValidPack(git: GitClient, body: bytes, scratch: Path) -> None:
+    """A v0 answer without side-band is NAK then a pack git accepts whole."""
+    assert body.startswith(NAK), body[:40]
+    target = scratch / f"check-{time.monotonic_ns()}.git"
+    git.run("init", "-q", "--bare", str(target))
+    result = subprocess.run(
+        ["git", "-C", str(target), "index-pack", "--stdin", "--strict"],
+        input=body[len(NAK) :],
+        env=git.env,
+        capture_output=True,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def cacheFields(daemon: Daemon) -> list[str]:
+    """The cache= field of every fetch line of the per-operation log, in order."""
+    return [
+        line.split(" cache=", 1)[1].split()[0]
+        for line in daemon.lines
+        if " cache=" in line and " git git-upload-pack " in line
+    ]
+
+
+def test_stormSharesOneGitAndAStalledReaderHoldsBackNobody(
+    git: GitClient, root: Path, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """Five identical fetches, one stalled till the idle timeout: one git, four identical packs."""
+    commit = bigRepository(git, root, tmp_path / "work", 8)
+    settle(root)
+    home = daemonHome(tmp_path, hookSeconds=2)
+    cache = tmp_path / "cache"
+    daemon = startDaemon(root, "--pack-cache", str(cache), "--idle-timeout", "3", home=home)
+    daemons.append(daemon)
+    settleDaemon(home)
+    body = wantRequest(commit)
+    stalled = post(daemon, "big.git", body, receiveBuffer=16 * 1024)
+    readers = [post(daemon, "big.git", body) for _ in range(4)]
+    answers = [httpBody(raw) for raw in readAllConcurrently(readers)]
+    assert len(set(answers)) == 1
+    assert len(answers[0]) > 8 * 1024 * 1024
+    assertValidPack(git, answers[0], tmp_path)
+    deadline = time.monotonic() + 30
+    while "client read nothing" not in daemon.log and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "client read nothing" in daemon.log
+    stalled.close()
+    deadline = time.monotonic() + 10
+    while len(cacheFields(daemon)) < 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sorted(cacheFields(daemon)) == ["follow"] * 4 + ["lead"]
+    assert sum(1 for line in daemon.lines if "cache=lead exit=0" in line) == 1
+    # Followed, so kept: the next identical fetch is a hit, with no git.
+    [raw] = readAllConcurrently([post(daemon, "big.git", body)])
+    assert httpBody(raw) == answers[0]
+    assert cacheFields(daemon)[-1] == "hit"
+    assert daemon.rss() < 120 * 1024 * 1024
+
+
+def test_leaderLeavingStillCompletesForFollowers(
+    git: GitClient, root: Path, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """The client that started git leaves; git goes on and the followers get valid packs."""
+    commit = bigRepository(git, root, tmp_path / "work", 4)
+    settle(root)
+    home = daemonHome(tmp_path, hookSeconds=3)
+    daemon = startDaemon(root, "--pack-cache", str(tmp_path / "cache"), home=home)
+    daemons.append(daemon)
+    body = wantRequest(commit)
+    leader = post(daemon, "big.git", body)
+    assert daemon.startedChildren()
+    followers = [post(daemon, "big.git", body) for _ in range(2)]
+    time.sleep(1)
+    leader.close()
+    answers = [httpBody(raw) for raw in readAllConcurrently(followers)]
+    assert answers[0] == answers[1]
+    assertValidPack(git, answers[0], tmp_path)
+    assert any("cache=lead exit=0" in line for line in daemon.lines)
+
+
+def clone(git: GitClient, daemon: Daemon, destination: Path, *options: str) -> None:
+    git.run("-c", "protocol.version=2", "clone", "-q", "--bare", *options,
+            daemon.url("project.git"), str(destination))  # fmt: skip
+    git.run("-C", str(destination), "fsck", "--no-progress")
+
+
+def test_pushThenFetchHasTheNewObjects(
+    git: GitClient, root: Path, populated: Path, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """A kept pack is never served after a push: the next clone has the new commit."""
+    settle(root)
+    home = daemonHome(tmp_path)
+    daemon = startDaemon(
+        root, "--pack-cache", str(tmp_path / "cache"), "--anonymous-push", home=home
+    )
+    daemons.append(daemon)
+    settleDaemon(home)
+    for i in range(3):
+        clone(git, daemon, tmp_path / f"c{i}")
+    assert cacheFields(daemon)[-3:] == ["lead", "lead", "hit"]
+    new = git.commit(populated, "new.txt", "new\n")
+    git.run("push", "-q", daemon.url("project.git"), "main", cwd=populated)
+    clone(git, daemon, tmp_path / "after")
+    assert git.output("-C", str(tmp_path / "after"), "rev-parse", "main") == new
+    assert cacheFields(daemon)[-1] == "lead"
+
+
+def test_shallowAndPartialFetchesGetTheirOwnPacks(
+    git: GitClient, root: Path, populated: Path, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """Full, shallow and blobless clones of one state: each gets the right objects."""
+    git.run("config", "-f", str(root / "project.git" / "config"), "uploadpack.allowFilter", "1")
+    settle(root)
+    home = daemonHome(tmp_path)
+    daemon = startDaemon(root, "--pack-cache", str(tmp_path / "cache"), home=home)
+    daemons.append(daemon)
+    settleDaemon(home)
+    for i in range(2):
+        clone(git, daemon, tmp_path / f"full{i}")
+    shallow, blobless = tmp_path / "shallow", tmp_path / "blobless"
+    clone(git, daemon, shallow, "--depth", "1")
+    assert git.output("-C", str(shallow), "rev-list", "--count", "main") == "1"
+    clone(git, daemon, blobless, "--filter=blob:none")
+    missing = git.output(
+        "-C", str(blobless), "rev-list", "--objects", "--missing=print", "main"
+    ).splitlines()
+    assert [line for line in missing if line.startswith("?")]
+    assert git.output("-C", str(blobless), "rev-list", "--count", "main") == "3"
+    clone(git, daemon, tmp_path / "full2")
+    assert git.output("-C", str(tmp_path / "full2"), "rev-list", "--count", "main") == "3"
+    assert "hit" not in cacheFields(daemon)[:-1]
+    assert cacheFields(daemon)[-1] == "hit"
+
+
+def test_corruptedEntryIsNeverServed(
+    git: GitClient, root: Path, populated: Path, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """A kept entry with a flipped byte is detected and removed; git answers instead."""
+    settle(root)
+    home = daemonHome(tmp_path)
+    cache = tmp_path / "cache"
+    daemon = startDaemon(root, "--pack-cache", str(cache), home=home)
+    daemons.append(daemon)
+    settleDaemon(home)
+    for i in range(2):
+        clone(git, daemon, tmp_path / f"c{i}")
+    (entry,) = (cache / "entries").iterdir()
+    data = bytearray(entry.read_bytes())
+    data[-30] ^= 0x40
+    entry.write_bytes(bytes(data))
+    clone(git, daemon, tmp_path / "after")
+    assert cacheFields(daemon)[-1] == "lead"
+    assert "damaged" in daemon.log
+
+
+def test_killedDuringAFlightThenRestartServesCorrectPacks(
+    git: GitClient, root: Path, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """SIGKILL while an entry is being written: the restart removes it and serves valid packs."""
+    commit = bigRepository(git, root, tmp_path / "work", 2)
+    settle(root)
+    home = daemonHome(tmp_path, hookSeconds=2)
+    cache = tmp_path / "cache"
+    daemon = startDaemon(root, "--pack-cache", str(cache), home=home)
+    body = wantRequest(commit)
+    socks = [post(daemon, "big.git", body) for _ in range(2)]
+    assert daemon.startedChildren()
+    assert list((cache / "tmp").iterdir())
+    daemon.process.send_signal(signal.SIGKILL)
+    daemon.process.wait()
+    for sock in socks:
+        sock.close()
+    daemon.stop()
+    again = startDaemon(root, "--pack-cache", str(cache), home=home)
+    daemons.append(again)
+    assert list((cache / "tmp").iterdir()) == []
+    assert list((cache / "entries").iterdir()) == []
+    answers = [httpBody(raw) for raw in readAllConcurrently([post(again, "big.git", body)])]
+    assertValidPack(git, answers[0], tmp_path)
+
+
+def test_unusableCacheDirectoryFetchesUncachedWithOneLogLine(
+    git: GitClient, root: Path, populated: Path, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """A cache directory that cannot be created: clones work, and the log says so once."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a directory")
+    daemon = startDaemon(root, "--pack-cache", str(blocker / "cache"))
+    daemons.append(daemon)
+    for i in range(2):
+        clone(git, daemon, tmp_path / f"c{i}")
+    assert daemon.log.count("cannot be used") == 1
+    assert cacheFields(daemon) == ["miss"] * 2
+
+
+@pytest.mark.parametrize("size", ["0", "nonsense"])
+def test_packCacheSizeMustBeASize(root: Path, size: str) -> None:
+    """--pack-cache-size takes a size with k/m/g; anything else stops start-up."""
+    from twisted.python import usage
+
+    from gitserve.tap import Options
+
+    options = Options()
+    if size == "0":
+        options.parseOptions(["--root", str(root), "--pack-cache-size", size])
+        assert options["pack-cache-size"] == 0
+    else:
+        with pytest.raises(usage.UsageError):
+            options.parseOptions(["--root", str(root), "--pack-cache-size", size])
