@@ -174,6 +174,13 @@ def test_stormSharesOneGitAndAStalledReaderHoldsBackNobody(
     [raw] = readAllConcurrently([post(daemon, "big.git", body)])
     assert httpBody(raw) == answers[0]
     assert cacheFields(daemon)[-1] == "hit"
+    # A stalled reader of a hit (sendfile) is dropped by the idle timeout too.
+    stalledHit = post(daemon, "big.git", body, receiveBuffer=16 * 1024)
+    deadline = time.monotonic() + 30
+    while daemon.log.count("client read nothing") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert daemon.log.count("client read nothing") == 2
+    stalledHit.close()
     assert daemon.rss() < 120 * 1024 * 1024
 
 
@@ -327,3 +334,65 @@ def test_packCacheSizeMustBeASize(root: Path, size: str) -> None:
     else:
         with pytest.raises(usage.UsageError):
             options.parseOptions(["--root", str(root), "--pack-cache-size", size])
+
+
+def headOf(raw: bytes) -> bytes:
+    return raw.partition(b"\r\n\r\n")[0].lower()
+
+
+def test_hitOnPlainTcpGoesWithSendfileAndContentLength(
+    git: GitClient, root: Path, populated: Path, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """On plain TCP a hit is sent whole with Content-Length (sendfile); misses are chunked."""
+    commit = git.output("rev-parse", "HEAD", cwd=populated)
+    settle(root)
+    home = daemonHome(tmp_path)
+    daemon = startDaemon(root, "--pack-cache", str(tmp_path / "cache"), home=home)
+    daemons.append(daemon)
+    settleDaemon(home)
+    raws = [readToEnd(post(daemon, "project.git", wantRequest(commit))) for _ in range(3)]
+    assert [b"transfer-encoding: chunked" in headOf(raw) for raw in raws] == [True, True, False]
+    assert b"content-length: %d" % len(httpBody(raws[2])) in headOf(raws[2])
+    assert cacheFields(daemon) == ["lead", "lead", "hit"]
+    for raw in raws:
+        assertValidPack(git, httpBody(raw), tmp_path)
+
+
+def test_hitOverTlsFallsBackToReadingTheFile(
+    git: GitClient, root: Path, populated: Path, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """Over TLS, sendfile cannot be used: the hit is read and written chunked, and is valid."""
+    import ssl
+
+    from tests.certs import makeSelfSigned
+
+    key, cert = makeSelfSigned(tmp_path)
+    commit = git.output("rev-parse", "HEAD", cwd=populated)
+    settle(root)
+    home = daemonHome(tmp_path)
+    daemon = startDaemon(
+        root,
+        "--pack-cache",
+        str(tmp_path / "cache"),
+        home=home,
+        listen=f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}",
+    )
+    daemons.append(daemon)
+    settleDaemon(home)
+    context = ssl.create_default_context(cafile=str(cert))
+    body = wantRequest(commit)
+    raws = []
+    for _ in range(3):
+        sock = context.wrap_socket(
+            socket.create_connection((daemon.host, daemon.port)), server_hostname="localhost"
+        )
+        sock.sendall(
+            b"POST /project.git/git-upload-pack HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/x-git-upload-pack-request\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
+        raws.append(readToEnd(sock))
+    assert cacheFields(daemon) == ["lead", "lead", "hit"]
+    assert b"transfer-encoding: chunked" in headOf(raws[2])
+    assert httpBody(raws[2]) == httpBody(raws[1])
+    assertValidPack(git, httpBody(raws[2]), tmp_path)
