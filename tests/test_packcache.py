@@ -393,3 +393,32 @@ class FlightTests(SynchronousTestCase):
         child.exit(0)
         self.assertEqual(bytes(output.data), b"PACK")
         self.assertEqual(self.cache.counts["miss"], 1)
+
+    def test_fullDiskDuringAFlight(self) -> None:
+        """The file stops growing: readers behind fail, a live one gets all, paced, nothing kept."""
+        leader, leaderJob = self.fetch()
+        follower, followerJob = self.fetch()
+        child = self.reactor.spawned[0]
+        assert follower.producer is not None and leader.producer is not None
+        follower.producer.pauseProducing()
+        self.reactor.advance(0)
+        child.protocol.outReceived(b"a" * 1000)
+        (flight,) = self.cache.flights.values()
+        # From now on the file cannot be written (as on a full disk).
+        writable, flight.fd = flight.fd, os.open(flight.path, os.O_RDONLY)
+        os.close(writable)
+        child.protocol.outReceived(b"b" * 1000)
+        self.assertEqual(self.cache.flights, {}, "nobody new joins a broken flight")
+        failed = self.successResultOf(followerJob.done)  # type: ignore[attr-defined]
+        self.assertFalse(failed.succeeded)
+        leader.producer.pauseProducing()
+        self.assertTrue(child.paused, "git goes at the pace of the live reader")
+        child.protocol.outReceived(b"c" * 1000)
+        leader.producer.resumeProducing()
+        self.assertFalse(child.paused)
+        child.exit(0)
+        self.reactor.advance(0)
+        self.assertEqual(bytes(leader.data), b"a" * 1000 + b"b" * 1000 + b"c" * 1000)
+        self.assertTrue(self.successResultOf(leaderJob.done).succeeded)  # type: ignore[attr-defined]
+        self.assertEqual(len(self.cache.entries), 0)
+        self.assertEqual(os.listdir(self.cache.tmpDir), [])

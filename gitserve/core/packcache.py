@@ -557,6 +557,7 @@ class Source:
     size: int
     finished: bool
     outcome: GitOutcome | None
+    broken: bool = False
 
     def attach(self, reader: CacheReader) -> None:
         """C{reader} reads from here now."""
@@ -801,7 +802,10 @@ class CacheReader:
         """git wrote C{data} at C{at}: send it now if this reader is caught up."""
         if self._ended:
             return
-        if self.offset == at and not self.paused and self._call is None:
+        if self.offset == at and (self.source.broken or (not self.paused and self._call is None)):
+            # Without a file behind it (broken), a reader that is caught up
+            # takes this chunk even when paused: git is paused right after
+            # it (Flight.pace), so that is one chunk more, once.
             self.offset += len(data)
             self.output.write(data)
         else:
