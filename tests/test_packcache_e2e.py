@@ -354,6 +354,8 @@ def test_hitOnPlainTcpGoesWithSendfileAndContentLength(
     assert [b"transfer-encoding: chunked" in headOf(raw) for raw in raws] == [True, True, False]
     assert b"content-length: %d" % len(httpBody(raws[2])) in headOf(raws[2])
     assert cacheFields(daemon) == ["lead", "lead", "hit"]
+    accessLines = [line for line in daemon.lines if '"POST /project.git/git-upload-pack' in line]
+    assert f"200 {len(httpBody(raws[2]))} " in accessLines[-1]
     for raw in raws:
         assertValidPack(git, httpBody(raw), tmp_path)
 

@@ -117,6 +117,8 @@ class SendfileHit:
                 return
             self.sent += n
             turn += n
+            # What Request.write would have counted, for the access log.
+            self.request.sentLength += n
         if self.sent < self.entry.length:
             self._schedule()
             return
