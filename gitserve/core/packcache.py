@@ -51,7 +51,7 @@ from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succ
 from twisted.internet.interfaces import IDelayedCall, IProducer, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import Attribute, Interface, implementer
 
 from gitserve.core.advertisement import RACY_SECONDS, CapabilityCache
 from gitserve.core.errors import Refusal
@@ -60,7 +60,7 @@ from gitserve.core.operations import GitCore, GitOperation
 from gitserve.core.pktline import DELIM_PKT, FLUSH_PKT, ProtocolError, parsePktLines
 from gitserve.core.policy import Service
 from gitserve.core.process import GitOutcome, GitProcessProtocol
-from gitserve.interfaces import IGitJob, IGitOutput
+from gitserve.interfaces import IGitOutput
 
 log = Logger()
 
@@ -93,6 +93,37 @@ STATE_FILES = (
 STATE_TREES = ("refs", "reftable")
 # Directories whose entries are stamped (one level).
 STATE_LISTINGS = ("objects", "objects/pack", "objects/info", "objects/info/commit-graphs")
+
+
+class IPackReader(Interface):
+    """
+    One client's reader of a shared answer (a L{Flight} or a kept entry),
+    as the flight drives it. L{CacheReader} writes into any L{IGitOutput};
+    the HTTP door has one that sends with sendfile(2).
+    """
+
+    done: Deferred[GitOutcome] = Attribute("Fires with how it ended, as a git child's outcome.")
+    offset: int = Attribute("Bytes of the answer this reader has taken so far.")
+    paused: bool = Attribute("Whether its client cannot take more now.")
+
+    def start() -> None:
+        """Attach to the source and begin."""
+
+    def terminate() -> None:
+        """End it (a shutdown), as a git child is ended."""
+
+    def dataAvailable(data: bytes, at: int) -> None:
+        """git wrote C{data} at offset C{at} of the answer."""
+
+    def sourceFinished() -> None:
+        """git ended: the source's size and outcome are final."""
+
+    def fail(failure: Failure) -> None:
+        """End without the rest of the answer."""
+
+
+# (source, operation, bytesIn, quiet) -> an unstarted reader.
+ReaderFactory = Callable[["Source", GitOperation, int, bool], IPackReader]
 
 
 class CacheUnusable(Exception):
@@ -349,13 +380,21 @@ class PackCache:
     # Serving -----------------------------------------------------------------
 
     def start(
-        self, core: GitCore, lookup: Lookup, output: IGitOutput
-    ) -> Deferred[GitProcessProtocol | CacheReader]:
+        self,
+        core: GitCore,
+        lookup: Lookup,
+        output: IGitOutput,
+        makeReader: ReaderFactory | None = None,
+    ) -> Deferred[GitProcessProtocol | IPackReader]:
         """
         Answer C{lookup}'s request into C{output}: from its entry (hit), by
         joining its flight (follow), by starting one (lead), or without the
         cache (miss).
 
+        @param makeReader: builds the reader of a hit, follow or lead when
+            the front door has a better way than writing into C{output}
+            (sendfile(2) on a plain socket, L{gitserve.http.packhit});
+            by default a L{CacheReader} writing into C{output}.
         @return: fires with the job whose C{done} fires with the
             L{GitOutcome} the front door answers from.
         """
@@ -365,12 +404,19 @@ class PackCache:
             if flight is not None:
                 if lookup.entry is not None:
                     lookup.entry.close()
-                return succeed(self._read(flight, operation, "follow", output, len(lookup.body)))
+                return succeed(
+                    self._read(flight, operation, "follow", output, len(lookup.body), makeReader)
+                )
             if lookup.entry is not None:
                 self.touch(lookup.entry.key)
                 return succeed(
                     self._read(
-                        EntrySource(lookup.entry), operation, "hit", output, len(lookup.body)
+                        EntrySource(lookup.entry),
+                        operation,
+                        "hit",
+                        output,
+                        len(lookup.body),
+                        makeReader,
                     )
                 )
             try:
@@ -379,7 +425,9 @@ class PackCache:
                 pass
             else:
                 return succeed(
-                    self._read(flight, operation, "lead", output, len(lookup.body), quiet=True)
+                    self._read(
+                        flight, operation, "lead", output, len(lookup.body), makeReader, quiet=True
+                    )
                 )
         return self._miss(core, operation, lookup.body, output, lookup.fetchesPack)
 
@@ -390,12 +438,12 @@ class PackCache:
         body: bytes,
         output: IGitOutput,
         fetchesPack: bool,
-    ) -> Deferred[GitProcessProtocol | CacheReader]:
+    ) -> Deferred[GitProcessProtocol | IPackReader]:
         if fetchesPack:
             self.counts["miss"] += 1
             operation = replace(operation, cache="miss")
 
-        def feed(protocol: GitProcessProtocol) -> GitProcessProtocol | CacheReader:
+        def feed(protocol: GitProcessProtocol) -> GitProcessProtocol | IPackReader:
             protocol.feedStdin(body)
             return protocol
 
@@ -408,12 +456,16 @@ class PackCache:
         kind: str,
         output: IGitOutput,
         bytesIn: int,
+        makeReader: ReaderFactory | None,
         quiet: bool = False,
-    ) -> CacheReader:
+    ) -> IPackReader:
         self.counts[kind] += 1
-        reader = CacheReader(
-            source, output, self.clock, replace(operation, cache=kind), quiet, bytesIn
-        )
+        operation = replace(operation, cache=kind)
+        reader: IPackReader
+        if makeReader is not None:
+            reader = makeReader(source, operation, bytesIn, quiet)
+        else:
+            reader = CacheReader(source, output, self.clock, operation, quiet, bytesIn)
         reader.start()
         return reader
 
@@ -473,6 +525,9 @@ class PackCache:
             self.entries.move_to_end(digest)
             try:
                 os.utime(self.entriesDir / digest)
+                if digest in self._verified:
+                    # Its times changed by our hand, not its bytes: still verified.
+                    self._verified[digest] = stampOf(str(self.entriesDir / digest))
             except OSError:
                 pass
 
@@ -559,10 +614,10 @@ class Source:
     outcome: GitOutcome | None
     broken: bool = False
 
-    def attach(self, reader: CacheReader) -> None:
+    def attach(self, reader: IPackReader) -> None:
         """C{reader} reads from here now."""
 
-    def detach(self, reader: CacheReader) -> None:
+    def detach(self, reader: IPackReader) -> None:
         """C{reader} is done (or its client left)."""
 
 
@@ -576,7 +631,7 @@ class EntrySource(Source):
         self.finished = True
         self.outcome = GitOutcome(0, entry.length, False, None, "")
 
-    def detach(self, reader: CacheReader) -> None:
+    def detach(self, reader: IPackReader) -> None:
         self.entry.close()
 
 
@@ -599,7 +654,7 @@ class Flight(Source):
         self.crc = 0
         self.finished = False
         self.outcome: GitOutcome | None = None
-        self.readers: list[CacheReader] = []
+        self.readers: list[IPackReader] = []
         self.followed = False
         self.seenBefore = False
         self.broken = False
@@ -674,12 +729,12 @@ class Flight(Source):
 
     # Readers -----------------------------------------------------------------
 
-    def attach(self, reader: CacheReader) -> None:
+    def attach(self, reader: IPackReader) -> None:
         if self.readers or self.outcome is not None:
             self.followed = True
         self.readers.append(reader)
 
-    def detach(self, reader: CacheReader) -> None:
+    def detach(self, reader: IPackReader) -> None:
         if reader in self.readers:
             self.readers.remove(reader)
         if self.readers:
@@ -738,7 +793,7 @@ def _writeAll(fd: int, data: bytes, offset: int) -> None:
         offset += written
 
 
-@implementer(IPushProducer, IGitJob)
+@implementer(IPushProducer, IPackReader)
 class CacheReader:
     """
     One client's copy of a shared answer, written into its L{IGitOutput} at

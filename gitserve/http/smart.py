@@ -8,7 +8,6 @@ looks like (an C{ERR} packet, an error status, or an aborted connection).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from functools import partial
 
 from twisted.internet.defer import Deferred
@@ -21,7 +20,7 @@ from gitserve.core.errors import Forbidden, InvalidRequest, Refusal, TooLarge
 from gitserve.core.gitprotocol import VERSION_2, checkGitProtocol, protocolVersion
 from gitserve.core.housekeeping import sweepStaleQuarantines
 from gitserve.core.operations import GitOperation
-from gitserve.core.packcache import CacheReader, Lookup
+from gitserve.core.packcache import IPackReader, Lookup, Source
 from gitserve.core.pktline import FLUSH, ProtocolError, errorLine, parsePktLines, pktLine
 from gitserve.core.policy import Service
 from gitserve.core.process import GitOutcome, GitProcessProtocol
@@ -31,7 +30,7 @@ from gitserve.http.channel import GitRequest, connectionOf, isAnswerable
 from gitserve.http.context import HTTPContext
 from gitserve.http.errors import HTTPError, UnsupportedMediaType, renderError
 from gitserve.http.headers import startGitResponse
-from gitserve.http.packhit import SendfileHit, canSendfile
+from gitserve.http.packhit import SendfileReader, canSendfile
 from gitserve.interfaces import IGitOutput
 
 # http-backend's default for http.maxRequestBuffer: upload-pack negotiation is
@@ -317,26 +316,31 @@ def _fetchThroughCache(
             if lookup.entry is not None:
                 lookup.entry.close()
             return None
-        if lookup.entry is not None and lookup.key is not None:
-            if lookup.key.digest not in cache.flights and canSendfile(request):
-                hit = SendfileHit(
+        response = SmartResponse(request, contentType)
+        makeReader = None
+        if canSendfile(request):
+
+            def makeReader(
+                source: Source, operation: GitOperation, bytesIn: int, quiet: bool
+            ) -> IPackReader:
+                return SendfileReader(
                     request,
-                    lookup.entry,
+                    source,
                     contentType,
-                    cache,
-                    replace(operation, cache="hit"),
-                    len(data),
+                    partial(response.answer, context=context),
+                    operation,
+                    bytesIn,
+                    quiet,
                     core.clock,
                 )
-                hit.start()
-                return None
-        response = SmartResponse(request, contentType)
-        started = cache.start(core, lookup, response)
+
+        started = cache.start(core, lookup, response, makeReader)
         # A client that leaves while queued gives up its place.
         request.notifyFinish().addErrback(lambda _: started.cancel())
 
-        def answerWhenDone(job: GitProcessProtocol | CacheReader) -> None:
-            job.done.addCallback(response.answer, context)
+        def answerWhenDone(job: GitProcessProtocol | IPackReader) -> None:
+            if not isinstance(job, SendfileReader):
+                job.done.addCallback(response.answer, context)
 
         return started.addCallback(answerWhenDone)
 
