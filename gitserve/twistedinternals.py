@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import AnyStr
 
@@ -148,6 +149,16 @@ def sendfileDescriptor(transport: object) -> int | None:
         return int(transport.fileno())  # type: ignore[attr-defined]
     except (AttributeError, OSError, ValueError):
         return None
+
+
+def socketOf(transport: object) -> socket.socket:
+    """
+    The socket object of a transport L{sendfileDescriptor} accepted, to send
+    with flags (C{MSG_MORE}) on it.
+
+    Private: C{tcp.Connection.socket}.
+    """
+    return transport.socket  # type: ignore[attr-defined, no-any-return]
 
 
 def _unixServer() -> type:

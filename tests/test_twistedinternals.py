@@ -20,6 +20,7 @@ from gitserve.twistedinternals import (
     _PipeReader,
     resumeWhenWritable,
     sendfileDescriptor,
+    socketOf,
     transportDrained,
     watchChunkSizes,
 )
@@ -130,9 +131,10 @@ def _plainTcpServer() -> tuple[object, socket.socket]:
 
 
 def test_sendfileDescriptorOnlyForAPlainSocketTransport() -> None:
-    """A tcp.Server gives its socket for sendfile(2); a transport of another kind does not."""
+    """A tcp.Server gives its socket (fd and object) for sendfile(2); other transports do not."""
     server, peer = _plainTcpServer()
     assert sendfileDescriptor(server) == server.fileno()  # type: ignore[attr-defined]
+    assert socketOf(server).fileno() == server.fileno()  # type: ignore[attr-defined]
     assert sendfileDescriptor(StringTransport()) is None
     peer.close()
 
