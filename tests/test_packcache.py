@@ -28,7 +28,13 @@ from gitserve.core.policy import Policy, Service
 from gitserve.core.process import Caller, GitBackend, GitOutcome
 from gitserve.core.repository import ConfigCache, Repository
 from gitserve.interfaces import IGitOutput
-from tests.fakes import FakeProcessReactor, RecordingOutput, makeRepository, scratchDirectory
+from tests.fakes import (
+    FakeJob,
+    FakeProcessReactor,
+    RecordingOutput,
+    makeRepository,
+    scratchDirectory,
+)
 
 OID = b"1" * 40
 OTHER = b"2" * 40
@@ -421,4 +427,20 @@ class FlightTests(SynchronousTestCase):
         self.assertEqual(bytes(leader.data), b"a" * 1000 + b"b" * 1000 + b"c" * 1000)
         self.assertTrue(self.successResultOf(leaderJob.done).succeeded)  # type: ignore[attr-defined]
         self.assertEqual(len(self.cache.entries), 0)
+        self.assertEqual(os.listdir(self.cache.tmpDir), [])
+
+    def test_busyLeadRefusesEveryReader(self) -> None:
+        """No job slot for the lead's git: its readers end with the Busy refusal, nothing kept."""
+        from gitserve.core.errors import Busy
+        from gitserve.core.jobs import JobLimiter
+
+        self.core.jobs = JobLimiter(1, 0)
+        self.successResultOf(self.core.jobs.run(FakeJob))
+        output, job = self.fetch()
+        self.reactor.advance(0)
+        outcome = self.successResultOf(job.done)  # type: ignore[attr-defined]
+        self.assertIsNotNone(outcome.failure)
+        self.assertTrue(outcome.failure.check(Busy))
+        self.assertEqual(self.reactor.spawned, [])
+        self.assertEqual(self.cache.flights, {})
         self.assertEqual(os.listdir(self.cache.tmpDir), [])

@@ -398,3 +398,28 @@ def test_hitOverTlsFallsBackToReadingTheFile(
     assert b"transfer-encoding: chunked" in headOf(raws[2])
     assert httpBody(raws[2]) == httpBody(raws[1])
     assertValidPack(git, httpBody(raws[2]), tmp_path)
+
+
+def test_leadWithoutAJobSlotIsRefusedAsWithoutTheCache(
+    git: GitClient, root: Path, populated: Path, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """All job slots busy and no queue: a new lead is answered 503, as an uncached fetch is."""
+    commit = git.output("rev-parse", "HEAD", cwd=populated)
+    home = daemonHome(tmp_path, hookSeconds=3)
+    daemon = startDaemon(
+        root,
+        "--pack-cache",
+        str(tmp_path / "cache"),
+        "--max-jobs",
+        "1",
+        "--max-queue",
+        "0",
+        home=home,
+    )
+    daemons.append(daemon)
+    first = post(daemon, "project.git", wantRequest(commit))
+    assert daemon.startedChildren()
+    other = wantRequest(commit, "ofs-delta no-progress thin-pack")
+    refused = readToEnd(post(daemon, "project.git", other))
+    assert refused.startswith(b"HTTP/1.1 503"), refused[:100]
+    assertValidPack(git, httpBody(readToEnd(first)), tmp_path)
