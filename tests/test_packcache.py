@@ -444,3 +444,22 @@ class FlightTests(SynchronousTestCase):
         self.assertEqual(self.reactor.spawned, [])
         self.assertEqual(self.cache.flights, {})
         self.assertEqual(os.listdir(self.cache.tmpDir), [])
+
+    def test_hitsAreNotReverifiedAfterTheirOwnTouch(self) -> None:
+        """A kept entry is checked once; serving it (which dates it) does not make it re-read."""
+        from twisted.internet.defer import maybeDeferred
+
+        verifications = []
+
+        def counting(work):  # type: ignore[no-untyped-def]
+            verifications.append(work)
+            return maybeDeferred(work)
+
+        self.runAlone()
+        self.runAlone()
+        self.cache.runBlocking = counting
+        for _ in range(3):
+            output, outcome = self.runAlone()
+            self.assertEqual(bytes(output.data), b"PACK" + b"z" * 5000)
+        self.assertEqual(self.cache.counts["hit"], 3)
+        self.assertEqual(verifications, [])
