@@ -35,27 +35,31 @@ def settle(*paths: Path) -> None:
         os.utime(path, (past, past))
 
 
-def daemonHome(tmp_path: Path, hookSeconds: float | None = None) -> Path:
+def daemonHome(tmp_path: Path, hook: str | None = None, name: str = "dhome") -> Path:
     """
-    A daemon HOME whose global git config (see tests.conftest) holds, with
-    C{hookSeconds}, an uploadpack.packObjectsHook that waits that long
-    before pack-objects runs: a flight that stays open for others to join.
+    A daemon HOME. With C{hook} (a shell script's body), the git the daemon
+    runs (which gets HOME, not GIT_CONFIG_GLOBAL) reads an
+    uploadpack.packObjectsHook from C{HOME/.gitconfig} that runs it with
+    pack-objects' command line as C{"$@"}.
     """
-    home = tmp_path / "dhome"
+    home = tmp_path / name
     home.mkdir()
-    config = home.parent / f"{home.name}-global.gitconfig"
-    text = ""
-    if hookSeconds is not None:
-        hook = tmp_path / "slow-pack-objects"
-        hook.write_text(f'#!/bin/sh\nsleep {hookSeconds}\nexec "$@"\n')
-        hook.chmod(0o755)
-        text = f"[uploadpack]\n\tpackObjectsHook = {hook}\n"
-    config.write_text(text)
+    if hook is not None:
+        script = tmp_path / f"{name}-pack-objects-hook"
+        script.write_text(f"#!/bin/sh\n{hook}\n")
+        script.chmod(0o755)
+        (home / ".gitconfig").write_text(f"[uploadpack]\n\tpackObjectsHook = {script}\n")
+        settle(home)
     return home
 
 
+def slowHook(seconds: float) -> str:
+    """A pack-objects that starts C{seconds} late: a flight that stays open for others."""
+    return f'sleep {seconds}\nexec "$@"'
+
+
 def settleDaemon(home: Path) -> None:
-    """The daemon's global config is touched at start: date it back too."""
+    """The daemon's test-side global config is touched at start: date it back too."""
     settle(home.parent / f"{home.name}-global.gitconfig")
 
 
@@ -148,7 +152,7 @@ def test_stormSharesOneGitAndAStalledReaderHoldsBackNobody(
     """Five identical fetches, one stalled till the idle timeout: one git, four identical packs."""
     commit = bigRepository(git, root, tmp_path / "work", 8)
     settle(root)
-    home = daemonHome(tmp_path, hookSeconds=2)
+    home = daemonHome(tmp_path, slowHook(2))
     cache = tmp_path / "cache"
     daemon = startDaemon(root, "--pack-cache", str(cache), "--idle-timeout", "3", home=home)
     daemons.append(daemon)
@@ -190,7 +194,7 @@ def test_leaderLeavingStillCompletesForFollowers(
     """The client that started git leaves; git goes on and the followers get valid packs."""
     commit = bigRepository(git, root, tmp_path / "work", 4)
     settle(root)
-    home = daemonHome(tmp_path, hookSeconds=3)
+    home = daemonHome(tmp_path, slowHook(3))
     daemon = startDaemon(root, "--pack-cache", str(tmp_path / "cache"), home=home)
     daemons.append(daemon)
     body = wantRequest(commit)
@@ -283,22 +287,28 @@ def test_corruptedEntryIsNeverServed(
 def test_killedDuringAFlightThenRestartServesCorrectPacks(
     git: GitClient, root: Path, tmp_path: Path, daemons: list[Daemon]
 ) -> None:
-    """SIGKILL while an entry is being written: the restart removes it and serves valid packs."""
+    """SIGKILL with an answer half written: the restart removes it and serves valid packs."""
     commit = bigRepository(git, root, tmp_path / "work", 2)
     settle(root)
-    home = daemonHome(tmp_path, hookSeconds=2)
+    # pack-objects' first 200 kB, then a stall: the daemon dies with a
+    # half-written temporary file.
+    home = daemonHome(tmp_path, '"$@" | { head -c 200000; sleep 30; }', name="stalling")
     cache = tmp_path / "cache"
     daemon = startDaemon(root, "--pack-cache", str(cache), home=home)
     body = wantRequest(commit)
     socks = [post(daemon, "big.git", body) for _ in range(2)]
-    assert daemon.startedChildren()
-    assert list((cache / "tmp").iterdir())
+    deadline = time.monotonic() + 30
+    written = 0
+    while written < 200000 and time.monotonic() < deadline:
+        written = sum(f.stat().st_size for f in (cache / "tmp").iterdir())
+        time.sleep(0.05)
+    assert written >= 200000
     daemon.process.send_signal(signal.SIGKILL)
     daemon.process.wait()
     for sock in socks:
         sock.close()
     daemon.stop()
-    again = startDaemon(root, "--pack-cache", str(cache), home=home)
+    again = startDaemon(root, "--pack-cache", str(cache), home=daemonHome(tmp_path))
     daemons.append(again)
     assert list((cache / "tmp").iterdir()) == []
     assert list((cache / "entries").iterdir()) == []
@@ -405,7 +415,7 @@ def test_leadWithoutAJobSlotIsRefusedAsWithoutTheCache(
 ) -> None:
     """All job slots busy and no queue: a new lead is answered 503, as an uncached fetch is."""
     commit = git.output("rev-parse", "HEAD", cwd=populated)
-    home = daemonHome(tmp_path, hookSeconds=3)
+    home = daemonHome(tmp_path, slowHook(3))
     daemon = startDaemon(
         root,
         "--pack-cache",
