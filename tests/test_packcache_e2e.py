@@ -295,6 +295,7 @@ def test_killedDuringAFlightThenRestartServesCorrectPacks(
     home = daemonHome(tmp_path, '"$@" | { head -c 200000; sleep 30; }', name="stalling")
     cache = tmp_path / "cache"
     daemon = startDaemon(root, "--pack-cache", str(cache), home=home)
+    daemons.append(daemon)
     body = wantRequest(commit)
     socks = [post(daemon, "big.git", body) for _ in range(2)]
     deadline = time.monotonic() + 30
@@ -307,7 +308,6 @@ def test_killedDuringAFlightThenRestartServesCorrectPacks(
     daemon.process.wait()
     for sock in socks:
         sock.close()
-    daemon.stop()
     again = startDaemon(root, "--pack-cache", str(cache), home=daemonHome(tmp_path))
     daemons.append(again)
     assert list((cache / "tmp").iterdir()) == []
