@@ -57,6 +57,20 @@ def cpuSeconds(pids: Iterable[int]) -> float:
     return total / _TICKS
 
 
+def cpuSecondsWithChildren(pids: Iterable[int]) -> float:
+    """
+    User plus system CPU seconds of C{pids} and of the children they have
+    reaped (cutime and cstime): a server's own work and its git's.
+    """
+    total = 0
+    for pid in pids:
+        fields = _statFields(pid)
+        if fields:
+            # utime, stime, cutime, cstime are fields 14 to 17 of stat(5).
+            total += sum(int(f) for f in fields[11:15])
+    return total / _TICKS
+
+
 def _statusKiB(pid: int, key: str) -> int:
     for line in _read(f"/proc/{pid}/status").splitlines():
         if line.startswith(key + ":"):

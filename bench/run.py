@@ -22,10 +22,12 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):
     # Run as a script (python bench/run.py): make "bench" importable.
@@ -51,6 +53,7 @@ WORKLOADS = (
     "refs",
     "push",
     "dumb",
+    "storm",
 )
 
 # Run only when asked for: against its own reference (cgit), with its own table.
@@ -906,6 +909,205 @@ def dumbWorkload(bench: Bench) -> list[Row]:
     ]
 
 
+def _clearCache(directory: Path) -> None:
+    """Empty a pack cache's kept entries (the daemon notices a missing file and misses)."""
+    for entry in (directory / "entries").glob("*"):
+        entry.unlink()
+
+
+def stormWorkload(bench: Bench, clients: int = 16) -> list[Row]:
+    """
+    A clone storm, server side: C{clients} identical v2 fetches of the history
+    corpus at once (the clone request replayed with curl, each pack read to
+    its end), against gitserve with --pack-cache, cold (entries removed
+    before each burst) and warm; wall time until the last byte of the last
+    answer, and server CPU seconds with the git children. Then one cold fetch
+    with the cache on against gitserve without it (the cost of a miss).
+    """
+    repository = bench.corpus.history
+    body = cloneRequestBody(bench, repository)
+    cacheDir = WORK_DIR / "packcache" / "cache"
+    shutil.rmtree(cacheDir, ignore_errors=True)
+    cached = GitserveServer(
+        bench.corpus.root,
+        WORK_DIR / "packcache",
+        ["--anonymous-push", "--pack-cache", str(cacheDir)],
+    )
+    plain = bench.servers.get(GITSERVE)
+    servers: dict[str, Server] = {
+        name: server for name, server in bench.servers.items() if name != GITSERVE
+    }
+    if plain is not None:
+        servers[GITSERVE] = cached
+    curlArgs = [
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{size_download}",
+        "-H",
+        "Content-Type: application/x-git-upload-pack-request",
+        "-H",
+        "Git-Protocol: version=2",
+        "--data-binary",
+        f"@{body}",
+    ]
+    cpu: dict[str, dict[str, list[float]]] = {"cold": {}, "warm": {}}
+
+    def fetchURL(server: Server) -> str:
+        return server.url(repository.name) + "/git-upload-pack"
+
+    def burst(server: Server, phase: str) -> float:
+        if phase == "cold" and server is cached:
+            _clearCache(cacheDir)
+        pids = server.serverPids()
+        before = procfs.cpuSecondsWithChildren(pids)
+        started = time.perf_counter()
+        processes = [
+            subprocess.Popen(
+                ["curl", *curlArgs, fetchURL(server)],
+                env=bench.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(clients)
+        ]
+        outputs = [process.communicate() for process in processes]
+        elapsed = time.perf_counter() - started
+        # Children are counted once reaped, a moment after their answer ends.
+        time.sleep(0.5)
+        used = procfs.cpuSecondsWithChildren(pids) - before
+        # Each pack-objects may order deltas differently, so sizes differ
+        # between independent answers; each must be a whole 200 answer.
+        sizes = [int(out.split()[-1]) if out.startswith("200 ") else 0 for out, _ in outputs]
+        if min(sizes) < 1024 or any(process.returncode != 0 for process in processes):
+            raise WorkloadFailed(f"storm against {server.name}: {outputs[:3]}")
+        cpu[phase].setdefault(server.name, []).append(used)
+        return elapsed
+
+    def floorBurst(phase: str) -> float:
+        before = os.times()
+        started = time.perf_counter()
+        processes = []
+        for _ in range(clients):
+            with open(body, "rb") as stdin:
+                processes.append(
+                    subprocess.Popen(
+                        ["git", "upload-pack", "--stateless-rpc", str(repository)],
+                        env=dict(bench.env, GIT_PROTOCOL="version=2"),
+                        stdin=stdin,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
+        threads = [
+            threading.Thread(target=_drainPipe, args=(process.stdout,)) for process in processes
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if any(process.wait() != 0 for process in processes):
+            raise WorkloadFailed("a floor upload-pack failed")
+        elapsed = time.perf_counter() - started
+        after = os.times()
+        used = (after.children_user - before.children_user) + (
+            after.children_system - before.children_system
+        )
+        cpu[phase].setdefault(FLOOR, []).append(used)
+        return elapsed
+
+    rows: list[Row] = []
+    cached.start()
+    try:
+        for phase in ("cold", "warm"):
+            runners: dict[str, Callable[[], float]] = {
+                name: lambda server=server, phase=phase: burst(server, phase)
+                for name, server in servers.items()
+            }
+            if bench.withFloor:
+                runners[FLOOR] = lambda phase=phase: floorBurst(phase)
+            if phase == "warm":
+                # Asked twice, the answer is kept: the storm then finds it.
+                for _ in range(2):
+                    curlTime(bench, [*curlArgs[5:], fetchURL(cached)])
+            samples = bench.repeat(f"storm {phase}", runners, bench.heavyReps)
+            carryFailures(samples, cpu[phase])
+            note = (
+                "gitserve with --pack-cache, entries removed before each burst"
+                if phase == "cold"
+                else "gitserve with --pack-cache holding the answer; http-backend and the "
+                "floor have no cache (same work as cold)"
+            )
+            targets = (
+                ([Target("ratio<=", 0.25)], [Target("ratio<=", 0.1)])
+                if phase == "cold"
+                else ([], [])
+            )
+            rows.append(
+                Row(
+                    f"storm: {clients} identical fetches of {repository.name}, {phase}, wall",
+                    "s",
+                    medians(samples),
+                    targets[0],
+                    [note],
+                    samples,
+                )
+            )
+            rows.append(
+                Row(
+                    f"storm: server CPU with git children, {phase}",
+                    "s",
+                    medians(cpu[phase]),
+                    targets[1],
+                    ["user+system of the server processes and the children they reaped"],
+                    cpu[phase],
+                )
+            )
+        if plain is not None:
+
+            def one(server: Server) -> float:
+                if server is cached:
+                    _clearCache(cacheDir)
+                return curlTime(bench, [*curlArgs[5:], fetchURL(server)])[0]
+
+            single = bench.repeat(
+                "cold fetch, cache on / off",
+                {"on": lambda: one(cached), "off": lambda: one(plain)},
+                bench.reps,
+            )
+            ratios = [on / off for on, off in zip(single["on"], single["off"], strict=False)]
+            rows.append(
+                Row(
+                    f"one cold fetch of {repository.name}: cache on / cache off",
+                    "x",
+                    {GITSERVE: statistics.median(ratios) if ratios else None},
+                    [Target("value<=", 1.05)],
+                    [
+                        f"medians: on {statistics.median(single['on']):.3f} s, "
+                        f"off {statistics.median(single['off']):.3f} s; the miss writes the "
+                        "answer to the cache directory and keeps it (asked before)"
+                    ]
+                    if ratios
+                    else [],
+                    {GITSERVE: ratios},
+                )
+            )
+    finally:
+        cached.stop()
+    return rows
+
+
+def _drainPipe(pipe: Any) -> None:
+    """Read a pipe to its end, as a server reads git's output."""
+    fd = pipe.fileno()
+    while os.read(fd, MiB):
+        pass
+    pipe.close()
+
+
 def _packBytes(repository: Path) -> int:
     return sum(path.stat().st_size for path in (repository / "objects" / "pack").glob("*.pack"))
 
@@ -924,6 +1126,7 @@ RUNNERS: dict[str, Callable[[Bench], list[Row]]] = {
     "refs": refsWorkload,
     "push": pushWorkload,
     "dumb": dumbWorkload,
+    "storm": stormWorkload,
 }
 
 

@@ -52,6 +52,7 @@ from gitserve.core.browse import BrowseData
 from gitserve.core.jobs import JobLimiter, defaultMaxJobs
 from gitserve.core.metrics import IMetrics, NullMetrics
 from gitserve.core.operations import GitCore
+from gitserve.core.packcache import PackCache
 from gitserve.core.policy import Policy
 from gitserve.core.process import Caller, GitBackend
 from gitserve.core.repository import ConfigCache, parseGitSize
@@ -118,6 +119,8 @@ class Options(strcred.AuthOptionMixin, usage.Options):
         ["realm", None, DEFAULT_REALM, "The HTTP Basic realm git shows when it asks."],
         ["access-log", None, None, "Write the access log (combined format) to this file."],
         ["access", None, None, "Access rules in gitolite's conf syntax (re-read on change)."],
+        ["pack-cache", None, None, "Share identical fetches' packs, kept in this directory."],
+        ["pack-cache-size", None, "1g", "Most disk the pack cache keeps (k/m/g suffixes)."],
         [
             "shutdown-grace",
             None,
@@ -255,6 +258,7 @@ class Options(strcred.AuthOptionMixin, usage.Options):
             raise usage.UsageError(f"--root {self['root']!r} is not a directory")
         self["root"] = root.resolve()
         self["max-push-size"] = parseSize(self["max-push-size"])
+        self["pack-cache-size"] = parseSize(self["pack-cache-size"])
         for name in ("shutdown-grace", "idle-timeout", "header-timeout"):
             self[name] = _positive(name, self[name])
         try:
@@ -438,6 +442,16 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     metrics.watchJobs(jobs)
     if core.capabilities is not None:
         metrics.watchCache("advertisement", core.capabilities)
+    if options["pack-cache"] is not None:
+        core.packCache = PackCache(
+            Path(options["pack-cache"]),
+            options["pack-cache-size"],
+            inputs=core.capabilities,  # type: ignore[arg-type]
+            clock=reactor,
+            runBlocking=runInThread,
+        )
+        core.packCache.open()
+        metrics.watchCache("pack", core.packCache)
     context = HTTPContext(core, maxPushSize=options["max-push-size"])
     if not options["no-browse"]:
         context.browse = BrowsePages(context, BrowseData(core.root, core.policy))

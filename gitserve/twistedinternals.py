@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import AnyStr
 
@@ -129,3 +130,70 @@ def watchChunkSizes(channel: http.HTTPChannel, onChunkSize: Callable[[int], None
     # The decoder dispatches on "_dataReceived_" + state through getattr, so
     # an instance attribute takes the method's place.
     decoder._dataReceived_CHUNK_LENGTH = parseAndReport  # type: ignore[method-assign]
+
+
+def sendfileDescriptor(transport: object) -> int | None:
+    """
+    The socket of C{transport} if bytes may be sent on it behind Twisted's
+    back with C{sendfile(2)}: a plain TCP or UNIX connection (TLS wraps its
+    transport in a protocol, which is not one), else L{None}.
+
+    Private: that C{tcp.Connection} (and C{unix.Server}, a subclass) writes
+    to its socket only from its C{dataBuffer}/C{_tempDataBuffer}.
+    """
+    from twisted.internet import tcp
+
+    if type(transport) not in (tcp.Server, _unixServer()):
+        return None
+    try:
+        return int(transport.fileno())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def socketOf(transport: object) -> socket.socket:
+    """
+    The socket object of a transport L{sendfileDescriptor} accepted, to send
+    with flags (C{MSG_MORE}) on it.
+
+    Private: C{tcp.Connection.socket}.
+    """
+    return transport.socket  # type: ignore[attr-defined, no-any-return]
+
+
+def _unixServer() -> type:
+    try:
+        from twisted.internet import unix
+    except ImportError:  # pragma: no cover (no UNIX sockets on this platform)
+        return type(None)
+    return unix.Server
+
+
+def transportDrained(transport: object) -> bool:
+    """
+    Whether C{transport} has sent everything written to it, so that bytes
+    sent directly on its socket now follow them in order.
+
+    Private: C{FileDescriptor.dataBuffer}, C{offset} and C{_tempDataLen}.
+    """
+    return (
+        not transport._tempDataLen  # type: ignore[attr-defined]
+        and transport.offset == len(transport.dataBuffer)  # type: ignore[attr-defined]
+    )
+
+
+def resumeWhenWritable(transport: object) -> None:
+    """
+    Pause C{transport}'s producer (the HTTP channel, which pauses the
+    request's producer and starts the channel's stall timer) until the
+    socket is writable and the buffer empty, exactly as the transport does
+    itself when its buffer fills up.
+
+    Private: C{FileDescriptor.producerPaused} and C{doWrite}'s resuming a
+    paused producer once its buffer is empty, even when it sent nothing.
+    """
+    producer = transport.producer  # type: ignore[attr-defined]
+    if producer is not None and not transport.producerPaused:  # type: ignore[attr-defined]
+        transport.producerPaused = True  # type: ignore[attr-defined]
+        producer.pauseProducing()
+    transport.startWriting()  # type: ignore[attr-defined]

@@ -279,7 +279,16 @@ def startDaemon(
         home = scratch / "home"
     environ = daemonEnvironment(home, **(env or {}))
     process = subprocess.Popen(
-        daemonCommand("--root", str(root), "--listen", listen, *args),
+        # GITSERVE_TEST_DAEMON_ARGS runs a whole suite with more options on
+        # (e.g. "--pack-cache DIR", to prove the cache changes no answer).
+        daemonCommand(
+            "--root",
+            str(root),
+            "--listen",
+            listen,
+            *args,
+            *os.environ.get("GITSERVE_TEST_DAEMON_ARGS", "").split(),
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

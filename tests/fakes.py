@@ -35,7 +35,7 @@ from gitserve.http.browse import BrowsePages
 from gitserve.http.channel import GitChannel, GitSite
 from gitserve.http.context import HTTPContext
 from gitserve.http.routes import RootResource
-from gitserve.interfaces import IGitJob
+from gitserve.interfaces import IGitJob, IGitOutput
 
 CLIENT = IPv4Address("TCP", "192.0.2.7", 40000)
 
@@ -505,3 +505,26 @@ class _FakeSSHTransport:
 
     def __init__(self, peer: Any) -> None:
         self.transport = StringTransport(peerAddress=peer)
+
+
+@implementer(IGitOutput)
+class RecordingOutput:
+    """
+    An L{IGitOutput} that keeps what it is given and lets the test pause
+    and resume its producer, as a slow or stalled client would.
+    """
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.producer: Any = None
+        self.unregistered = False
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        assert streaming, "git's output is paced by push producers"
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.unregistered = True
+
+    def write(self, data: bytes) -> None:
+        self.data += data

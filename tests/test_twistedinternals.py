@@ -6,6 +6,7 @@ each test fails loudly, naming what changed, if a Twisted release moves it.
 from __future__ import annotations
 
 import inspect
+import socket
 
 from twisted.internet.process import Process, ProcessReader
 from twisted.internet.testing import StringTransport
@@ -17,6 +18,10 @@ from gitserve.twistedinternals import (
     PipeReadingSpawner,
     _GitProcess,
     _PipeReader,
+    resumeWhenWritable,
+    sendfileDescriptor,
+    socketOf,
+    transportDrained,
     watchChunkSizes,
 )
 
@@ -109,3 +114,66 @@ def test_watchChunkSizesIgnoresLengthFramedBodies() -> None:
     channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n")
     watchChunkSizes(channel, lambda size: None)
     assert not isinstance(channel._transferDecoder, http._ChunkedTransferDecoder)
+
+
+def _plainTcpServer() -> tuple[object, socket.socket]:
+    """A real C{tcp.Server} over one end of a socket pair, on a memory reactor."""
+    from twisted.internet import tcp
+    from twisted.internet.protocol import Protocol
+    from twisted.internet.testing import MemoryReactor
+
+    ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setblocking(False)
+    protocol = Protocol()
+    server = tcp.Server(ours, protocol, ("127.0.0.1", 1), None, 1, MemoryReactor())
+    protocol.makeConnection(server)
+    return server, peer
+
+
+def test_sendfileDescriptorOnlyForAPlainSocketTransport() -> None:
+    """A tcp.Server gives its socket (fd and object) for sendfile(2); other transports do not."""
+    server, peer = _plainTcpServer()
+    assert sendfileDescriptor(server) == server.fileno()  # type: ignore[attr-defined]
+    assert socketOf(server).fileno() == server.fileno()  # type: ignore[attr-defined]
+    assert sendfileDescriptor(StringTransport()) is None
+    peer.close()
+
+
+def test_transportDrainedFollowsTheWriteBuffer() -> None:
+    """Written bytes wait in the transport's buffers until doWrite sends them."""
+    server, peer = _plainTcpServer()
+    assert transportDrained(server)
+    server.write(b"head")  # type: ignore[attr-defined]
+    assert not transportDrained(server)
+    server.doWrite()  # type: ignore[attr-defined]
+    assert transportDrained(server)
+    assert peer.recv(10) == b"head"
+    peer.close()
+
+
+def test_resumeWhenWritablePausesUntilTheBufferIsEmpty() -> None:
+    """resumeWhenWritable pauses the transport's producer; the next doWrite resumes it."""
+    from twisted.internet.interfaces import IPushProducer
+    from zope.interface import implementer
+
+    @implementer(IPushProducer)
+    class Producer:
+        paused = False
+
+        def pauseProducing(self) -> None:
+            self.paused = True
+
+        def resumeProducing(self) -> None:
+            self.paused = False
+
+        def stopProducing(self) -> None:
+            pass
+
+    server, peer = _plainTcpServer()
+    producer = Producer()
+    server.registerProducer(producer, True)  # type: ignore[attr-defined]
+    resumeWhenWritable(server)
+    assert producer.paused
+    server.doWrite()  # type: ignore[attr-defined]
+    assert not producer.paused
+    peer.close()

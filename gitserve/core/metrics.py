@@ -65,8 +65,11 @@ class CountsJobs(Protocol):
 class CountsLookups(Protocol):
     """What the metrics read from a cache at scrape time."""
 
-    hits: int
-    misses: int
+    @property
+    def hits(self) -> int: ...
+
+    @property
+    def misses(self) -> int: ...
 
 
 class IMetrics(Interface):

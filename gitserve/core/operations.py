@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -27,6 +27,8 @@ from gitserve.core.repository import ConfigCache, Repository, resolveRepository
 from gitserve.interfaces import IGitOutput
 
 log = Logger()
+if TYPE_CHECKING:
+    from gitserve.core.packcache import PackCache
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,9 @@ class GitOperation:
     # snapshot for the update hook, see gitserve.core.accesscontrol).
     environment: tuple[tuple[str, str], ...] = ()
     statelessRpc: bool = True
+    # How the pack cache answered (hit, follow, lead, miss; see
+    # gitserve.core.packcache), or None when it has no say.
+    cache: str | None = None
 
     @property
     def protocolVersion(self) -> int:
@@ -64,6 +69,7 @@ class GitOperation:
             # The client's address: behind a load balancer, the one its
             # PROXY header gave (see the haproxy: listener in the README).
             f" remote={self.caller.remoteAddr or '-'}"
+            f"{f' cache={self.cache}' if self.cache else ''}"
         )
 
     def metricLabels(self) -> OperationLabels:
@@ -100,6 +106,7 @@ class GitOperation:
             "transport": self.caller.transport,
             "keyFingerprint": self.caller.keyFingerprint,
             "remoteAddr": self.caller.remoteAddr,
+            **({"cache": self.cache} if self.cache else {}),
         }
 
 
@@ -123,6 +130,8 @@ class GitCore:
     configs: ConfigCache = field(default_factory=ConfigCache)
     jobs: JobLimiter | None = None
     capabilities: CapabilityCache | None = None
+    # Shared upload-pack answers (--pack-cache), or None when off.
+    packCache: PackCache | None = None
     runBlocking: Callable[[Callable[[], Any]], Deferred[Any]] = maybeDeferred
     metrics: IMetrics = field(default_factory=NullMetrics)
 

@@ -19,6 +19,8 @@ from zope.interface import implementer
 from gitserve.core.errors import Forbidden, InvalidRequest, Refusal, TooLarge
 from gitserve.core.gitprotocol import VERSION_2, checkGitProtocol, protocolVersion
 from gitserve.core.housekeeping import sweepStaleQuarantines
+from gitserve.core.operations import GitOperation
+from gitserve.core.packcache import IPackReader, Lookup, Source
 from gitserve.core.pktline import FLUSH, ProtocolError, errorLine, parsePktLines, pktLine
 from gitserve.core.policy import Service
 from gitserve.core.process import GitOutcome, GitProcessProtocol
@@ -28,6 +30,7 @@ from gitserve.http.channel import GitRequest, connectionOf, isAnswerable
 from gitserve.http.context import HTTPContext
 from gitserve.http.errors import HTTPError, UnsupportedMediaType, renderError
 from gitserve.http.headers import startGitResponse
+from gitserve.http.packhit import SendfileReader, canSendfile
 from gitserve.interfaces import IGitOutput
 
 # http-backend's default for http.maxRequestBuffer: upload-pack negotiation is
@@ -271,10 +274,69 @@ def postUploadPack(
             parsePktLines(data)
         except ProtocolError as e:
             raise InvalidRequest(f"protocol error: {e}") from e
+        if context.core.packCache is not None:
+            return _fetchThroughCache(context, request, repository, user, gitProtocol, data)
         _, started = runGit(context, request, repository, service, user, gitProtocol, False)
         return started.addCallback(lambda protocol: protocol.feedStdin(data))
 
     return context.userFor(request).addCallback(checkUser).addCallback(start)
+
+
+def _fetchThroughCache(
+    context: HTTPContext,
+    request: Request,
+    repository: Repository,
+    user: str | None,
+    gitProtocol: bytes | None,
+    data: bytes,
+) -> Deferred[None]:
+    """
+    C{POST git-upload-pack} with the pack cache on: a kept answer goes out
+    with sendfile(2) where the connection allows; anything else is a reader
+    of the cache (or a git child of its own), answered as git's output is.
+    """
+    core = context.core
+    cache = core.packCache
+    assert cache is not None
+    contentType = contentTypeOf(Service.UPLOAD_PACK, advertise=False)
+    operation = GitOperation(
+        Service.UPLOAD_PACK, repository, context.caller(request, user, gitProtocol)
+    )
+
+    def serve(lookup: Lookup) -> Deferred[None] | None:
+        if not isAnswerable(request):
+            if lookup.entry is not None:
+                lookup.entry.close()
+            return None
+        response = SmartResponse(request, contentType)
+        makeReader = None
+        if canSendfile(request):
+
+            def makeReader(
+                source: Source, operation: GitOperation, bytesIn: int, quiet: bool
+            ) -> IPackReader:
+                return SendfileReader(
+                    request,
+                    source,
+                    contentType,
+                    partial(response.answer, context=context),
+                    operation,
+                    bytesIn,
+                    quiet,
+                    core.clock,
+                )
+
+        started = cache.start(core, lookup, response, makeReader)
+        # A client that leaves while queued gives up its place.
+        request.notifyFinish().addErrback(lambda _: started.cancel())
+
+        def answerWhenDone(job: GitProcessProtocol | IPackReader) -> None:
+            if not isinstance(job, SendfileReader):
+                job.done.addCallback(response.answer, context)
+
+        return started.addCallback(answerWhenDone)
+
+    return cache.lookup(operation, data).addCallback(serve)
 
 
 def postReceivePack(
