@@ -536,10 +536,17 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if gitEndpoints:
         gitDaemon = GitDaemonFactory(core, reactor, options["idle-timeout"])
         doors += [(endpoint, description, gitDaemon) for description, endpoint in gitEndpoints]
+    doorListeners: dict[str, list[ListeningService]] = {"ssh": [], "git": []}
     for endpoint, description, factory in doors:
         listener = ListeningService(description, endpoint, factory, reactor)
         listener.setServiceParent(top)
         listeners.append((listener, None))
+        kind = "ssh" if (description, endpoint) in sshEndpoints else "git"
+        doorListeners[kind].append(listener)
+    if context.browse is not None:
+        # The pages show these clone URLs once the doors listen.
+        context.browse.sshPort = partial(_portOf, doorListeners["ssh"])
+        context.browse.gitPort = partial(_portOf, doorListeners["git"])
     CertificateReloadService(
         [tls for _, tls in listeners if tls is not None], reactor.callFromThread
     ).setServiceParent(top)
@@ -560,6 +567,16 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     ).setServiceParent(top)
     log.info("gitserve serving {root}", root=str(options["root"]))
     return top
+
+
+def _portOf(listeners: list[ListeningService]) -> int | None:
+    """The port the first of C{listeners} listens on, once it does (for clone URLs)."""
+    for listener in listeners:
+        if listener.port is not None:
+            port = getattr(listener.port.getHost(), "port", None)
+            if isinstance(port, int):
+                return port
+    return None
 
 
 __all__ = ["Options", "makeService", "MAX_PUSH_SIZE"]

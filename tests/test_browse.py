@@ -134,6 +134,19 @@ def test_repositoryPage(sample: Path, root: Path) -> None:
         assert "→ <code>/etc/passwd</code>" in body
 
 
+def test_repositoryPageShowsEveryDoorThatListens(sample: Path, root: Path) -> None:
+    """With SSH and git:// listening, the page offers their clone URLs beside HTTP's."""
+    harness = browsingHarness(root)
+    assert "ssh://" not in get(harness, "/project.git").body.decode()
+    harness.context.browse.sshPort = lambda: 2222
+    harness.context.browse.gitPort = lambda: 9418
+    body = get(harness, "/project.git").body.decode()
+    assert 'value="http://example/project.git"' in body
+    assert 'value="ssh://git@example:2222/project.git"' in body
+    assert 'value="git://example:9418/project.git"' in body
+    assert body.count('data-copy="clone-') == 3
+
+
 def test_securityHeadersAndScriptHash(sample: Path, root: Path) -> None:
     """Pages carry a strict CSP whose hash is exactly the page's one script."""
     response = get(browsingHarness(root), "/project.git")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from dulwich.objects import Commit
 from twisted.internet.defer import Deferred, succeed
@@ -94,9 +94,21 @@ class BrowsePages:
         reactor thread.
     """
 
-    def __init__(self, context: HTTPContext, data: BrowseData) -> None:
+    def __init__(
+        self,
+        context: HTTPContext,
+        data: BrowseData,
+        sshPort: Callable[[], int | None] = lambda: None,
+        gitPort: Callable[[], int | None] = lambda: None,
+    ) -> None:
+        """
+        @param sshPort: the port the SSH door listens on, once it does.
+        @param gitPort: the same for git://.
+        """
         self.context = context
         self.data = data
+        self.sshPort = sshPort
+        self.gitPort = gitPort
 
     @property
     def runBlocking(self) -> Callable[[Callable[[], Any]], Deferred[Any]]:
@@ -185,7 +197,7 @@ class BrowsePages:
                 lambda answer: self._sendRaw(request, *answer)
             )
         builders: dict[str, Callable[[], bytes]] = {
-            "": lambda: self._summary(repository, _cloneURL(request, repository)),
+            "": lambda: self._summary(repository, self.cloneURLs(request, repository)),
             "tree": lambda: self._tree(repository, rest),
             "blob": lambda: self._blob(repository, rest),
             "log": lambda: self._log(repository, rest, _pageNumber(request)),
@@ -196,7 +208,7 @@ class BrowsePages:
             raise NotFound()
         key: tuple[Any, ...] = (repository.gitDir, kind, tuple(rest))
         if kind == "":
-            key += (_cloneURL(request, repository),)
+            key += tuple(self.cloneURLs(request, repository))
         if kind == "log":
             key += (_pageNumber(request),)
 
@@ -215,7 +227,27 @@ class BrowsePages:
 
         return self.runBlocking(build).addCallback(lambda body: self._sendPage(request, body))
 
-    def _summary(self, repository: Repository, cloneURL: str) -> bytes:
+    def cloneURLs(self, request: Request, repository: Repository) -> list[tuple[str, str]]:
+        """
+        Where this repository can be cloned from, as the visitor reached the
+        server: over HTTP(S), then over SSH and git:// when they listen.
+        """
+        http = _cloneURL(request, repository)
+        urls = [("HTTPS" if request.isSecure() else "HTTP", http)]
+        host = urlsplit(http).hostname or "localhost"
+        if ":" in host:
+            host = f"[{host}]"
+        name = pages.path(repository.name)
+        for label, scheme, port in (
+            ("SSH", "ssh://git@", self.sshPort),
+            ("git://", "git://", self.gitPort),
+        ):
+            found = port()
+            if found:
+                urls.append((label, f"{scheme}{host}:{found}/{name}"))
+        return urls
+
+    def _summary(self, repository: Repository, cloneURLs: list[tuple[str, str]]) -> bytes:
         with self.data.reader(repository) as reader:
             branch = reader.defaultBranch()
             head = reader.headCommit()
@@ -223,7 +255,7 @@ class BrowsePages:
                 return pages.repositoryPage(
                     repository.name,
                     reader.description(),
-                    cloneURL,
+                    cloneURLs,
                     branch,
                     None,
                     [],
@@ -237,7 +269,7 @@ class BrowsePages:
             return pages.repositoryPage(
                 repository.name,
                 reader.description(),
-                cloneURL,
+                cloneURLs,
                 branch,
                 _info(head),
                 entries,

@@ -249,12 +249,13 @@ def indexPage(rows: Sequence[Summary], query: str, order: str, total: int) -> by
 # -- the repository page ------------------------------------------------------------------------
 
 
-def cloneBox(url: str) -> Tag:
+def cloneBox(label: str, url: str) -> Tag:
     """A clone URL in a read-only field, and the copy button the script reveals."""
+    field = "clone-" + label.lower().strip(":/")
     return tags.div(class_="clone")(
-        tags.label("Clone over HTTP", for_="clone-http"),
-        tags.input(id="clone-http", value=url, readonly="", type="text"),
-        tags.button("Copy", type="button", hidden="", **{"data-copy": "clone-http"}),
+        tags.label(f"Clone over {label}", for_=field),
+        tags.input(id=field, value=url, readonly="", type="text"),
+        tags.button("Copy", type="button", hidden="", **{"data-copy": field}),
     )
 
 
@@ -312,7 +313,7 @@ def treeTable(links: Links, ref: str, entries: Sequence[TreeEntry], up: str | No
 def repositoryPage(
     name: str,
     description: str,
-    cloneURL: str,
+    cloneURLs: Sequence[tuple[str, str]],
     branch: str,
     head: CommitInfo | None,
     entries: Sequence[TreeEntry],
@@ -321,12 +322,16 @@ def repositoryPage(
     recent: Sequence[CommitInfo],
     refs: Sequence[RefInfo],
 ) -> bytes:
-    """The page at C{/<repo>}: clone URL, README, refs, recent commits and the top tree."""
+    """
+    The page at C{/<repo>}: clone URLs (HTTP first, then each other door
+    that listens), README, refs, recent commits and the top tree.
+    """
     links = Links(name)
+    cloneURL = cloneURLs[0][1]
     parts: list[Any] = [
         tags.h1(name),
         tags.p(description, class_="desc") if description else "",
-        cloneBox(cloneURL),
+        *(cloneBox(label, url) for label, url in cloneURLs),
     ]
     if head is None:
         target = branch or "main"
