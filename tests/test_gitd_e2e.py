@@ -69,7 +69,10 @@ def test_cloneMatchesGitDaemon(setup: Setup, tmp_path: Path, version: str) -> No
     setup.git.run("fsck", "--strict", cwd=tmp_path / "clone")
     assert setup.git.output("rev-parse", "HEAD", cwd=tmp_path / "clone") == setup.head
     log = setup.daemons[0].log
-    pattern = rf"git-upload-pack repo=app\.git user=daemon protocol=v{version} remote=127\.0\.0\.1 exit=0 .*transport=git"
+    pattern = (
+        rf"git-upload-pack repo=app\.git user=daemon protocol=v{version} "
+        r"remote=127\.0\.0\.1 exit=0 .*transport=git"
+    )
     assert re.search(pattern, log), log[-2000:]
 
 

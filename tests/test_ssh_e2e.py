@@ -113,7 +113,8 @@ def test_cloneFetchPush(setup: Setup, tmp_path: Path, version: str) -> None:
     )
     setup.git.run("fsck", "--strict", cwd=other)
     line = re.compile(
-        rf"git git-upload-pack repo=app\.git user=alice protocol=v{version} remote=127\.0\.0\.1 exit=0 .* "
+        rf"git git-upload-pack repo=app\.git user=alice protocol=v{version} "
+        r"remote=127\.0\.0\.1 exit=0 .* "
         r"transport=ssh key=SHA256:\S+"
     )
     assert line.search(setup.daemon.log), setup.daemon.log[-3000:]
