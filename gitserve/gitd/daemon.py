@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, cast
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IProducer, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -25,6 +25,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gitserve.core.connections import OpenConnections
 from gitserve.core.duplex import DuplexStdin, segmentsOfPath
 from gitserve.core.errors import Busy, InvalidRequest, NotFound, Refusal
 from gitserve.core.gitprotocol import checkGitProtocol
@@ -323,15 +324,10 @@ class GitDaemonFactory(Factory):
         self.core = core
         self.clock = clock
         self.idleTimeout = idleTimeout
-        self.connections: set[GitDaemonProtocol] = set()
-        self._closedWaiters: list[Deferred[None]] = []
+        self.connections: OpenConnections[GitDaemonProtocol] = OpenConnections()
 
     def connectionClosed(self, protocol: GitDaemonProtocol) -> None:
         self.connections.discard(protocol)
-        if not self.connections:
-            waiters, self._closedWaiters = self._closedWaiters, []
-            for waiter in waiters:
-                waiter.callback(None)
 
     def drainConnections(self) -> Deferred[None]:
         """
@@ -340,16 +336,12 @@ class GitDaemonFactory(Factory):
 
         @return: fires when no connection is left.
         """
-        for protocol in list(self.connections):
+        for protocol in self.connections:
             if not protocol.running:
                 protocol.transport.loseConnection()
-        if not self.connections:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._closedWaiters.append(waiter)
-        return waiter
+        return self.connections.whenEmpty()
 
     def abortConnections(self) -> None:
         """Drop every connection at once: the last step of a shutdown."""
-        for protocol in list(self.connections):
+        for protocol in self.connections:
             protocol.transport.abortConnection()

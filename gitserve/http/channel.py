@@ -15,7 +15,7 @@ from __future__ import annotations
 from io import BytesIO
 from typing import Any, cast
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, parse_qs
 from twisted.web.server import Request, Site
 
+from gitserve.core.connections import OpenConnections
 from gitserve.core.metrics import IMetrics, NullMetrics
 from gitserve.http.body import RequestBody
 from gitserve.twistedinternals import DeferredContinueMixin, watchChunkSizes
@@ -473,8 +474,7 @@ class GitSite(Site):
         self.metrics: IMetrics = metrics if metrics is not None else NullMetrics()
         self.headerTimeout = headerTimeout
         self.stallTimeout = idleTimeout
-        self.channels: set[GitChannel] = set()
-        self._closedWaiters: list[Deferred[None]] = []
+        self.channels: OpenConnections[GitChannel] = OpenConnections()
 
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)
@@ -497,10 +497,6 @@ class GitSite(Site):
     def channelClosed(self, channel: GitChannel) -> None:
         """A connection ended."""
         self.channels.discard(channel)
-        if not self.channels:
-            waiters, self._closedWaiters = self._closedWaiters, []
-            for waiter in waiters:
-                waiter.callback(None)
 
     def drainConnections(self) -> Deferred[None]:
         """
@@ -510,17 +506,13 @@ class GitSite(Site):
 
         @return: fires when no connection is left.
         """
-        for channel in list(self.channels):
+        for channel in self.channels:
             channel.persistent = False
             if not channel.requests:
                 channel.loseConnection()
-        if not self.channels:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._closedWaiters.append(waiter)
-        return waiter
+        return self.channels.whenEmpty()
 
     def abortConnections(self) -> None:
         """Drop every connection at once: the last step of a shutdown."""
-        for channel in list(self.channels):
+        for channel in self.channels:
             connectionOf(channel).abortConnection()

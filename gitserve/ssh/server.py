@@ -14,13 +14,14 @@ from twisted.conch.ssh.keys import Key
 from twisted.conch.ssh.transport import SSHServerTransport
 from twisted.conch.ssh.userauth import SSHUserAuthServer
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gitserve.core.connections import OpenConnections
 from gitserve.core.operations import GitCore
 from gitserve.ssh.keys import KeyDirectory, KeyDirectoryChecker, KeyOwner, loadOrCreateHostKey
 from gitserve.ssh.logs import conchLog
@@ -138,16 +139,11 @@ class GitSSHFactory(SSHFactory):
         self.clock = clock
         self.idleTimeout = idleTimeout
         self.portal = Portal(GitSSHRealm(SSHDoor(core, clock)), [KeyDirectoryChecker(keys)])
-        self.connections: set[GitSSHServerTransport] = set()
+        self.connections: OpenConnections[GitSSHServerTransport] = OpenConnections()
         self.draining = False
-        self._closedWaiters: list[Deferred[None]] = []
 
     def connectionClosed(self, transport: GitSSHServerTransport) -> None:
         self.connections.discard(transport)
-        if not self.connections:
-            waiters, self._closedWaiters = self._closedWaiters, []
-            for waiter in waiters:
-                waiter.callback(None)
 
     def drainConnections(self) -> Deferred[None]:
         """
@@ -159,18 +155,14 @@ class GitSSHFactory(SSHFactory):
         @return: fires when no connection is left.
         """
         self.draining = True
-        for transport in list(self.connections):
+        for transport in self.connections:
             if not transport.hasRunningChannels():
                 transport.loseConnection()
-        if not self.connections:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._closedWaiters.append(waiter)
-        return waiter
+        return self.connections.whenEmpty()
 
     def abortConnections(self) -> None:
         """Drop every connection at once: the last step of a shutdown."""
-        for transport in list(self.connections):
+        for transport in self.connections:
             abortConnection(transport.transport)
 
 
