@@ -137,13 +137,22 @@ def assertValidPack(git: GitClient, body: bytes, scratch: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def cacheFields(daemon: Daemon) -> list[str]:
-    """The cache= field of every fetch line of the per-operation log, in order."""
-    return [
-        line.split(" cache=", 1)[1].split()[0]
-        for line in daemon.lines
-        if " cache=" in line and " git git-upload-pack " in line
-    ]
+def cacheFields(daemon: Daemon, expected: int = 0, timeout: float = 10.0) -> list[str]:
+    """
+    The cache= field of every fetch line of the per-operation log, in order;
+    waiting up to C{timeout} for C{expected} of them, since a line is logged
+    once the child has ended, which may be after the client read the answer.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        fields = [
+            line.split(" cache=", 1)[1].split()[0]
+            for line in daemon.lines
+            if " cache=" in line and " git git-upload-pack " in line
+        ]
+        if len(fields) >= expected or time.monotonic() > deadline:
+            return fields
+        time.sleep(0.05)
 
 
 def test_stormSharesOneGitAndAStalledReaderHoldsBackNobody(
@@ -363,7 +372,7 @@ def test_hitOnPlainTcpGoesWithSendfileAndContentLength(
     raws = [readToEnd(post(daemon, "project.git", wantRequest(commit))) for _ in range(3)]
     assert [b"transfer-encoding: chunked" in headOf(raw) for raw in raws] == [True, True, False]
     assert b"content-length: %d" % len(httpBody(raws[2])) in headOf(raws[2])
-    assert cacheFields(daemon) == ["lead", "lead", "hit"]
+    assert cacheFields(daemon, expected=3) == ["lead", "lead", "hit"]
     accessLines = [line for line in daemon.lines if '"POST /project.git/git-upload-pack' in line]
     assert f"200 {len(httpBody(raws[2]))} " in accessLines[-1]
     for raw in raws:
@@ -404,7 +413,7 @@ def test_hitOverTlsFallsBackToReadingTheFile(
             b"Content-Length: %d\r\n\r\n" % len(body) + body
         )
         raws.append(readToEnd(sock))
-    assert cacheFields(daemon) == ["lead", "lead", "hit"]
+    assert cacheFields(daemon, expected=3) == ["lead", "lead", "hit"]
     assert b"transfer-encoding: chunked" in headOf(raws[2])
     assert httpBody(raws[2]) == httpBody(raws[1])
     assertValidPack(git, httpBody(raws[2]), tmp_path)

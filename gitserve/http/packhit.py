@@ -271,10 +271,12 @@ class SendfileReader:
             outcome.message,
         )
         self.source.detach(self)
-        if answer and isAnswerable(self.request):
-            self._answer(outcome)
+        # Logged before the answer ends, as a git child's line is: a client
+        # (or a test) that has the whole answer finds the line already there.
         if not self.quiet:
             logServed(self.operation, outcome, self.clock.seconds() - self.began, self.bytesIn)
+        if answer and isAnswerable(self.request):
+            self._answer(outcome)
         self.done.callback(outcome)
 
     def _answer(self, outcome: GitOutcome) -> None:
