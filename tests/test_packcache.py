@@ -307,6 +307,34 @@ class FlightTests(SynchronousTestCase):
         self.assertTrue(outcome.succeeded)
         self.assertEqual(self.cache.counts, {"hit": 1, "follow": 0, "lead": 2, "miss": 0})
 
+    def test_keptAnswerIsSealedOffTheReadersPath(self) -> None:
+        """A first ask is never read back; a kept one is checksummed in a thread, readers done."""
+        from twisted.internet.defer import Deferred
+
+        pending: list[tuple[Deferred[object], object]] = []
+
+        def deferred(work):  # type: ignore[no-untyped-def]
+            d: Deferred[object] = Deferred()
+            pending.append((d, work))
+            return d
+
+        self.cache.runBlocking = deferred
+        self.runAlone()
+        self.assertEqual(pending, [], "a first ask is neither checksummed nor kept")
+        _, outcome = self.runAlone()
+        self.assertTrue(outcome.succeeded, "the client is answered before the answer is sealed")
+        self.assertEqual(len(self.cache.entries), 0)
+        ((d, work),) = pending
+        d.callback(work())  # type: ignore[operator]
+        self.assertEqual(len(self.cache.entries), 1)
+        self.assertEqual(os.listdir(self.cache.tmpDir), [])
+        # A restarted daemon checks the whole entry against its checksum.
+        self.cache = makeCache(self.cache.directory)
+        self.cache.clock = self.reactor
+        output, outcome = self.runAlone()
+        self.assertEqual(self.cache.counts["hit"], 1)
+        self.assertEqual(bytes(output.data), b"PACK" + b"z" * 5000)
+
     def damage(self, how: str) -> None:
         """Keep an entry, then damage its file."""
         self.runAlone()

@@ -502,32 +502,56 @@ class PackCache:
 
     # Keeping and evicting ----------------------------------------------------
 
-    def keep(self, flight: Flight) -> bool:
+    def keep(self, flight: Flight) -> Deferred[bool]:
         """
         Rename a finished flight's file into C{entries/} if it pays and is
         still right (see the module docstring).
+
+        The checksum is computed here, off the reactor thread, rather than
+        as git writes: most flights are a key's first ask and are never
+        kept, and a reader's client should not wait on it.
+
+        @return: fires with whether it was kept (if not, the caller removes
+            the file).
         """
         key = flight.lookup.key
         assert key is not None
         if not (flight.seenBefore or flight.followed):
-            return False
+            return succeed(False)
         if HEADER_SIZE + flight.size > self.maxSize:
-            return False
+            return succeed(False)
         now = self.keyFor(flight.lookup.operation, flight.lookup.body)
         if now is None or now.digest != key.digest or key.newest > self.wallClock() - RACY_SECONDS:
+            return succeed(False)
+        # The flight closes its descriptor when its last reader leaves,
+        # which may be while this one is still being read.
+        fd = os.dup(flight.fd)
+        size = flight.size
+
+        def seal() -> None:
+            try:
+                crc = crcOf(fd, size)
+                if crc is None:
+                    raise OSError(errno.EIO, "pack cache file shorter than written")
+                os.pwrite(fd, _header(key.digest, size, crc), 0)
+            finally:
+                os.close(fd)
+
+        def sealed(_: None) -> bool:
+            path = self.entriesDir / key.digest
+            os.rename(flight.path, path)
+            self._forget(key.digest)
+            self.entries[key.digest] = HEADER_SIZE + size
+            self.size += HEADER_SIZE + size
+            self._verified[key.digest] = stampOf(str(path))
+            self._evict()
+            return True
+
+        def failed(failure: Failure) -> bool:
+            self._unusable(failure.value)
             return False
-        try:
-            os.pwrite(flight.fd, _header(key.digest, flight.size, flight.crc), 0)
-            os.rename(flight.path, self.entriesDir / key.digest)
-        except OSError as e:
-            self._unusable(e)
-            return False
-        self._forget(key.digest)
-        self.entries[key.digest] = HEADER_SIZE + flight.size
-        self.size += HEADER_SIZE + flight.size
-        self._verified[key.digest] = _fstamp(flight.fd)
-        self._evict()
-        return True
+
+        return self.runBlocking(seal).addCallback(sealed).addErrback(failed)
 
     def touch(self, digest: str) -> None:
         """An entry was served: it is now the most recently used."""
@@ -594,6 +618,22 @@ def _readHeader(fd: int, digest: str) -> int | None:
     return int(length)
 
 
+def crcOf(fd: int, length: int) -> int | None:
+    """
+    The CRC-32 of the C{length} bytes of an answer at L{HEADER_SIZE} of
+    C{fd}, or L{None} if the file is shorter. Blocking; run off the reactor
+    thread.
+    """
+    computed, offset, end = 0, HEADER_SIZE, HEADER_SIZE + length
+    while offset < end:
+        data = os.pread(fd, min(1024 * 1024, end - offset), offset)
+        if not data:
+            return None
+        computed = zlib.crc32(data, computed)
+        offset += len(data)
+    return computed
+
+
 def verifyEntry(fd: int, digest: str) -> int | None:
     """
     Read a whole entry and check it against its header: key, length and
@@ -605,14 +645,7 @@ def verifyEntry(fd: int, digest: str) -> int | None:
     if length is None:
         return None
     crc = HEADER.unpack_from(os.pread(fd, HEADER_SIZE, 0))[2]
-    computed, offset = 0, HEADER_SIZE
-    while offset < HEADER_SIZE + length:
-        data = os.pread(fd, 1024 * 1024, offset)
-        if not data:
-            return None
-        computed = zlib.crc32(data, computed)
-        offset += len(data)
-    return length if computed == crc else None
+    return length if crcOf(fd, length) == crc else None
 
 
 class Source:
@@ -661,7 +694,6 @@ class Flight(Source):
         self.fd = fd
         self.path = path
         self.size = 0
-        self.crc = 0
         self.finished = False
         self.outcome: GitOutcome | None = None
         self.readers: list[IPackReader] = []
@@ -708,7 +740,6 @@ class Flight(Source):
             except OSError as e:
                 self._spillFailed(e)
         self.size += len(data)
-        self.crc = zlib.crc32(data, self.crc)
         for reader in list(self.readers):
             reader.dataAvailable(data, at)
 
@@ -775,17 +806,22 @@ class Flight(Source):
         self.outcome = outcome
         if self.cache.flights.get(self.lookup.key.digest) is self:  # type: ignore[union-attr]
             del self.cache.flights[self.lookup.key.digest]  # type: ignore[union-attr]
-        kept = outcome.succeeded and not self.broken and self.cache.keep(self)
-        if not kept:
-            try:
-                os.unlink(self.path)
-            except OSError as e:
-                if e.errno != errno.ENOENT:
-                    log.warn("pack cache: cannot remove {path}: {e}", path=str(self.path), e=e)
+        kept = self.cache.keep(self) if outcome.succeeded and not self.broken else succeed(False)
+        kept.addCallback(self._settled)
         for reader in list(self.readers):
             reader.sourceFinished()
         if not self.readers:
             self._close()
+
+    def _settled(self, kept: bool) -> None:
+        """Kept or not: a file not kept is removed (usually before the kernel wrote it)."""
+        if kept:
+            return
+        try:
+            os.unlink(self.path)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                log.warn("pack cache: cannot remove {path}: {e}", path=str(self.path), e=e)
 
     def _close(self) -> None:
         if not self._closed:
