@@ -53,7 +53,7 @@ def parseLength(header: bytes) -> int:
     @raise ProtocolError: for anything but exactly four hex digits, or for
         the lengths 3 and 4 (reserved) or one past the maximum.
     """
-    if len(header) != 4 or any(c not in _HEX for c in header):
+    if len(header) != 4 or header.translate(None, _HEX):
         raise ProtocolError(f"bad pkt-line length {header!r}")
     length = int(header, 16)
     if length == 3 or length > MAX_PKT_LENGTH:

@@ -57,9 +57,11 @@ SENDFILE_CHUNK = 4 * 1024 * 1024
 SENDFILE_PER_TURN = 4 * SENDFILE_CHUNK
 
 # A reader keeping up with git sends once this much is waiting, or after
-# BATCH_DELAY seconds.
-MIN_BATCH = 512 * 1024
-BATCH_DELAY = 0.005
+# BATCH_DELAY seconds: each batch costs every reader a timer, a turn and
+# three system calls, so in a storm of 16 readers fewer, larger batches are
+# CPU saved, while a client that gets a pack 20 ms later sees no difference.
+MIN_BATCH = 2 * 1024 * 1024
+BATCH_DELAY = 0.02
 
 
 def canSendfile(request: Request) -> bool:
