@@ -13,6 +13,7 @@ than C{HTTPChannel._command}).
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
@@ -32,16 +33,19 @@ PIPE_READ_SIZE = 64 * 1024
 
 class _PipeReader(ProcessReader):
     """
-    A child's output pipe, read L{PIPE_READ_SIZE} bytes at a time.
+    A child's output pipe, read L{PIPE_READ_SIZE} bytes at a time (or as
+    much as L{enlargeOutputPipe} made it hold).
 
     Private: C{twisted.internet.process.ProcessReader} and its C{doRead}
     contract (return C{CONNECTION_DONE}/C{CONNECTION_LOST} or L{None}).
     """
 
+    readSize = PIPE_READ_SIZE
+
     def doRead(self) -> object:
         # Twisted's fdesc.readFromFD, with the read size as the only change.
         try:
-            output = os.read(self.fd, PIPE_READ_SIZE)
+            output = os.read(self.fd, self.readSize)
         except OSError as e:
             if e.errno in (errno.EAGAIN, errno.EINTR):
                 return None
@@ -50,6 +54,29 @@ class _PipeReader(ProcessReader):
             return CONNECTION_DONE
         self.dataReceived(output)
         return None
+
+
+def enlargeOutputPipe(process: object, size: int) -> None:
+    """
+    Let a child's stdout pipe hold C{size} bytes (Linux's C{F_SETPIPE_SZ},
+    capped by C{/proc/sys/fs/pipe-max-size}), read that much at a time.
+
+    For an output that takes whatever git writes at once (a pack cache
+    flight, written to a file): git then blocks, and the daemon wakes up and
+    passes a chunk to its readers, once per megabyte instead of once per
+    64 KiB. Not for an output that buffers what it cannot send yet: it
+    would hold up to C{size} per connection. Where the pipe cannot grow,
+    nothing changes.
+
+    Private: C{Process.pipes}, the readers by child descriptor.
+    """
+    reader = getattr(process, "pipes", {}).get(1)
+    if not isinstance(reader, _PipeReader):
+        return
+    try:
+        reader.readSize = fcntl.fcntl(reader.fd, fcntl.F_SETPIPE_SZ, size)
+    except OSError:
+        return
 
 
 class _GitProcess(Process):

@@ -5,11 +5,13 @@ each test fails loudly, naming what changed, if a Twisted release moves it.
 
 from __future__ import annotations
 
+import fcntl
 import inspect
+import os
 import socket
 
 from twisted.internet.process import Process, ProcessReader
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.web import http
 from twisted.web.test.requesthelper import DummyChannel
 
@@ -18,6 +20,7 @@ from gitserve.twistedinternals import (
     PipeReadingSpawner,
     _GitProcess,
     _PipeReader,
+    enlargeOutputPipe,
     resumeWhenWritable,
     sendfileDescriptor,
     socketOf,
@@ -36,6 +39,31 @@ def test_processReadsThroughItsReaderFactory() -> None:
     assert _GitProcess.processReaderFactory is _PipeReader
     assert issubclass(_PipeReader, ProcessReader)
     assert "def doRead" in inspect.getsource(ProcessReader)
+
+
+def test_enlargedOutputPipeIsReadWhole() -> None:
+    """A flight's stdout pipe holds a megabyte, read at once; Process keeps readers in pipes."""
+    assert "self.pipes" in inspect.getsource(Process.__init__), "Process.pipes is gone"
+
+    class Collecting:
+        pieces: list[bytes] = []
+
+        def childDataReceived(self, name: int, data: bytes) -> None:
+            self.pieces.append(data)
+
+    readEnd, writeEnd = os.pipe()
+    try:
+        reader = _PipeReader(MemoryReactor(), Collecting(), 1, readEnd)
+        process = type("FakeProcess", (), {"pipes": {1: reader}})()
+        enlargeOutputPipe(process, 1024 * 1024)
+        assert reader.readSize == 1024 * 1024
+        assert fcntl.fcntl(readEnd, fcntl.F_GETPIPE_SZ) == 1024 * 1024
+        os.write(writeEnd, b"p" * 300_000)
+        reader.doRead()
+        assert [len(p) for p in Collecting.pieces] == [300_000]
+    finally:
+        os.close(readEnd)
+        os.close(writeEnd)
 
 
 def test_spawnerRefusesATerminal() -> None:
