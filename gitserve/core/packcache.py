@@ -987,8 +987,9 @@ def logServed(operation: GitOperation, outcome: GitOutcome, duration: float, byt
     """
     log.info(
         "git {description} exit={exitCode} bytes_in={bytesIn} bytes_out={bytesOut} "
-        "duration={duration:.3f}s",
+        "duration={duration:.3f}s{logSuffix}",
         **operation.logFields(),
+        logSuffix=operation.describeTransport(),
         description=operation.describe(),
         exitCode=outcome.exitCode,
         bytesIn=bytesIn,

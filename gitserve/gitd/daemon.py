@@ -26,13 +26,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gitserve.core.connections import OpenConnections
+from gitserve.core.conversation import DuplexJob, startConversation
 from gitserve.core.duplex import DuplexStdin, segmentsOfPath
 from gitserve.core.errors import Busy, InvalidRequest, NotFound, Refusal
 from gitserve.core.gitprotocol import checkGitProtocol
 from gitserve.core.operations import GitCore
 from gitserve.core.pktline import MAX_PKT_LENGTH, ProtocolError, errorLine, parseLength
 from gitserve.core.policy import Service
-from gitserve.core.process import Caller, GitOutcome, GitProcessProtocol
+from gitserve.core.process import Caller, GitOutcome
 from gitserve.core.repository import resolveRepository
 from gitserve.interfaces import IGitOutput
 
@@ -133,7 +134,7 @@ class GitDaemonProtocol(Protocol, TimeoutMixin):
         self.request: DaemonRequest | None = None
         self.stdin: DuplexStdin | None = None
         self.producer: IPushProducer | None = None
-        self.started: Deferred[GitProcessProtocol] | None = None
+        self.started: Deferred[DuplexJob] | None = None
         self.running = False
         self.gone = False
 
@@ -241,10 +242,10 @@ class GitDaemonProtocol(Protocol, TimeoutMixin):
         )
         operation = core.operation(Service.UPLOAD_PACK, repository, caller, statelessRpc=False)
         self.stdin = DuplexStdin(self.transport.pauseProducing, self.transport.resumeProducing)
-        self.started = core.start(operation, self)
+        self.started = startConversation(core, operation, self)
         self.started.addCallbacks(self._running, self._notStarted)
 
-    def _running(self, protocol: GitProcessProtocol) -> None:
+    def _running(self, protocol: DuplexJob) -> None:
         self.started = None
         self.running = True
         assert self.stdin is not None

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gitserve.core.conversation import DuplexJob, startConversation
 from gitserve.core.duplex import DuplexStdin, segmentsOfPath
 from gitserve.core.errors import InvalidRequest, NotFound, Refusal
 from gitserve.core.gitprotocol import checkGitProtocol
@@ -35,7 +36,7 @@ from gitserve.core.housekeeping import sweepStaleQuarantines
 from gitserve.core.listing import listRepositoryPaths
 from gitserve.core.operations import GitCore
 from gitserve.core.policy import Service
-from gitserve.core.process import Caller, GitOutcome, GitProcessProtocol
+from gitserve.core.process import Caller, GitOutcome
 from gitserve.core.repository import Repository, resolveRepository
 from gitserve.interfaces import IGitOutput
 from gitserve.ssh.command import CommandRefused, GitCommand, parseCommand
@@ -163,7 +164,7 @@ class GitSessionChannel(SSHChannel):
         self.gone = False
         self.stdin: DuplexStdin | None = None
         self.producer: IPushProducer | None = None
-        self.started: Deferred[GitProcessProtocol] | None = None
+        self.started: Deferred[DuplexJob] | None = None
         self.exitStatus: int | None = None
         self.exitSent = False
 
@@ -406,10 +407,10 @@ class GitSessionChannel(SSHChannel):
             keyFingerprint=owner.fingerprint,
         )
         operation = core.operation(parsed.service, repository, caller, statelessRpc=False)
-        self.started = core.start(operation, self)
+        self.started = startConversation(core, operation, self)
         self.started.addCallbacks(self._running, self._notStarted)
 
-    def _running(self, protocol: GitProcessProtocol) -> None:
+    def _running(self, protocol: DuplexJob) -> None:
         self.started = None
         assert self.stdin is not None
         protocol.streamStdin(self.stdin)
