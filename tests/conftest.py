@@ -209,12 +209,15 @@ class Daemon:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def daemonCommand(*args: str) -> list[str]:
-    """The twistd command line for gitserve with C{args}, run by this interpreter."""
+def daemonCommand(*args: str, prelude: str = "") -> list[str]:
+    """
+    The twistd command line for gitserve with C{args}, run by this interpreter,
+    after the Python statements in C{prelude} (a soak's memory tracer).
+    """
     return [
         sys.executable,
         "-c",
-        "from twisted.scripts.twistd import run; run()",
+        prelude + "from twisted.scripts.twistd import run; run()",
         "-n",
         "--pidfile=",
         "--logfile=-",
@@ -263,6 +266,7 @@ def startDaemon(
     env: dict[str, str] | None = None,
     home: Path | None = None,
     listen: str = "tcp:0:interface=127.0.0.1",
+    prelude: str = "",
 ) -> Daemon:
     """
     Start the daemon on C{root} and wait until it says where it listens.
@@ -272,6 +276,7 @@ def startDaemon(
         environment (never this process's whole environment).
     @param home: the daemon's HOME (default: a new private directory, removed
         when the daemon stops).
+    @param prelude: Python run in the daemon's process before twistd.
     """
     scratch = None
     if home is None:
@@ -288,6 +293,7 @@ def startDaemon(
             listen,
             *args,
             *os.environ.get("GITSERVE_TEST_DAEMON_ARGS", "").split(),
+            prelude=prelude,
         ),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
