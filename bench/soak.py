@@ -38,8 +38,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import memorytrace  # noqa: E402
-from tests.conftest import Daemon, GitClient, startDaemon  # noqa: E402
-from tests.loadbalancer import LoadBalancer, Replica, balance, freePort  # noqa: E402
+from tests.conftest import Daemon, GitClient, freePort, startDaemon  # noqa: E402
+from tests.loadbalancer import LoadBalancer, Replica, balance  # noqa: E402
 
 # How a worker's time is shared between operations (weights).
 MIX = {

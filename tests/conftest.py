@@ -329,6 +329,17 @@ def startDaemon(
     return Daemon(process, host, port, lines, scratch)
 
 
+def freePort() -> int:
+    """
+    A loopback port nobody listens on now: for servers that cannot report
+    the port they took (git daemon, sshd, HAProxy, a replica restarted on the
+    same port).
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def bigRepository(git: GitClient, root: Path, work: Path, megabytes: int) -> str:
     """
     C{root/big.git}, holding one commit with an incompressible blob of

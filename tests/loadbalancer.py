@@ -24,7 +24,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.conftest import Daemon, startDaemon
+from tests.conftest import Daemon, freePort, startDaemon
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 METRICS_READY = re.compile(r"gitserve listening on ([0-9.]+):(\d+) \(--metrics ")
@@ -43,13 +43,6 @@ DRAIN_DELAY = 1.5
 def haproxyAvailable() -> bool:
     """Whether the haproxy binary is installed (Debian package haproxy)."""
     return shutil.which("haproxy") is not None or Path(HAPROXY).exists()
-
-
-def freePort() -> int:
-    """A loopback port nobody listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def haproxyConfig(front: int, replicas: list[int], pinned: list[int], proxyVersion: int) -> str:
