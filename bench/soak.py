@@ -84,6 +84,31 @@ class Soak:
                 if len(self.messages) < 10:
                     self.messages.append(f"{kind}: {message.strip()[-500:]}")
 
+    def load(self, workers: int, watched: Daemon, tracer: Tracer) -> float:
+        """
+        C{workers} clients until the deadline or the operation limit, with
+        progress lines (and a midway snapshot) about C{watched}; returns the
+        seconds the load ran.
+        """
+        began = time.monotonic()
+        stop = threading.Event()
+        threading.Thread(
+            target=progress, args=(self, began, 60, stop, watched), daemon=True
+        ).start()
+        half = (self.deadline - began) / 2
+        halfway = threading.Thread(target=tracer.midway, args=(watched, half, stop), daemon=True)
+        halfway.start()
+        threads = [
+            threading.Thread(target=self.worker, args=(i,), daemon=True) for i in range(workers)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        stop.set()
+        halfway.join()
+        return time.monotonic() - began
+
     def worker(self, index: int) -> None:
         rng = random.Random(index)
         home = self.base / f"worker{index}"
@@ -272,16 +297,6 @@ class Tracer:
             print("\n".join(memorytrace.growth(middle, end)))
 
 
-def watch(
-    soak: Soak, began: float, stop: threading.Event, daemon: Daemon, tracer: Tracer, duration: float
-) -> threading.Thread:
-    """Progress lines about C{daemon}, and its midway snapshot; returns the thread taking it."""
-    threading.Thread(target=progress, args=(soak, began, 60, stop, daemon), daemon=True).start()
-    halfway = threading.Thread(target=tracer.midway, args=(daemon, duration / 2, stop), daemon=True)
-    halfway.start()
-    return halfway
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of load")
@@ -319,20 +334,7 @@ def main() -> int:
             soak.push_branch(warm, base / "seed", 99, 0)
             startRss, startFds, startChildren = snapshot(daemon)
             tracer.snapshot(daemon)
-            began = time.monotonic()
-            stop = threading.Event()
-            halfway = watch(soak, began, stop, daemon, tracer, args.duration)
-            threads = [
-                threading.Thread(target=soak.worker, args=(i,), daemon=True)
-                for i in range(args.workers)
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            stop.set()
-            halfway.join()
-            elapsed = time.monotonic() - began
+            elapsed = soak.load(args.workers, daemon, tracer)
             endRss, endFds, endChildren = snapshot(daemon)
             tracer.snapshot(daemon)
             fsck = git.run("fsck", "--full", cwd=root / "project.git", check=False)
@@ -390,29 +392,16 @@ def mainReplicas(args: argparse.Namespace) -> int:
                 starts[index] = snapshot(replica.daemon)
             assert replicas[0].daemon is not None
             tracer.snapshot(replicas[0].daemon)
-            began = time.monotonic()
-            stop = threading.Event()
-            halfway = watch(soak, began, stop, replicas[0].daemon, tracer, args.duration)
             restarter = None
             if args.restart_every > 0:
                 restarts = RollingRestarts(replicas, balancer, args.restart_every)
                 restarts.starts = dict(starts)
                 restarter = threading.Thread(target=restarts.run, daemon=True)
                 restarter.start()
-            threads = [
-                threading.Thread(target=soak.worker, args=(i,), daemon=True)
-                for i in range(args.workers)
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            stop.set()
-            halfway.join()
+            elapsed = soak.load(args.workers, replicas[0].daemon, tracer)
             if restarts is not None and restarter is not None:
                 restarts.stopping.set()
                 restarter.join()
-            elapsed = time.monotonic() - began
             ends = {}
             for index, replica in enumerate(replicas):
                 assert replica.daemon is not None
