@@ -176,6 +176,16 @@ class DaemonProtocolTests(SynchronousTestCase):
         child.readStdin()
         self.assertEqual(transport.producerState, "producing")
 
+    def test_outputPacedBySocket(self) -> None:
+        """git's child is the socket's producer while it runs, and leaves it when it ends."""
+        transport = self.connect(b"git-upload-pack /app.git\0host=h\0")
+        [child] = self.reactor.spawned
+        self.assertIs(transport.producer, child.protocol)
+        transport.producer.pauseProducing()
+        self.assertTrue(child.paused)
+        child.exit(0)
+        self.assertIsNone(transport.producer)
+
     def test_drainWaitsForRunningGit(self) -> None:
         """A shutdown closes idle connections now and waits for the one running git."""
         busy = self.connect(b"git-upload-pack /app.git\0host=h\0")

@@ -446,6 +446,18 @@ class SessionTests(SynchronousTestCase):
         self.assertFalse(self.channel.inputPaused)
         self.assertEqual(self.conn.windowAdjusts, [100])
 
+    def test_outputPacedByWindow(self) -> None:
+        """A client window that fills pauses git's output; one re-opened resumes it."""
+        self.request(b"exec", NS(b"git-upload-pack '/app.git'"))
+        [child] = self.reactor.spawned
+        self.channel.stopWriting()
+        self.assertTrue(child.paused)
+        self.channel.startWriting()
+        self.assertFalse(child.paused)
+        self.channel.closed()
+        child.protocol.outReceived(b"0000")  # type: ignore[attr-defined]
+        self.assertEqual(bytes(self.conn.data), b"")
+
     def test_greeting(self) -> None:
         """A shell request gets the greeting: the user and what they may read and push."""
         makeRepository(self.root / "team" / "tools.git", "[http]\n\treceivepack = false\n")

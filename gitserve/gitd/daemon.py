@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IProducer, IPushProducer, IReactorTime
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -26,15 +26,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gitserve.core.connections import OpenConnections
-from gitserve.core.duplex import DuplexStdin, segmentsOfPath
-from gitserve.core.errors import Busy, InvalidRequest, NotFound, Refusal
+from gitserve.core.duplex import DuplexOperation, IDuplexDoor, segmentsOfPath
+from gitserve.core.errors import InvalidRequest, NotFound, Refusal
 from gitserve.core.gitprotocol import checkGitProtocol
 from gitserve.core.operations import GitCore
 from gitserve.core.pktline import MAX_PKT_LENGTH, ProtocolError, errorLine, parseLength
 from gitserve.core.policy import Service
-from gitserve.core.process import Caller, GitOutcome, GitProcessProtocol
+from gitserve.core.process import Caller, GitOutcome
 from gitserve.core.repository import resolveRepository
-from gitserve.interfaces import IGitOutput
 
 log = Logger()
 
@@ -116,12 +115,13 @@ def printable(text: bytes) -> str:
     return _UNPRINTABLE.sub(b"?", text[:200]).decode("ascii")
 
 
-@implementer(IGitOutput)
+@implementer(IDuplexDoor)
 class GitDaemonProtocol(Protocol, TimeoutMixin):
     """
     One git:// connection: the request, then git upload-pack over the
     socket, paced both ways (a client that stops reading pauses git; a git
-    that stops reading pauses the socket).
+    that stops reading pauses the socket): a L{DuplexOperation} with the
+    socket as its stream.
     """
 
     factory: GitDaemonFactory
@@ -131,11 +131,13 @@ class GitDaemonProtocol(Protocol, TimeoutMixin):
     def __init__(self) -> None:
         self.buffer = b""
         self.request: DaemonRequest | None = None
-        self.stdin: DuplexStdin | None = None
-        self.producer: IPushProducer | None = None
-        self.started: Deferred[GitProcessProtocol] | None = None
-        self.running = False
+        self.operation: DuplexOperation | None = None
         self.gone = False
+
+    @property
+    def running(self) -> bool:
+        """Whether git runs for this connection now (not queued, not ended)."""
+        return self.operation is not None and self.operation.running
 
     def connectionMade(self) -> None:
         self.callLater = self.factory.clock.callLater  # type: ignore[assignment]
@@ -148,8 +150,8 @@ class GitDaemonProtocol(Protocol, TimeoutMixin):
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
-        if self.stdin is not None:
-            self.stdin.feed(data)
+        if self.operation is not None:
+            self.operation.stdin.feed(data)
             return
         if self.request is not None:
             return
@@ -177,8 +179,8 @@ class GitDaemonProtocol(Protocol, TimeoutMixin):
             self.transport.loseConnection()
             return
         self.handle(self.request)
-        if rest and self.stdin is not None:
-            self.stdin.feed(rest)
+        if rest and self.operation is not None:
+            self.operation.stdin.feed(rest)
 
     def peerHost(self) -> str:
         return str(getattr(self.transport.getPeer(), "host", "") or "")
@@ -240,31 +242,37 @@ class GitDaemonProtocol(Protocol, TimeoutMixin):
             transport="git",
         )
         operation = core.operation(Service.UPLOAD_PACK, repository, caller, statelessRpc=False)
-        self.stdin = DuplexStdin(self.transport.pauseProducing, self.transport.resumeProducing)
-        self.started = core.start(operation, self)
-        self.started.addCallbacks(self._running, self._notStarted)
+        self.operation = DuplexOperation(
+            self, self.transport.pauseProducing, self.transport.resumeProducing
+        )
+        self.operation.start(core, operation)
 
-    def _running(self, protocol: GitProcessProtocol) -> None:
-        self.started = None
-        self.running = True
-        assert self.stdin is not None
-        protocol.streamStdin(self.stdin)
-        protocol.done.addCallback(self._ended)
+    def connectionLost(self, reason: Failure | None = None) -> None:  # type: ignore[override]
+        self.gone = True
+        self.setTimeout(None)
+        if self.operation is not None:
+            self.operation.clientGone()
+        self.factory.connectionClosed(self)
 
-    def _notStarted(self, failure: Failure) -> None:
-        self.started = None
-        if failure.check(CancelledError) or self.gone:
-            return
-        if failure.check(Busy):
-            self.refuse(failure.value.message)
-            return
-        log.failure("git://: starting git failed", failure)
-        self.refuse("git could not be started on the server")
+    # IDuplexDoor: the socket as git's stream ---------------------------------------
 
-    def _ended(self, outcome: GitOutcome) -> None:
-        self.running = False
-        if self.gone:
-            return
+    def sendToClient(self, data: bytes) -> None:
+        self.resetTimeout()
+        self.transport.write(data)
+
+    def attachProducer(self, producer: IPushProducer) -> None:
+        """The socket pauses git when the client does not read."""
+        self.transport.registerProducer(producer, True)
+
+    def detachProducer(self) -> None:
+        self.transport.unregisterProducer()
+
+    def operationEnded(self, outcome: GitOutcome) -> None:
+        """
+        Close as git daemon's connection closes when git exits: an C{ERR}
+        packet first when git failed before answering, an abort when it
+        failed midway.
+        """
         if outcome.started and not (outcome.succeeded or outcome.completeRefusal):
             # git failed after the answer began: only a broken connection
             # tells the client that what it got is incomplete.
@@ -273,42 +281,6 @@ class GitDaemonProtocol(Protocol, TimeoutMixin):
         if not outcome.started and outcome.exitCode != 0:
             self.transport.write(errorLine(outcome.message))
         self.transport.loseConnection()
-
-    def connectionLost(self, reason: Failure | None = None) -> None:  # type: ignore[override]
-        self.gone = True
-        self.setTimeout(None)
-        if self.stdin is not None:
-            self.stdin.fail()
-        if self.started is not None:
-            started, self.started = self.started, None
-            started.cancel()
-        if self.producer is not None:
-            producer, self.producer = self.producer, None
-            producer.stopProducing()
-        self.factory.connectionClosed(self)
-
-    # IGitOutput: git's stdout goes to the socket ----------------------------------
-
-    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        """
-        git's child registers itself, always as a streaming (push) producer:
-        it is paused when the client cannot take more.
-        """
-        if self.gone:
-            producer.stopProducing()
-            return
-        self.producer = cast(IPushProducer, producer)
-        self.transport.registerProducer(producer, streaming)
-
-    def unregisterProducer(self) -> None:
-        self.producer = None
-        if not self.gone:
-            self.transport.unregisterProducer()
-
-    def write(self, data: bytes) -> None:
-        if not self.gone:
-            self.resetTimeout()
-            self.transport.write(data)
 
 
 class GitDaemonFactory(Factory):
