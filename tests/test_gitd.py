@@ -104,6 +104,27 @@ class DaemonProtocolTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         self.assertEqual(self.reactor.spawned, [])
 
+    def test_uploadArchiveWhereAllowed(self) -> None:
+        """upload-archive runs where daemon.uploadarch is true: stateful, on the resolved path."""
+        makeRepository(self.root / "archived.git", "[daemon]\n\tuploadarch = true\n")
+        self.connect(b"git-upload-archive /archived.git\0host=h\0")
+        [child] = self.reactor.spawned
+        self.assertEqual(
+            child.args,
+            ["/usr/bin/git", "upload-archive", str((self.root / "archived.git").resolve())],
+        )
+        self.assertEqual(child.env["REMOTE_USER"], "daemon")
+
+    def test_uploadArchiveRefusedAsGitDaemon(self) -> None:
+        """Without daemon.uploadarch, or not exported under --require-export-ok: one answer."""
+        makeRepository(self.root / "archived.git", "[daemon]\n\tuploadarch = true\n")
+        for path, requireExportOk in ((b"/app.git", False), (b"/archived.git", True)):
+            transport = self.connect(
+                b"git-upload-archive " + path + b"\0host=h\0", requireExportOk=requireExportOk
+            )
+            self.assertEqual(transport.value(), pktLine(DENIED + path + b"\n"), path)
+        self.assertEqual(self.reactor.spawned, [])
+
     def test_sameAnswerForEveryRefusal(self) -> None:
         """Missing, traversal, ~user, relative, daemon.uploadpack=false: one answer."""
         for path in [b"/missing.git", b"/../app.git", b"~root/app.git", b"app.git", b"/off.git"]:

@@ -65,6 +65,8 @@ class CommandTests(SynchronousTestCase):
             b"git receive-pack '~alice/x'": (Service.RECEIVE_PACK, b"~alice/x"),
             b"git-upload-pack '/it'\\''s'": (Service.UPLOAD_PACK, b"/it's"),
             b"git-upload-pack '/wow'\\!''": (Service.UPLOAD_PACK, b"/wow!"),
+            b"git-upload-archive '/app.git'": (Service.UPLOAD_ARCHIVE, b"/app.git"),
+            b"git upload-archive 'app.git'": (Service.UPLOAD_ARCHIVE, b"app.git"),
         }
         for command, (service, path) in cases.items():
             parsed = parseCommand(command)
@@ -93,7 +95,8 @@ class CommandTests(SynchronousTestCase):
             b"rm -rf /",
             b"sh -c 'git-upload-pack /r.git'",
             b"",
-            b"git-upload-archive '/r.git'",
+            b"git-upload-archive '--remote=x'",
+            b"git-upload-archive '/r.git' --exec=x",
         ]:
             with self.assertRaises(CommandRefused, msg=command):
                 parseCommand(command)
@@ -362,7 +365,7 @@ class SessionTests(SynchronousTestCase):
             b"git-upload-pack '/missing.git'": b"does not appear to be a git repository",
             b"git-upload-pack '~alice/app.git'": b"~user paths are not served",
             b"git-upload-pack '/app.git\n'": b"'/app.git?' does not appear",
-            b"git-upload-archive '/app.git'": b"git-upload-archive is not available",
+            b"git-upload-archive '/app.git'": b"Service not enabled: 'upload-archive'",
         }
         for command, message in cases.items():
             channel = self.openChannel()
@@ -372,6 +375,44 @@ class SessionTests(SynchronousTestCase):
             self.assertIn(message, bytes(conn.stderr), command)
             self.assertEqual(self.exitStatus(channel), 128, command)
         self.assertEqual(self.reactor.spawned, [])
+
+    def test_uploadArchiveWhereAllowed(self) -> None:
+        """upload-archive runs (stateful, on the resolved path) where daemon.uploadarch is true."""
+        makeRepository(self.root / "archived.git", "[daemon]\n\tuploadarch = true\n")
+        self.assertTrue(self.request(b"exec", NS(b"git upload-archive '/archived.git'")))
+        [child] = self.reactor.spawned
+        self.assertEqual(
+            child.args,
+            ["/usr/bin/git", "upload-archive", str((self.root / "archived.git").resolve())],
+        )
+        self.channel.dataReceived(b"0000")
+        self.assertEqual(bytes(child.stdin), b"0000")
+
+    def test_uploadArchiveSwitchedOff(self) -> None:
+        """daemon.uploadarch unset or false: refused with a fatal line, status 128, nothing run."""
+        makeRepository(self.root / "off.git", "[daemon]\n\tuploadarch = false\n")
+        for path in (b"/app.git", b"/off.git"):
+            channel = self.openChannel()
+            self.request(b"exec", NS(b"git-upload-archive '" + path + b"'"), channel)
+            conn: FakeSSHConnection = channel.conn  # type: ignore[assignment]
+            self.assertEqual(
+                bytes(conn.stderr), b"fatal: Service not enabled: 'upload-archive'\n", path
+            )
+            self.assertEqual(self.exitStatus(channel), 128)
+        self.assertEqual(self.reactor.spawned, [])
+
+    def test_uploadArchiveRequiresExportOk(self) -> None:
+        """--require-export-ok hides a repository from upload-archive as from upload-pack."""
+        makeRepository(self.root / "archived.git", "[daemon]\n\tuploadarch = true\n")
+        self.core = makeCore(self.root, self.reactor, jobs=self.jobs, requireExportOk=True)
+        channel = self.openChannel()
+        self.request(b"exec", NS(b"git-upload-archive '/archived.git'"), channel)
+        conn: FakeSSHConnection = channel.conn  # type: ignore[assignment]
+        self.assertIn(b"does not appear to be a git repository", bytes(conn.stderr))
+        self.assertEqual(self.reactor.spawned, [])
+        (self.root / "archived.git" / "git-daemon-export-ok").touch()
+        self.request(b"exec", NS(b"git-upload-archive '/archived.git'"), self.openChannel())
+        self.assertEqual(len(self.reactor.spawned), 1)
 
     def test_notRequestsRefusedWithMessage(self) -> None:
         """pty, subsystems, X11 and agent forwarding are refused with a line on stderr."""

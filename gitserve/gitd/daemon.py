@@ -1,12 +1,13 @@
 """
 The git:// protocol (C{git daemon}'s): one pkt-line request naming the
-service and the repository, then git upload-pack talking with the client
-over the connection.
+service and the repository, then git upload-pack (or upload-archive)
+talking with the client over the connection.
 
-As C{git daemon} with its defaults: only upload-pack is served (receive-pack
-and upload-archive are refused, the per-repository C{daemon.uploadpack}
-switch is honoured), and every refusal is the same C{ERR} packet, so that a
-client cannot tell a missing repository from a hidden one. Resolution, the
+As C{git daemon} with its defaults: upload-pack is served unless the
+repository sets C{daemon.uploadpack} false, upload-archive only where it
+sets C{daemon.uploadarch} true, receive-pack never; and every refusal is the
+same C{ERR} packet, so that a client cannot tell a missing repository from a
+hidden one. Resolution, the
 policy (as the user C{daemon}, gitolite's name for git:// readers) and the
 job slot are the core's, as for every door.
 """
@@ -52,6 +53,13 @@ _HOST = re.compile(
 )
 
 _UNPRINTABLE = re.compile(rb"[^\x20-\x7e]")
+
+# What git:// may serve (git daemon's services enabled by default or per
+# repository); receive-pack is never enabled here.
+SERVED = {
+    b"git-upload-pack": Service.UPLOAD_PACK,
+    b"git-upload-archive": Service.UPLOAD_ARCHIVE,
+}
 
 
 class BadRequest(Exception):
@@ -118,7 +126,7 @@ def printable(text: bytes) -> str:
 @implementer(IDuplexDoor)
 class GitDaemonProtocol(Protocol, TimeoutMixin):
     """
-    One git:// connection: the request, then git upload-pack over the
+    One git:// connection: the request, then git (upload-pack, upload-archive) over the
     socket, paced both ways (a client that stops reading pauses git; a git
     that stops reading pauses the socket): a L{DuplexOperation} with the
     socket as its stream.
@@ -205,9 +213,9 @@ class GitDaemonProtocol(Protocol, TimeoutMixin):
         except InvalidRequest:
             self.refuse("invalid protocol parameters")
             return
-        if request.service != b"git-upload-pack":
-            # git daemon's default: receive-pack and upload-archive are not
-            # enabled (and only upload-archive could be, per repository).
+        service = SERVED.get(request.service)
+        if service is None:
+            # git daemon's default: receive-pack is not enabled.
             log.info(
                 "git://: refused {service} for {path}",
                 service=request.service.decode(),
@@ -227,10 +235,14 @@ class GitDaemonProtocol(Protocol, TimeoutMixin):
             if repository is None:
                 raise NotFound()
             core.policy.checkVisible(repository, DAEMON_USER)
-            if core.configs.getBoolean(repository, "daemon", "uploadpack") is False:
-                # git daemon's own per-repository switch.
+            if (
+                service is Service.UPLOAD_PACK
+                and core.configs.getBoolean(repository, "daemon", "uploadpack") is False
+            ):
+                # git daemon's own per-repository switch (upload-archive's,
+                # daemon.uploadarch, is the policy's: SSH honours it too).
                 raise NotFound()
-            core.policy.checkService(repository, Service.UPLOAD_PACK, DAEMON_USER)
+            core.policy.checkService(repository, service, DAEMON_USER)
         except (Refusal, InvalidRequest) as e:
             log.info("git://: refused {path}: {reason}", path=shown, reason=str(e))
             self.refuse(denied)
@@ -241,7 +253,7 @@ class GitDaemonProtocol(Protocol, TimeoutMixin):
             protocol=gitProtocol,
             transport="git",
         )
-        operation = core.operation(Service.UPLOAD_PACK, repository, caller, statelessRpc=False)
+        operation = core.operation(service, repository, caller, statelessRpc=False)
         self.operation = DuplexOperation(
             self, self.transport.pauseProducing, self.transport.resumeProducing
         )

@@ -141,7 +141,7 @@ class GitSSHConnection(connection.SSHConnection):
 class GitSessionChannel(SSHChannel):
     """
     A session: C{env} requests (only C{GIT_PROTOCOL}) then one C{exec} of
-    git's upload-pack or receive-pack, carried out by the core; a C{shell}
+    git's upload-pack, receive-pack or upload-archive, carried out by the core; a C{shell}
     request gets the greeting. The channel is the stream of a
     L{DuplexOperation}: its incoming data is git's stdin, its window paces
     git's output.
@@ -357,7 +357,10 @@ class GitSessionChannel(SSHChannel):
                 command=printable(command),
                 reason=e.message,
             )
-            self.refuse(f"{e.message}; this server runs only git-upload-pack and git-receive-pack")
+            self.refuse(
+                f"{e.message}; this server runs only git-upload-pack, git-receive-pack "
+                "and git-upload-archive"
+            )
             return
         if self.invalidProtocol:
             self.refuse("invalid GIT_PROTOCOL")
@@ -384,7 +387,11 @@ class GitSessionChannel(SSHChannel):
         except Refusal as refusal:
             self.refuse(refusal.message)
             return
-        resolved = core.resolveFor(segments, owner.user, create=True)
+        # A wild repository is created for a fetch or a push, as gitolite
+        # does; an archive of a repository that does not exist yet would be
+        # of nothing.
+        create = parsed.service is not Service.UPLOAD_ARCHIVE
+        resolved = core.resolveFor(segments, owner.user, create=create)
         resolved.addCallback(check).addCallbacks(self._start, refused, callbackArgs=(parsed,))
 
     def _start(self, repository: Repository, parsed: GitCommand) -> None:
