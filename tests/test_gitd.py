@@ -126,8 +126,16 @@ class DaemonProtocolTests(SynchronousTestCase):
         self.assertEqual(self.reactor.spawned, [])
 
     def test_sameAnswerForEveryRefusal(self) -> None:
-        """Missing, traversal, ~user, relative, daemon.uploadpack=false: one answer."""
-        for path in [b"/missing.git", b"/../app.git", b"~root/app.git", b"app.git", b"/off.git"]:
+        """Missing, traversal, ~user, ~/, relative, daemon.uploadpack=false: one answer."""
+        for path in [
+            b"/missing.git",
+            b"/../app.git",
+            b"~root/app.git",
+            # git daemon refuses every ~ form without --user-path, ~/ too.
+            b"~/app.git",
+            b"app.git",
+            b"/off.git",
+        ]:
             transport = self.connect(b"git-upload-pack " + path + b"\0host=h\0")
             self.assertEqual(transport.value(), pktLine(DENIED + path + b"\n"), path)
         self.assertEqual(self.reactor.spawned, [])

@@ -122,15 +122,20 @@ class PathTests(SynchronousTestCase):
     """segmentsOfPath maps the path forms git sends under the root, and refuses ~user."""
 
     def test_forms(self) -> None:
-        """/x, x, /team/x/ name repositories from the root; ~user is refused."""
+        """/x, x, ~/x, /team/x/ name repositories from the root; ~user is refused."""
         self.assertEqual(segmentsOfPath(b"/app.git"), [b"app.git"])
         self.assertEqual(segmentsOfPath(b"app.git"), [b"app.git"])
+        self.assertEqual(segmentsOfPath(b"~/app.git"), [b"app.git"])
+        self.assertEqual(segmentsOfPath(b"~/team/app.git/"), [b"team", b"app.git"])
+        # Still resolution's to refuse: ~/../x is traversal like /../x.
+        self.assertEqual(segmentsOfPath(b"~/../x"), [b"..", b"x"])
         self.assertEqual(segmentsOfPath(b"/team/app.git/"), [b"team", b"app.git"])
         self.assertEqual(segmentsOfPath(b"/"), [])
         # Traversal is left to resolution, which refuses it.
         self.assertEqual(segmentsOfPath(b"/../x"), [b"..", b"x"])
-        with self.assertRaises(InvalidRequest):
-            segmentsOfPath(b"~alice/x")
+        for path in (b"~alice/x", b"~alice", b"~root/"):
+            with self.assertRaises(InvalidRequest, msg=path):
+                segmentsOfPath(path)
         with self.assertRaises(InvalidRequest):
             segmentsOfPath(b"/" * 5000)
 
@@ -337,6 +342,12 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(bytes(self.conn.data), b"0008NAK\n")
         self.assertEqual(self.exitStatus(), 0)
         self.assertTrue(self.conn.eof and self.conn.closedChannel)
+
+    def test_tildeIsTheRoot(self) -> None:
+        """'~/app.git', as git sends for git@host:~/app.git, runs git on the root's app.git."""
+        self.assertTrue(self.request(b"exec", NS(b"git-upload-pack '~/app.git'")))
+        [child] = self.reactor.spawned
+        self.assertEqual(child.args[-1], str((self.root / "app.git").resolve()))
 
     def test_otherEnvironmentRefused(self) -> None:
         """Only GIT_PROTOCOL is taken: GIT_CONFIG_*, LD_PRELOAD are refused and never reach git."""

@@ -122,6 +122,18 @@ def test_cloneFetchPush(setup: Setup, tmp_path: Path, version: str) -> None:
     assert "alice <alice@ssh.127.0.0.1>" in reflog
 
 
+def test_tildePaths(setup: Setup, tmp_path: Path) -> None:
+    """~/app.git (scp-like or ssh://) is the root's app.git; ~alice/ is refused in one line."""
+    alice = setup.alice
+    for url in ("git@127.0.0.1:~/app.git", f"ssh://git@127.0.0.1:{setup.port}/~/app.git"):
+        assert "refs/heads/main" in alice.run("ls-remote", url).stdout, url
+    alice.run("clone", "-q", "git@127.0.0.1:~/app.git", str(tmp_path / "clone"))
+    other = f"ssh://git@127.0.0.1:{setup.port}/~alice/app.git"
+    refused = alice.run("ls-remote", other, check=False)
+    assert refused.returncode != 0
+    assert refused.stderr.startswith("fatal: ~user paths are not served here"), refused.stderr
+
+
 def test_twoUsersDifferentRights(setup: Setup, tmp_path: Path) -> None:
     """The key decides the user: bob is refused by the hook (with its message), alice is not."""
     for user, name in ((setup.bob, "bob"), (setup.alice, "alice")):

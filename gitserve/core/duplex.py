@@ -309,8 +309,9 @@ def segmentsOfPath(path: bytes) -> list[bytes]:
     """
     The segments for L{gitserve.core.repository.resolveRepository} of a
     repository path as an SSH command or a git:// request names it: C{/x},
-    C{x} (scp-like C{host:x}, relative to the served root) and C{/team/x/}
-    all name the same thing under C{--root}, never anything outside it.
+    C{x} (scp-like C{host:x}, relative to the served root), C{~/x} (what git
+    sends for C{host:~/x} and C{ssh://host/~/x}) and C{/team/x/} all name the
+    same thing under C{--root}, never anything outside it.
 
     Trailing slashes are dropped, as git's C{enter_repo()} drops them; every
     other check (C{..}, empty segments, control characters, a leading C{-})
@@ -322,10 +323,18 @@ def segmentsOfPath(path: bytes) -> list[bytes]:
     if len(path) > MAX_PATH:
         raise InvalidRequest("repository path too long")
     if path.startswith(b"~"):
-        # git sends ~alice/x for ssh://host/~alice/x; git daemon refuses it
-        # unless --user-path is on, git-shell maps it to a home directory.
-        # There are no per-user directories here.
-        raise InvalidRequest("~user paths are not served here; name the repository from the root")
+        user, _, rest = path[1:].partition(b"/")
+        if user:
+            # git sends ~alice/x for ssh://host/~alice/x; git daemon refuses
+            # it unless --user-path is on, git-shell maps it to alice's home.
+            # There are no per-user directories here.
+            raise InvalidRequest(
+                "~user paths are not served here (there are no per-user homes); "
+                "name the repository from the root, as /app.git or ~/app.git"
+            )
+        # ~/x: under git-shell, the git user's home; here every repository
+        # lives under the root, which plays that part.
+        path = rest
     stripped = path.rstrip(b"/")
     if stripped.startswith(b"/"):
         stripped = stripped[1:]
