@@ -134,6 +134,7 @@ def test_archiveAsGitDaemon(setup: Setup, tmp_path: Path) -> None:
     ours = archiveFiles(setup.git, f"{setup.ours}/archived.git", tmp_path / "ours.tar")
     assert ours == archiveFiles(setup.git, f"{reference}/archived.git", tmp_path / "theirs.tar")
     assert ours == ["a.txt"]
+    assert setup.daemons[0].waitForLog("git-upload-archive repo=archived.git")
     assert re.search(
         r"git-upload-archive repo=archived\.git user=daemon .*exit=0 .*transport=git",
         setup.daemons[0].log,

@@ -157,17 +157,7 @@ def test_unknownKeyThenAdded(setup: Setup, tmp_path: Path) -> None:
     (setup.keys / "laptops" / "carol@work.pub").write_text((tmp_path / "carol.pub").read_text())
     result = carol.run("ls-remote", carol.url("app.git"))
     assert "refs/heads/main" in result.stdout
-    assert "user=carol " in setup.daemon.log or waitForLog(setup.daemon, "user=carol ")
-
-
-def waitForLog(daemon: Daemon, text: str, timeout: float = 10) -> bool:
-    """Whether C{text} appears in the daemon's log within C{timeout}."""
-    deadline = time.monotonic() + timeout
-    while text not in daemon.log:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    assert setup.daemon.waitForLog("user=carol ")
 
 
 def test_greeting(setup: Setup) -> None:
@@ -219,7 +209,7 @@ def test_archiveWhereAllowed(setup: Setup, tmp_path: Path) -> None:
         r"git git-upload-archive repo=archived\.git user=alice protocol=v\d "
         r"remote=127\.0\.0\.1 exit=0 .* transport=ssh key=SHA256:\S+"
     )
-    assert waitForLog(setup.daemon, "git git-upload-archive repo=archived.git")
+    assert setup.daemon.waitForLog("git git-upload-archive repo=archived.git")
     assert line.search(setup.daemon.log), setup.daemon.log[-3000:]
 
 
