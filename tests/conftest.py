@@ -182,6 +182,19 @@ class Daemon:
             time.sleep(0.05)
         return children
 
+    def waitForLog(self, text: str, timeout: float = 10.0) -> bool:
+        """
+        Whether C{text} is in the log within C{timeout}: a git child's lines
+        (its stderr, its operation line) come when it exits, which may be a
+        moment after the client got the whole answer.
+        """
+        deadline = time.monotonic() + timeout
+        while text not in self.log:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def openFds(self) -> int:
         """How many file descriptors the daemon holds open."""
         return len(os.listdir(f"/proc/{self.pid}/fd"))
