@@ -49,10 +49,13 @@ from bench.run import (
     _peakKiB,
     _revParse,
     _samplerFor,
+    cloneBurst,
     cloneRequestBody,
     machineDescription,
 )
-from bench.servers import GitserveServer, MissingDependency, Server, freePort
+from bench.servers import GitserveServer, MissingDependency, Server
+from tests.conftest import freePort
+from tests.doors import makeKey, sshClientOptions
 
 SSHD = Path("/usr/sbin/sshd")
 GIT_SHELL = "/usr/bin/git-shell"
@@ -71,26 +74,6 @@ FORCED_COMMAND_OPTIONS = (
 def authorizedKeysLine(publicKey: str) -> str:
     """The C{authorized_keys} line that gives C{publicKey} git-shell and nothing else."""
     return f"{FORCED_COMMAND_OPTIONS} {publicKey.strip()}\n"
-
-
-def sshClientOptions(key: Path) -> list[str]:
-    """OpenSSH client options for both servers: this key only, no known_hosts, no prompts."""
-    return [
-        "-F",
-        "/dev/null",
-        "-i",
-        str(key),
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "LogLevel=ERROR",
-    ]
 
 
 def nonLoopbackListeners(ports: set[int], tables: dict[str, str] | None = None) -> list[str]:
@@ -497,10 +480,7 @@ def runDoors(
     keyDir = workDir / "client-key"
     shutil.rmtree(keyDir, ignore_errors=True)
     keyDir.mkdir(parents=True)
-    key = keyDir / "id_ed25519"
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f", str(key)], check=True
-    )
+    key = makeKey(keyDir / "id_ed25519")
     publicKey = key.with_suffix(".pub")
     options = sshClientOptions(key)
     # git adds -p PORT and, for v2, -o SendEnv=GIT_PROTOCOL itself.
@@ -678,47 +658,10 @@ def concurrentSSH(
 
     def burst(name: str) -> float:
         server = servers[name]
-        destinations = [bench.fresh("concurrent") for _ in range(CLIENTS)]
         sampler = _samplerFor(server)
-        try:
-            with sampler:
-                started = time.perf_counter()
-                processes = [
-                    subprocess.Popen(
-                        [
-                            "git",
-                            "-c",
-                            "protocol.version=2",
-                            "clone",
-                            "-q",
-                            "--bare",
-                            urls[name](repository.name),
-                            str(destination),
-                        ],
-                        env=bench.env,
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.PIPE,
-                    )
-                    for destination in destinations
-                ]
-                errors = [process.communicate()[1] for process in processes]
-                elapsed = time.perf_counter() - started
-            failed = [
-                (process.returncode, error[-300:])
-                for process, error in zip(processes, errors, strict=True)
-                if process.returncode != 0
-            ]
-            if failed:
-                raise WorkloadFailed(f"{len(failed)}/{CLIENTS} SSH clones failed: {failed}")
-            for destination in destinations:
-                if _revParse(bench, destination, "refs/heads/main") != expected:
-                    raise WorkloadFailed(f"{destination} has the wrong refs/heads/main")
-            peaks[name].append(_peakKiB(server, sampler) / 1024)
-            return elapsed
-        finally:
-            for destination in destinations:
-                shutil.rmtree(destination, ignore_errors=True)
+        elapsed = cloneBurst(bench, urls[name](repository.name), CLIENTS, expected, sampler)
+        peaks[name].append(_peakKiB(server, sampler) / 1024)
+        return elapsed
 
     samples = bench.repeat(
         f"{CLIENTS} concurrent ssh clones",

@@ -540,6 +540,47 @@ def blobsWorkload(bench: Bench) -> list[Row]:
     ]
 
 
+def cloneBurst(
+    bench: Bench, url: str, clients: int, expected: str, sampler: procfs.Sampler
+) -> float:
+    """
+    C{clients} v2 clones of C{url} started at once, measured by C{sampler}:
+    the wall time until the last one ends. Every clone must succeed and hold
+    C{expected} as main; they are removed afterwards.
+    """
+    destinations = [bench.fresh("concurrent") for _ in range(clients)]
+    try:
+        with sampler:
+            started = time.perf_counter()
+            processes = [
+                subprocess.Popen(
+                    ["git", "-c", "protocol.version=2", "clone", "-q", "--bare", "--no-local"]
+                    + [url, str(destination)],
+                    env=bench.env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
+                for destination in destinations
+            ]
+            errors = [process.communicate()[1] for process in processes]
+            elapsed = time.perf_counter() - started
+        failed = [
+            (process.returncode, error[-500:])
+            for process, error in zip(processes, errors, strict=True)
+            if process.returncode != 0
+        ]
+        if failed:
+            raise WorkloadFailed(f"{len(failed)}/{clients} concurrent clones failed: {failed}")
+        for destination in destinations:
+            if _revParse(bench, destination, "refs/heads/main") != expected:
+                raise WorkloadFailed(f"{destination} has the wrong refs/heads/main")
+        return elapsed
+    finally:
+        for destination in destinations:
+            shutil.rmtree(destination, ignore_errors=True)
+
+
 def concurrentWorkload(bench: Bench, clients: int = 16) -> list[Row]:
     """
     C{clients} clones of the realistic history started at once: wall time until
@@ -552,50 +593,12 @@ def concurrentWorkload(bench: Bench, clients: int = 16) -> list[Row]:
     cpu: dict[str, list[float]] = {}
 
     def burst(url: str, server: Server | None) -> float:
-        destinations = [bench.fresh("concurrent") for _ in range(clients)]
         sampler = _samplerFor(server)
-        try:
-            with sampler:
-                started = time.perf_counter()
-                processes = [
-                    subprocess.Popen(
-                        [
-                            "git",
-                            "-c",
-                            "protocol.version=2",
-                            "clone",
-                            "-q",
-                            "--bare",
-                            "--no-local",
-                            url,
-                            str(destination),
-                        ],
-                        env=bench.env,
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.PIPE,
-                    )
-                    for destination in destinations
-                ]
-                errors = [process.communicate()[1] for process in processes]
-                elapsed = time.perf_counter() - started
-            failed = [
-                (p.returncode, e[-500:])
-                for p, e in zip(processes, errors, strict=True)
-                if p.returncode != 0
-            ]
-            if failed:
-                raise WorkloadFailed(f"{len(failed)}/{clients} concurrent clones failed: {failed}")
-            for destination in destinations:
-                if _revParse(bench, destination, "refs/heads/main") != expected:
-                    raise WorkloadFailed(f"{destination} has the wrong refs/heads/main")
-            if server is not None:
-                peaks.setdefault(server.name, []).append(_peakKiB(server, sampler) / 1024)
-                cpu.setdefault(server.name, []).append(sampler.result.cpuSeconds)
-            return elapsed
-        finally:
-            for destination in destinations:
-                shutil.rmtree(destination, ignore_errors=True)
+        elapsed = cloneBurst(bench, url, clients, expected, sampler)
+        if server is not None:
+            peaks.setdefault(server.name, []).append(_peakKiB(server, sampler) / 1024)
+            cpu.setdefault(server.name, []).append(sampler.result.cpuSeconds)
+        return elapsed
 
     runners = _serverRunners(
         bench,

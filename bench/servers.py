@@ -15,7 +15,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from bench.procfs import childPids, processName, proportionalSetKiB
+from tests.conftest import freePort
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,13 +41,6 @@ _APACHE_MODULES = {
 
 class MissingDependency(Exception):
     """A program the benchmark needs is not installed; the message says how to get it."""
-
-
-def freePort() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def waitForHTTP(url: str, process: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:

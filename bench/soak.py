@@ -6,13 +6,18 @@ restart (SIGTERM, drain, start again) every few minutes.
 
     PYTHONPATH=. python bench/soak.py --duration 600 --workers 4
     PYTHONPATH=. python bench/soak.py --duration 3600 --workers 4 --replicas 3 --restart-every 300
+    PYTHONPATH=. python bench/soak.py --duration 1200 --replicas 3 --restart-every 300 --tracemalloc
 
 It prints the operations done by kind, the failures (the goal is 0) with the
 first few messages, and each daemon's RSS and open descriptors after warm-up
 and at the end (they must not grow). With replicas, replica 0 is never
 restarted, so its figures span the whole run; the others are restarted in
-turn, and each of their runs is reported. Exit status 1 when anything failed
-or a daemon's descriptors or children grew.
+turn, and each of their runs is reported. A progress line every minute gives
+the long-lived daemon's RSS, so a growth shows its shape (a step while caches
+fill, or a slope). With --tracemalloc that daemon runs under tracemalloc
+(slower, and its RSS includes the tracer's own) and the Python allocations
+that grew between the start and the end are printed, by where they were made.
+Exit status 1 when anything failed or a daemon's descriptors or children grew.
 
 Not a test: pytest does not collect bench/ (testpaths is tests/).
 """
@@ -32,8 +37,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.conftest import Daemon, GitClient, startDaemon  # noqa: E402
-from tests.loadbalancer import LoadBalancer, Replica, startCluster  # noqa: E402
+from bench import memorytrace  # noqa: E402
+from tests.conftest import Daemon, GitClient, freePort, startDaemon  # noqa: E402
+from tests.loadbalancer import LoadBalancer, Replica, balance  # noqa: E402
 
 # How a worker's time is shared between operations (weights).
 MIX = {
@@ -77,6 +83,31 @@ class Soak:
                 self.failed[kind] += 1
                 if len(self.messages) < 10:
                     self.messages.append(f"{kind}: {message.strip()[-500:]}")
+
+    def load(self, workers: int, watched: Daemon, tracer: Tracer) -> float:
+        """
+        C{workers} clients until the deadline or the operation limit, with
+        progress lines (and a midway snapshot) about C{watched}; returns the
+        seconds the load ran.
+        """
+        began = time.monotonic()
+        stop = threading.Event()
+        threading.Thread(
+            target=progress, args=(self, began, 60, stop, watched), daemon=True
+        ).start()
+        half = (self.deadline - began) / 2
+        halfway = threading.Thread(target=tracer.midway, args=(watched, half, stop), daemon=True)
+        halfway.start()
+        threads = [
+            threading.Thread(target=self.worker, args=(i,), daemon=True) for i in range(workers)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        stop.set()
+        halfway.join()
+        return time.monotonic() - began
 
     def worker(self, index: int) -> None:
         rng = random.Random(index)
@@ -209,16 +240,61 @@ class RollingRestarts:
             )
 
 
-def progress(soak: Soak, began: float, every: float, stop: threading.Event) -> None:
-    """A line now and then, so a long run shows how far it got."""
+def progress(
+    soak: Soak, began: float, every: float, stop: threading.Event, watched: Daemon
+) -> None:
+    """A line now and then, so a long run shows how far it got and how C{watched} grows."""
     while not stop.wait(every):
         with soak.lock:
             done, failed = sum(soak.done.values()), sum(soak.failed.values())
         print(
             f"[{time.strftime('%H:%M:%S')}] {time.monotonic() - began:.0f} s: "
-            f"{done} operations, {failed} failed",
+            f"{done} operations, {failed} failed; RSS {watched.rss() / 2**20:.1f} MiB",
             flush=True,
         )
+
+
+class Tracer:
+    """The long-lived daemon's tracemalloc snapshots, when the soak asks for them."""
+
+    def __init__(self, base: Path, enabled: bool) -> None:
+        self.directory = base / "tracemalloc"
+        self.enabled = enabled
+        self.taken: list[memorytrace.tracemalloc.Snapshot] = []
+
+    @property
+    def prelude(self) -> str:
+        return memorytrace.PRELUDE if self.enabled else ""
+
+    @property
+    def env(self) -> dict[str, str]:
+        if not self.enabled:
+            return {}
+        self.directory.mkdir(exist_ok=True)
+        # The tracer is imported from this checkout by the daemon.
+        checkout = str(Path(__file__).resolve().parent.parent)
+        path = os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")]))
+        return {memorytrace.DIRECTORY: str(self.directory), "PYTHONPATH": path}
+
+    def snapshot(self, daemon: Daemon) -> None:
+        if self.enabled:
+            self.taken.append(memorytrace.request(daemon.pid, self.directory, len(self.taken) + 1))
+
+    def midway(self, daemon: Daemon, after: float, stop: threading.Event) -> None:
+        """
+        A snapshot half way through too: a leak grows in both halves of the
+        run, caches and free lists filling up only in the first.
+        """
+        if self.enabled and not stop.wait(after):
+            self.snapshot(daemon)
+
+    def report(self) -> None:
+        if len(self.taken) == 3:
+            start, middle, end = self.taken
+            print("first half of the run:")
+            print("\n".join(memorytrace.growth(start, middle)))
+            print("second half of the run:")
+            print("\n".join(memorytrace.growth(middle, end)))
 
 
 def main() -> int:
@@ -232,6 +308,11 @@ def main() -> int:
     parser.add_argument(
         "--restart-every", type=float, default=0, help="with --replicas: restart one every S s"
     )
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="trace the long-lived daemon's Python allocations and print what grew",
+    )
     args = parser.parse_args()
     if args.replicas:
         return mainReplicas(args)
@@ -240,7 +321,8 @@ def main() -> int:
     try:
         git = GitClient(base / "home")
         root = setUp(git, base)
-        daemon = startDaemon(root)
+        tracer = Tracer(base, args.tracemalloc)
+        daemon = startDaemon(root, prelude=tracer.prelude, env=tracer.env)
         try:
             # Warm-up: the first clone and push build caches and the
             # reactor's child-signal pipe; growth is measured from here.
@@ -251,17 +333,10 @@ def main() -> int:
             soak.clone_v2(warm, warm, 0, 0)
             soak.push_branch(warm, base / "seed", 99, 0)
             startRss, startFds, startChildren = snapshot(daemon)
-            began = time.monotonic()
-            threads = [
-                threading.Thread(target=soak.worker, args=(i,), daemon=True)
-                for i in range(args.workers)
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            elapsed = time.monotonic() - began
+            tracer.snapshot(daemon)
+            elapsed = soak.load(args.workers, daemon, tracer)
             endRss, endFds, endChildren = snapshot(daemon)
+            tracer.snapshot(daemon)
             fsck = git.run("fsck", "--full", cwd=root / "project.git", check=False)
         finally:
             daemon.stop()
@@ -280,6 +355,7 @@ def main() -> int:
     print(f"server RSS: start {startRss / 2**20:.1f} MiB, end {endRss / 2**20:.1f} MiB")
     print(f"server open fds: start {startFds}, end {endFds}")
     print(f"git children: start {startChildren}, end {endChildren}")
+    tracer.report()
     print(f"fsck after: {'clean' if fsck.returncode == 0 else fsck.stderr.strip()}")
     bad = failures or endFds > startFds or endChildren or fsck.returncode
     return 1 if bad else 0
@@ -292,7 +368,11 @@ def mainReplicas(args: argparse.Namespace) -> int:
     try:
         git = GitClient(base / "home")
         root = setUp(git, base)
-        balancer, replicas = startCluster(root, args.replicas)
+        tracer = Tracer(base, args.tracemalloc)
+        replicas = [Replica(root, freePort(), ()) for _ in range(args.replicas)]
+        # Replica 0 is never restarted: the one whose memory spans the run.
+        replicas[0].prelude, replicas[0].env = tracer.prelude, tracer.env
+        balancer, replicas = balance(replicas)
         try:
             soak = Soak(
                 balancer.url("project.git"),
@@ -310,32 +390,24 @@ def mainReplicas(args: argparse.Namespace) -> int:
             for index, replica in enumerate(replicas):
                 assert replica.daemon is not None
                 starts[index] = snapshot(replica.daemon)
-            began = time.monotonic()
-            stop = threading.Event()
-            threading.Thread(target=progress, args=(soak, began, 60, stop), daemon=True).start()
+            assert replicas[0].daemon is not None
+            tracer.snapshot(replicas[0].daemon)
             restarter = None
             if args.restart_every > 0:
                 restarts = RollingRestarts(replicas, balancer, args.restart_every)
                 restarts.starts = dict(starts)
                 restarter = threading.Thread(target=restarts.run, daemon=True)
                 restarter.start()
-            threads = [
-                threading.Thread(target=soak.worker, args=(i,), daemon=True)
-                for i in range(args.workers)
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            stop.set()
+            elapsed = soak.load(args.workers, replicas[0].daemon, tracer)
             if restarts is not None and restarter is not None:
                 restarts.stopping.set()
                 restarter.join()
-            elapsed = time.monotonic() - began
             ends = {}
             for index, replica in enumerate(replicas):
                 assert replica.daemon is not None
                 ends[index] = snapshot(replica.daemon)
+            assert replicas[0].daemon is not None
+            tracer.snapshot(replicas[0].daemon)
             fsck = git.run("fsck", "--full", cwd=root / "project.git", check=False)
         finally:
             for replica in replicas:
@@ -384,6 +456,7 @@ def mainReplicas(args: argparse.Namespace) -> int:
             ends[index],
         )
         grew = grew or ends[index][1] > finalStarts[index][1] or ends[index][2] > 0
+    tracer.report()
     print(f"fsck after: {'clean' if fsck.returncode == 0 else fsck.stderr.strip()}")
     return 1 if failures or grew or fsck.returncode else 0
 

@@ -182,6 +182,19 @@ class Daemon:
             time.sleep(0.05)
         return children
 
+    def waitForLog(self, text: str, timeout: float = 10.0) -> bool:
+        """
+        Whether C{text} is in the log within C{timeout}: a git child's lines
+        (its stderr, its operation line) come when it exits, which may be a
+        moment after the client got the whole answer.
+        """
+        deadline = time.monotonic() + timeout
+        while text not in self.log:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def openFds(self) -> int:
         """How many file descriptors the daemon holds open."""
         return len(os.listdir(f"/proc/{self.pid}/fd"))
@@ -209,12 +222,15 @@ class Daemon:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def daemonCommand(*args: str) -> list[str]:
-    """The twistd command line for gitserve with C{args}, run by this interpreter."""
+def daemonCommand(*args: str, prelude: str = "") -> list[str]:
+    """
+    The twistd command line for gitserve with C{args}, run by this interpreter,
+    after the Python statements in C{prelude} (a soak's memory tracer).
+    """
     return [
         sys.executable,
         "-c",
-        "from twisted.scripts.twistd import run; run()",
+        prelude + "from twisted.scripts.twistd import run; run()",
         "-n",
         "--pidfile=",
         "--logfile=-",
@@ -263,6 +279,7 @@ def startDaemon(
     env: dict[str, str] | None = None,
     home: Path | None = None,
     listen: str = "tcp:0:interface=127.0.0.1",
+    prelude: str = "",
 ) -> Daemon:
     """
     Start the daemon on C{root} and wait until it says where it listens.
@@ -272,6 +289,7 @@ def startDaemon(
         environment (never this process's whole environment).
     @param home: the daemon's HOME (default: a new private directory, removed
         when the daemon stops).
+    @param prelude: Python run in the daemon's process before twistd.
     """
     scratch = None
     if home is None:
@@ -288,6 +306,7 @@ def startDaemon(
             listen,
             *args,
             *os.environ.get("GITSERVE_TEST_DAEMON_ARGS", "").split(),
+            prelude=prelude,
         ),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -321,6 +340,17 @@ def startDaemon(
         raise AssertionError("gitserve did not start:\n" + "".join(lines))
     host, port = found[0]
     return Daemon(process, host, port, lines, scratch)
+
+
+def freePort() -> int:
+    """
+    A loopback port nobody listens on now: for servers that cannot report
+    the port they took (git daemon, sshd, HAProxy, a replica restarted on the
+    same port).
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def bigRepository(git: GitClient, root: Path, work: Path, megabytes: int) -> str:

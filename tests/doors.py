@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.conftest import Daemon, GitClient
+from tests.conftest import Daemon, GitClient, freePort
 
 # Distinct descriptions for the three listeners, so each readiness line says
 # which door it is (all three bind a free loopback port).
@@ -45,9 +45,15 @@ def makeKey(path: Path) -> Path:
 
 def sshOptions(port: int, key: Path, logLevel: str = "ERROR") -> list[str]:
     """OpenSSH options for the test server: this key only, no known_hosts, no prompts."""
+    return ["-p", str(port), *sshClientOptions(key, logLevel)]
+
+
+def sshClientOptions(key: Path, logLevel: str = "ERROR") -> list[str]:
+    """
+    OpenSSH client options for a private server on loopback (gitserve's, or a
+    reference sshd in the benchmark): this key only, no known_hosts, no prompts.
+    """
     return [
-        "-p",
-        str(port),
         "-i",
         str(key),
         "-F",
@@ -97,13 +103,6 @@ class SSHUser:
             stdin=subprocess.DEVNULL,
             env=self.git.env,
         )
-
-
-def freePort() -> int:
-    """A loopback port free a moment ago (for `git daemon`, which cannot report one)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -24,7 +24,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.conftest import Daemon, startDaemon
+from tests.conftest import Daemon, freePort, startDaemon
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 METRICS_READY = re.compile(r"gitserve listening on ([0-9.]+):(\d+) \(--metrics ")
@@ -43,13 +43,6 @@ DRAIN_DELAY = 1.5
 def haproxyAvailable() -> bool:
     """Whether the haproxy binary is installed (Debian package haproxy)."""
     return shutil.which("haproxy") is not None or Path(HAPROXY).exists()
-
-
-def freePort() -> int:
-    """A loopback port nobody listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def haproxyConfig(front: int, replicas: list[int], pinned: list[int], proxyVersion: int) -> str:
@@ -122,6 +115,10 @@ class Replica:
     daemon: Daemon | None = None
     logs: list[str] = field(default_factory=list)
     metricsPort: int | None = None
+    # Python run in the daemon's process before twistd, e.g. a soak's memory
+    # tracer, and the variables it reads.
+    prelude: str = ""
+    env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> Daemon:
         self.daemon = startDaemon(
@@ -132,6 +129,8 @@ class Replica:
             "tcp:0:interface=127.0.0.1",
             *self.args,
             listen=f"haproxy:tcp:{self.port}:interface=127.0.0.1",
+            prelude=self.prelude,
+            env=self.env,
         )
         self.metricsPort = None
         return self.daemon
@@ -260,7 +259,11 @@ def startCluster(
     root: Path, count: int, *args: str, proxyVersion: int = 2
 ) -> tuple[LoadBalancer, list[Replica]]:
     """C{count} replicas serving C{root}, and HAProxy in front of them, all started."""
-    replicas = [Replica(root, freePort(), args) for _ in range(count)]
+    return balance([Replica(root, freePort(), args) for _ in range(count)], proxyVersion)
+
+
+def balance(replicas: list[Replica], proxyVersion: int = 2) -> tuple[LoadBalancer, list[Replica]]:
+    """Start C{replicas} and HAProxy in front of them."""
     for replica in replicas:
         replica.start()
     balancer = LoadBalancer(replicas, proxyVersion)

@@ -1,7 +1,8 @@
 """
 The access rules over SSH and git://: the same conf, enforced by the same
 core calls as over HTTP (read, per-ref push checks, wild repositories created
-on push), for the key's owner over SSH and the user C{daemon} over git://.
+on push, read for git archive --remote), for the key's owner over SSH and
+the user C{daemon} over git://.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ class Setup:
         self.root.mkdir()
         self.git = GitClient(base / "client-home")
         self.head = self.git.seed(base / "seed", self.root / "product.git")
-        self.git.seed(base / "seed-secret", self.root / "secret.git")
-        self.git.seed(base / "seed-open", self.root / "open.git")
+        # Both allow git archive --remote: the rules alone decide who may.
+        self.git.seed(base / "seed-secret", self.root / "secret.git", daemon__uploadarch="true")
+        self.git.seed(base / "seed-open", self.root / "open.git", daemon__uploadarch="true")
         keys = base / "keys"
         keys.mkdir()
         users = {}
@@ -127,3 +129,18 @@ def test_gitProtocolReadsAsDaemon(setup: Setup) -> None:
         env=setup.git.env,
     )
     assert denied.returncode != 0 and "access denied or repository not exported" in denied.stderr
+
+
+def test_archiveNeedsRead(setup: Setup, tmp_path: Path) -> None:
+    """git archive --remote where it is allowed: alice reads secret, bob and daemon do not."""
+    tar = str(tmp_path / "out.tar")
+    setup.alice.run("archive", f"--remote={setup.alice.url('secret.git')}", "-o", tar, "HEAD")
+    secret = setup.bob.url("secret.git")
+    hidden = setup.bob.run("archive", f"--remote={secret}", "HEAD", check=False)
+    assert hidden.returncode != 0
+    assert "fatal: '/secret.git' does not appear to be a git repository" in hidden.stderr
+    url = f"git://127.0.0.1:{setup.gitPort}"
+    setup.git.run("archive", f"--remote={url}/open.git", "-o", tar, "HEAD")
+    denied = setup.git.run("archive", f"--remote={url}/secret.git", "HEAD", check=False)
+    assert denied.returncode != 0
+    assert "access denied or repository not exported: /secret.git" in denied.stderr

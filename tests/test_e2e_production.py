@@ -28,6 +28,7 @@ from tests.conftest import (
     bigRepository,
     daemonCommand,
     daemonEnvironment,
+    freePort,
     startUploadPack,
 )
 
@@ -397,12 +398,6 @@ def test_cloneOverHttpsAndCertificateReload(
 
 
 # systemd ------------------------------------------------------------------------
-
-
-def freePort() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.skipif(

@@ -104,9 +104,38 @@ class DaemonProtocolTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         self.assertEqual(self.reactor.spawned, [])
 
+    def test_uploadArchiveWhereAllowed(self) -> None:
+        """upload-archive runs where daemon.uploadarch is true: stateful, on the resolved path."""
+        makeRepository(self.root / "archived.git", "[daemon]\n\tuploadarch = true\n")
+        self.connect(b"git-upload-archive /archived.git\0host=h\0")
+        [child] = self.reactor.spawned
+        self.assertEqual(
+            child.args,
+            ["/usr/bin/git", "upload-archive", str((self.root / "archived.git").resolve())],
+        )
+        self.assertEqual(child.env["REMOTE_USER"], "daemon")
+
+    def test_uploadArchiveRefusedAsGitDaemon(self) -> None:
+        """Without daemon.uploadarch, or not exported under --require-export-ok: one answer."""
+        makeRepository(self.root / "archived.git", "[daemon]\n\tuploadarch = true\n")
+        for path, requireExportOk in ((b"/app.git", False), (b"/archived.git", True)):
+            transport = self.connect(
+                b"git-upload-archive " + path + b"\0host=h\0", requireExportOk=requireExportOk
+            )
+            self.assertEqual(transport.value(), pktLine(DENIED + path + b"\n"), path)
+        self.assertEqual(self.reactor.spawned, [])
+
     def test_sameAnswerForEveryRefusal(self) -> None:
-        """Missing, traversal, ~user, relative, daemon.uploadpack=false: one answer."""
-        for path in [b"/missing.git", b"/../app.git", b"~root/app.git", b"app.git", b"/off.git"]:
+        """Missing, traversal, ~user, ~/, relative, daemon.uploadpack=false: one answer."""
+        for path in [
+            b"/missing.git",
+            b"/../app.git",
+            b"~root/app.git",
+            # git daemon refuses every ~ form without --user-path, ~/ too.
+            b"~/app.git",
+            b"app.git",
+            b"/off.git",
+        ]:
             transport = self.connect(b"git-upload-pack " + path + b"\0host=h\0")
             self.assertEqual(transport.value(), pktLine(DENIED + path + b"\n"), path)
         self.assertEqual(self.reactor.spawned, [])
@@ -175,6 +204,16 @@ class DaemonProtocolTests(SynchronousTestCase):
         self.assertEqual(transport.producerState, "paused")
         child.readStdin()
         self.assertEqual(transport.producerState, "producing")
+
+    def test_outputPacedBySocket(self) -> None:
+        """git's child is the socket's producer while it runs, and leaves it when it ends."""
+        transport = self.connect(b"git-upload-pack /app.git\0host=h\0")
+        [child] = self.reactor.spawned
+        self.assertIs(transport.producer, child.protocol)
+        transport.producer.pauseProducing()
+        self.assertTrue(child.paused)
+        child.exit(0)
+        self.assertIsNone(transport.producer)
 
     def test_drainWaitsForRunningGit(self) -> None:
         """A shutdown closes idle connections now and waits for the one running git."""

@@ -1,12 +1,14 @@
 """
 git:// end to end, against `git daemon` on the same repositories: clone in
-protocol v0 and v2, and the refusals (push, a missing repository, one not
-exported under --require-export-ok) answered in git daemon's words.
+protocol v0 and v2, git archive --remote where the repository allows it, and
+the refusals (push, a missing repository, one not exported under
+--require-export-ok, an archive not allowed) answered in git daemon's words.
 """
 
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,3 +118,36 @@ def test_requireExportOk(setup: Setup) -> None:
         assert ours.stdout == theirs.stdout, path
         if ours.returncode:
             assert lastLine(ours.stderr, setup.oursExportOk) == lastLine(theirs.stderr, base)
+
+
+def archiveFiles(git: GitClient, remote: str, tar: Path) -> list[str]:
+    """C{git archive --remote=<remote> --format=tar HEAD}, listed by C{tar t}."""
+    git.run("archive", f"--remote={remote}", "--format=tar", "-o", str(tar), "HEAD")
+    listing = subprocess.run(["tar", "tf", str(tar)], capture_output=True, text=True, check=True)
+    return listing.stdout.split()
+
+
+def test_archiveAsGitDaemon(setup: Setup, tmp_path: Path) -> None:
+    """git archive --remote works where daemon.uploadarch is true, else is refused as git daemon."""
+    setup.git.seed(tmp_path / "work", setup.root / "archived.git", daemon__uploadarch="true")
+    reference = setup.reference.url("").rstrip("/")
+    ours = archiveFiles(setup.git, f"{setup.ours}/archived.git", tmp_path / "ours.tar")
+    assert ours == archiveFiles(setup.git, f"{reference}/archived.git", tmp_path / "theirs.tar")
+    assert ours == ["a.txt"]
+    assert setup.daemons[0].waitForLog("git-upload-archive repo=archived.git")
+    assert re.search(
+        r"git-upload-archive repo=archived\.git user=daemon .*exit=0 .*transport=git",
+        setup.daemons[0].log,
+    ), setup.daemons[0].log[-2000:]
+    # Not allowed (app.git), or allowed but not exported under --require-export-ok.
+    for base, path in (
+        (setup.ours, "app.git"),
+        (reference, "app.git"),
+        (setup.oursExportOk, "archived.git"),
+        (setup.referenceExportOk.url("").rstrip("/"), "archived.git"),
+    ):
+        result = setup.git.run("archive", f"--remote={base}/{path}", "HEAD", check=False)
+        assert result.returncode != 0
+        assert lastLine(result.stderr, base) == (
+            f"fatal: remote error: access denied or repository not exported: /{path}"
+        ), base

@@ -165,7 +165,7 @@ def test_canaryCommitIsNotServedThroughAGoodRepository(layout: Layout) -> None:
     # git refuses with an ERR packet and exits non-zero: a complete answer.
     assert response.status == 200, response.raw[:300]
     assert b"not our ref" in response.body
-    assert "not our ref" in layout.daemon.log
+    assert layout.daemon.waitForLog("not our ref"), layout.daemon.log[-2000:]
 
 
 def test_controlPlainRequestIsServed(layout: Layout) -> None:

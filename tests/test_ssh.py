@@ -65,6 +65,8 @@ class CommandTests(SynchronousTestCase):
             b"git receive-pack '~alice/x'": (Service.RECEIVE_PACK, b"~alice/x"),
             b"git-upload-pack '/it'\\''s'": (Service.UPLOAD_PACK, b"/it's"),
             b"git-upload-pack '/wow'\\!''": (Service.UPLOAD_PACK, b"/wow!"),
+            b"git-upload-archive '/app.git'": (Service.UPLOAD_ARCHIVE, b"/app.git"),
+            b"git upload-archive 'app.git'": (Service.UPLOAD_ARCHIVE, b"app.git"),
         }
         for command, (service, path) in cases.items():
             parsed = parseCommand(command)
@@ -93,7 +95,8 @@ class CommandTests(SynchronousTestCase):
             b"rm -rf /",
             b"sh -c 'git-upload-pack /r.git'",
             b"",
-            b"git-upload-archive '/r.git'",
+            b"git-upload-archive '--remote=x'",
+            b"git-upload-archive '/r.git' --exec=x",
         ]:
             with self.assertRaises(CommandRefused, msg=command):
                 parseCommand(command)
@@ -119,15 +122,20 @@ class PathTests(SynchronousTestCase):
     """segmentsOfPath maps the path forms git sends under the root, and refuses ~user."""
 
     def test_forms(self) -> None:
-        """/x, x, /team/x/ name repositories from the root; ~user is refused."""
+        """/x, x, ~/x, /team/x/ name repositories from the root; ~user is refused."""
         self.assertEqual(segmentsOfPath(b"/app.git"), [b"app.git"])
         self.assertEqual(segmentsOfPath(b"app.git"), [b"app.git"])
+        self.assertEqual(segmentsOfPath(b"~/app.git"), [b"app.git"])
+        self.assertEqual(segmentsOfPath(b"~/team/app.git/"), [b"team", b"app.git"])
+        # Still resolution's to refuse: ~/../x is traversal like /../x.
+        self.assertEqual(segmentsOfPath(b"~/../x"), [b"..", b"x"])
         self.assertEqual(segmentsOfPath(b"/team/app.git/"), [b"team", b"app.git"])
         self.assertEqual(segmentsOfPath(b"/"), [])
         # Traversal is left to resolution, which refuses it.
         self.assertEqual(segmentsOfPath(b"/../x"), [b"..", b"x"])
-        with self.assertRaises(InvalidRequest):
-            segmentsOfPath(b"~alice/x")
+        for path in (b"~alice/x", b"~alice", b"~root/"):
+            with self.assertRaises(InvalidRequest, msg=path):
+                segmentsOfPath(path)
         with self.assertRaises(InvalidRequest):
             segmentsOfPath(b"/" * 5000)
 
@@ -335,6 +343,12 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(self.exitStatus(), 0)
         self.assertTrue(self.conn.eof and self.conn.closedChannel)
 
+    def test_tildeIsTheRoot(self) -> None:
+        """'~/app.git', as git sends for git@host:~/app.git, runs git on the root's app.git."""
+        self.assertTrue(self.request(b"exec", NS(b"git-upload-pack '~/app.git'")))
+        [child] = self.reactor.spawned
+        self.assertEqual(child.args[-1], str((self.root / "app.git").resolve()))
+
     def test_otherEnvironmentRefused(self) -> None:
         """Only GIT_PROTOCOL is taken: GIT_CONFIG_*, LD_PRELOAD are refused and never reach git."""
         for name in (b"GIT_CONFIG_PARAMETERS", b"GIT_CONFIG_COUNT", b"LD_PRELOAD", b"PATH"):
@@ -362,7 +376,7 @@ class SessionTests(SynchronousTestCase):
             b"git-upload-pack '/missing.git'": b"does not appear to be a git repository",
             b"git-upload-pack '~alice/app.git'": b"~user paths are not served",
             b"git-upload-pack '/app.git\n'": b"'/app.git?' does not appear",
-            b"git-upload-archive '/app.git'": b"git-upload-archive is not available",
+            b"git-upload-archive '/app.git'": b"Service not enabled: 'upload-archive'",
         }
         for command, message in cases.items():
             channel = self.openChannel()
@@ -372,6 +386,44 @@ class SessionTests(SynchronousTestCase):
             self.assertIn(message, bytes(conn.stderr), command)
             self.assertEqual(self.exitStatus(channel), 128, command)
         self.assertEqual(self.reactor.spawned, [])
+
+    def test_uploadArchiveWhereAllowed(self) -> None:
+        """upload-archive runs (stateful, on the resolved path) where daemon.uploadarch is true."""
+        makeRepository(self.root / "archived.git", "[daemon]\n\tuploadarch = true\n")
+        self.assertTrue(self.request(b"exec", NS(b"git upload-archive '/archived.git'")))
+        [child] = self.reactor.spawned
+        self.assertEqual(
+            child.args,
+            ["/usr/bin/git", "upload-archive", str((self.root / "archived.git").resolve())],
+        )
+        self.channel.dataReceived(b"0000")
+        self.assertEqual(bytes(child.stdin), b"0000")
+
+    def test_uploadArchiveSwitchedOff(self) -> None:
+        """daemon.uploadarch unset or false: refused with a fatal line, status 128, nothing run."""
+        makeRepository(self.root / "off.git", "[daemon]\n\tuploadarch = false\n")
+        for path in (b"/app.git", b"/off.git"):
+            channel = self.openChannel()
+            self.request(b"exec", NS(b"git-upload-archive '" + path + b"'"), channel)
+            conn: FakeSSHConnection = channel.conn  # type: ignore[assignment]
+            self.assertEqual(
+                bytes(conn.stderr), b"fatal: Service not enabled: 'upload-archive'\n", path
+            )
+            self.assertEqual(self.exitStatus(channel), 128)
+        self.assertEqual(self.reactor.spawned, [])
+
+    def test_uploadArchiveRequiresExportOk(self) -> None:
+        """--require-export-ok hides a repository from upload-archive as from upload-pack."""
+        makeRepository(self.root / "archived.git", "[daemon]\n\tuploadarch = true\n")
+        self.core = makeCore(self.root, self.reactor, jobs=self.jobs, requireExportOk=True)
+        channel = self.openChannel()
+        self.request(b"exec", NS(b"git-upload-archive '/archived.git'"), channel)
+        conn: FakeSSHConnection = channel.conn  # type: ignore[assignment]
+        self.assertIn(b"does not appear to be a git repository", bytes(conn.stderr))
+        self.assertEqual(self.reactor.spawned, [])
+        (self.root / "archived.git" / "git-daemon-export-ok").touch()
+        self.request(b"exec", NS(b"git-upload-archive '/archived.git'"), self.openChannel())
+        self.assertEqual(len(self.reactor.spawned), 1)
 
     def test_notRequestsRefusedWithMessage(self) -> None:
         """pty, subsystems, X11 and agent forwarding are refused with a line on stderr."""
@@ -445,6 +497,18 @@ class SessionTests(SynchronousTestCase):
         child.readStdin()
         self.assertFalse(self.channel.inputPaused)
         self.assertEqual(self.conn.windowAdjusts, [100])
+
+    def test_outputPacedByWindow(self) -> None:
+        """A client window that fills pauses git's output; one re-opened resumes it."""
+        self.request(b"exec", NS(b"git-upload-pack '/app.git'"))
+        [child] = self.reactor.spawned
+        self.channel.stopWriting()
+        self.assertTrue(child.paused)
+        self.channel.startWriting()
+        self.assertFalse(child.paused)
+        self.channel.closed()
+        child.protocol.outReceived(b"0000")  # type: ignore[attr-defined]
+        self.assertEqual(bytes(self.conn.data), b"")
 
     def test_greeting(self) -> None:
         """A shell request gets the greeting: the user and what they may read and push."""

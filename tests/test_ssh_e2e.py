@@ -13,7 +13,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -122,6 +122,18 @@ def test_cloneFetchPush(setup: Setup, tmp_path: Path, version: str) -> None:
     assert "alice <alice@ssh.127.0.0.1>" in reflog
 
 
+def test_tildePaths(setup: Setup, tmp_path: Path) -> None:
+    """~/app.git (scp-like or ssh://) is the root's app.git; ~alice/ is refused in one line."""
+    alice = setup.alice
+    for url in ("git@127.0.0.1:~/app.git", f"ssh://git@127.0.0.1:{setup.port}/~/app.git"):
+        assert "refs/heads/main" in alice.run("ls-remote", url).stdout, url
+    alice.run("clone", "-q", "git@127.0.0.1:~/app.git", str(tmp_path / "clone"))
+    other = f"ssh://git@127.0.0.1:{setup.port}/~alice/app.git"
+    refused = alice.run("ls-remote", other, check=False)
+    assert refused.returncode != 0
+    assert refused.stderr.startswith("fatal: ~user paths are not served here"), refused.stderr
+
+
 def test_twoUsersDifferentRights(setup: Setup, tmp_path: Path) -> None:
     """The key decides the user: bob is refused by the hook (with its message), alice is not."""
     for user, name in ((setup.bob, "bob"), (setup.alice, "alice")):
@@ -145,17 +157,7 @@ def test_unknownKeyThenAdded(setup: Setup, tmp_path: Path) -> None:
     (setup.keys / "laptops" / "carol@work.pub").write_text((tmp_path / "carol.pub").read_text())
     result = carol.run("ls-remote", carol.url("app.git"))
     assert "refs/heads/main" in result.stdout
-    assert "user=carol " in setup.daemon.log or waitForLog(setup.daemon, "user=carol ")
-
-
-def waitForLog(daemon: Daemon, text: str, timeout: float = 10) -> bool:
-    """Whether C{text} appears in the daemon's log within C{timeout}."""
-    deadline = time.monotonic() + timeout
-    while text not in daemon.log:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    assert setup.daemon.waitForLog("user=carol ")
 
 
 def test_greeting(setup: Setup) -> None:
@@ -184,6 +186,55 @@ def test_notGitRefused(setup: Setup) -> None:
     shell = setup.alice.ssh("git@127.0.0.1", "ls /")
     assert shell.returncode == 128
     assert "fatal: unrecognized command" in shell.stderr and shell.stdout == ""
+
+
+def archiveFiles(
+    runner: Callable[..., subprocess.CompletedProcess[str]], remote: str, tar: Path
+) -> list[str]:
+    """C{git archive --remote=<remote> --format=tar HEAD}, listed by C{tar t}."""
+    runner("archive", f"--remote={remote}", "--format=tar", "-o", str(tar), "HEAD")
+    listing = subprocess.run(["tar", "tf", str(tar)], capture_output=True, text=True, check=True)
+    return listing.stdout.split()
+
+
+def test_archiveWhereAllowed(setup: Setup, tmp_path: Path) -> None:
+    """git archive --remote lists the files where daemon.uploadarch is true, URL or scp-like."""
+    setup.git.seed(tmp_path / "work", setup.root / "archived.git", daemon__uploadarch="true")
+    alice = setup.alice
+    files = archiveFiles(alice.run, alice.url("archived.git"), tmp_path / "a.tar")
+    assert files == ["a.txt"]
+    assert archiveFiles(alice.run, "git@127.0.0.1:archived.git", tmp_path / "b.tar") == files
+    line = re.compile(
+        # The version the client asked for (upload-archive itself has one).
+        r"git git-upload-archive repo=archived\.git user=alice protocol=v\d "
+        r"remote=127\.0\.0\.1 exit=0 .* transport=ssh key=SHA256:\S+"
+    )
+    assert setup.daemon.waitForLog("git git-upload-archive repo=archived.git")
+    assert line.search(setup.daemon.log), setup.daemon.log[-3000:]
+
+
+def test_archiveUnreachableAsTheRepositorySays(setup: Setup, tmp_path: Path) -> None:
+    """An unreachable commit is archived only where uploadarchive.allowUnreachable says so."""
+    repository = setup.root / "loose.git"
+    setup.git.seed(tmp_path / "work", repository, daemon__uploadarch="true")
+    tree = setup.git.output("rev-parse", "HEAD^{tree}", cwd=repository)
+    loose = setup.git.output("commit-tree", "-m", "on no branch", tree, cwd=repository)
+    url = setup.alice.url("loose.git")
+    refused = setup.alice.run("archive", f"--remote={url}", loose, check=False)
+    assert refused.returncode != 0
+    assert "no such ref" in refused.stderr, refused.stderr
+    setup.git.run("config", "uploadarchive.allowUnreachable", "true", cwd=repository)
+    assert archiveFiles(setup.alice.run, url, tmp_path / "loose.tar") == ["a.txt"]
+
+
+def test_archiveRefused(setup: Setup, tmp_path: Path) -> None:
+    """Without daemon.uploadarch the user is told so in one line, and git archive fails."""
+    result = setup.alice.run(
+        "archive", f"--remote={setup.alice.url('app.git')}", "HEAD", check=False
+    )
+    assert result.returncode != 0
+    assert "fatal: Service not enabled: 'upload-archive'" in result.stderr
+    assert result.stdout == ""
 
 
 def test_injectionRunsNothing(setup: Setup, tmp_path: Path) -> None:

@@ -158,6 +158,25 @@ def test_statusCodes(site: SiteHarness, method: bytes, path: bytes, status: int)
     assert site.reactor.spawned == []
 
 
+@pytest.mark.parametrize(
+    "method, path, status",
+    [
+        (b"GET", b"/archived.git/info/refs?service=git-upload-archive", 403),
+        (b"POST", b"/archived.git/git-upload-archive", 404),
+    ],
+)
+def test_uploadArchiveNotOverHTTP(
+    root: Path, site: SiteHarness, method: bytes, path: bytes, status: int
+) -> None:
+    """upload-archive is the SSH and git:// doors' alone: HTTP answers it as an unknown service."""
+    makeRepository(
+        root / "archived.git", "[daemon]\n\tuploadarch = true\n[http]\n\tuploadarchive = true\n"
+    )
+    site.request(method, path)
+    assert site.response().status == status
+    assert site.reactor.spawned == []
+
+
 def test_405Is400ForHttp10(site: SiteHarness) -> None:
     """HTTP/1.0 has no 405: http-backend answers 400 there."""
     site.send(b"GET /project.git/git-upload-pack HTTP/1.0\r\n\r\n")

@@ -23,7 +23,7 @@ class OperationLabels:
     """
     The labels of one git operation.
 
-    @ivar service: C{git-upload-pack} or C{git-receive-pack}.
+    @ivar service: C{git-upload-pack}, C{git-receive-pack} or C{git-upload-archive}.
     @ivar version: the protocol version the client asked for (0, 1, 2).
     @ivar transport: the front door it came through: C{http}, C{ssh}, C{git}.
     @ivar advertise: only the ref or capability advertisement

@@ -24,10 +24,15 @@ ANONYMOUS = "anonymous"
 
 
 class Service(enum.Enum):
-    """The two smart services, named as they appear on the wire."""
+    """
+    The git services, named as they appear on the wire: the two smart ones
+    every door serves, and C{git archive --remote}'s, which only the
+    full-duplex doors (SSH, git://) serve, as git daemon does.
+    """
 
     UPLOAD_PACK = "git-upload-pack"
     RECEIVE_PACK = "git-receive-pack"
+    UPLOAD_ARCHIVE = "git-upload-archive"
 
     @property
     def command(self) -> str:
@@ -45,8 +50,13 @@ class Service(enum.Enum):
 
     @classmethod
     def fromWire(cls, name: bytes) -> Service | None:
-        """The service a C{service=} parameter or POST route names, if any."""
-        for service in cls:
+        """
+        The service an HTTP C{service=} parameter names, if any: never
+        upload-archive, which has no stateless form that http-backend serves
+        by default (newer ones offer it within protocol v2 only, behind
+        C{http.uploadarchive}), so HTTP answers it as any unknown service.
+        """
+        for service in (cls.UPLOAD_PACK, cls.RECEIVE_PACK):
             if service.value.encode("ascii") == name:
                 return service
         return None
@@ -109,13 +119,23 @@ class Policy:
         Whether C{user} (L{None} when anonymous) may run C{service}.
 
         As http-backend: C{http.uploadpack} defaults to on; C{http.receivepack}
-        defaults to on for authenticated users only.
+        defaults to on for authenticated users only. As git daemon:
+        C{daemon.uploadarch} must be true for upload-archive.
 
         @raise Forbidden: the service is switched off for this repository.
         @raise AuthenticationRequired: it would be allowed to an authenticated user.
         """
         if self.private and user is None:
             raise AuthenticationRequired("Authentication required")
+        if service is Service.UPLOAD_ARCHIVE:
+            # git daemon's per-repository switch, off unless the repository
+            # opts in, as git daemon leaves it: every request makes the
+            # server build and compress a whole tree. Reading is the only
+            # right it needs, checked when the repository was resolved
+            # (checkVisible: R under --access), as for upload-pack.
+            if self.configs.getBoolean(repository, "daemon", "uploadarch") is not True:
+                raise Forbidden(f"Service not enabled: '{service.command}'")
+            return
         enabled = self.configs.getBoolean(repository, "http", service.configName)
         if enabled is False:
             raise Forbidden(f"Service not enabled: '{service.command}'")

@@ -169,6 +169,11 @@ class GitBackend:
         if service is Service.UPLOAD_PACK:
             # --strict: serve exactly this directory, never <dir>/.git.
             args.append("--strict")
+        # upload-archive has no --strict (git enters <dir>/.git first if
+        # there is one, which a bare repository under the root does not
+        # have), nor a stateless mode: the doors that serve it run it
+        # stateful, and its config (uploadarchive.allowUnreachable) is the
+        # repository's own, never set here.
         if statelessRpc:
             args.append("--stateless-rpc")
         if advertise:

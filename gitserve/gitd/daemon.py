@@ -1,12 +1,13 @@
 """
 The git:// protocol (C{git daemon}'s): one pkt-line request naming the
-service and the repository, then git upload-pack talking with the client
-over the connection.
+service and the repository, then git upload-pack (or upload-archive)
+talking with the client over the connection.
 
-As C{git daemon} with its defaults: only upload-pack is served (receive-pack
-and upload-archive are refused, the per-repository C{daemon.uploadpack}
-switch is honoured), and every refusal is the same C{ERR} packet, so that a
-client cannot tell a missing repository from a hidden one. Resolution, the
+As C{git daemon} with its defaults: upload-pack is served unless the
+repository sets C{daemon.uploadpack} false, upload-archive only where it
+sets C{daemon.uploadarch} true, receive-pack never; and every refusal is the
+same C{ERR} packet, so that a client cannot tell a missing repository from a
+hidden one. Resolution, the
 policy (as the user C{daemon}, gitolite's name for git:// readers) and the
 job slot are the core's, as for every door.
 """
@@ -15,10 +16,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IProducer, IPushProducer, IReactorTime
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -26,16 +27,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gitserve.core.connections import OpenConnections
-from gitserve.core.conversation import DuplexJob, startConversation
-from gitserve.core.duplex import DuplexStdin, segmentsOfPath
-from gitserve.core.errors import Busy, InvalidRequest, NotFound, Refusal
+from gitserve.core.duplex import DuplexOperation, IDuplexDoor, segmentsOfPath
+from gitserve.core.errors import InvalidRequest, NotFound, Refusal
 from gitserve.core.gitprotocol import checkGitProtocol
 from gitserve.core.operations import GitCore
 from gitserve.core.pktline import MAX_PKT_LENGTH, ProtocolError, errorLine, parseLength
 from gitserve.core.policy import Service
 from gitserve.core.process import Caller, GitOutcome
 from gitserve.core.repository import resolveRepository
-from gitserve.interfaces import IGitOutput
 
 log = Logger()
 
@@ -54,6 +53,13 @@ _HOST = re.compile(
 )
 
 _UNPRINTABLE = re.compile(rb"[^\x20-\x7e]")
+
+# What git:// may serve (git daemon's services enabled by default or per
+# repository); receive-pack is never enabled here.
+SERVED = {
+    b"git-upload-pack": Service.UPLOAD_PACK,
+    b"git-upload-archive": Service.UPLOAD_ARCHIVE,
+}
 
 
 class BadRequest(Exception):
@@ -117,12 +123,13 @@ def printable(text: bytes) -> str:
     return _UNPRINTABLE.sub(b"?", text[:200]).decode("ascii")
 
 
-@implementer(IGitOutput)
+@implementer(IDuplexDoor)
 class GitDaemonProtocol(Protocol, TimeoutMixin):
     """
-    One git:// connection: the request, then git upload-pack over the
+    One git:// connection: the request, then git (upload-pack, upload-archive) over the
     socket, paced both ways (a client that stops reading pauses git; a git
-    that stops reading pauses the socket).
+    that stops reading pauses the socket): a L{DuplexOperation} with the
+    socket as its stream.
     """
 
     factory: GitDaemonFactory
@@ -132,11 +139,13 @@ class GitDaemonProtocol(Protocol, TimeoutMixin):
     def __init__(self) -> None:
         self.buffer = b""
         self.request: DaemonRequest | None = None
-        self.stdin: DuplexStdin | None = None
-        self.producer: IPushProducer | None = None
-        self.started: Deferred[DuplexJob] | None = None
-        self.running = False
+        self.operation: DuplexOperation | None = None
         self.gone = False
+
+    @property
+    def running(self) -> bool:
+        """Whether git runs for this connection now (not queued, not ended)."""
+        return self.operation is not None and self.operation.running
 
     def connectionMade(self) -> None:
         self.callLater = self.factory.clock.callLater  # type: ignore[assignment]
@@ -149,8 +158,8 @@ class GitDaemonProtocol(Protocol, TimeoutMixin):
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
-        if self.stdin is not None:
-            self.stdin.feed(data)
+        if self.operation is not None:
+            self.operation.stdin.feed(data)
             return
         if self.request is not None:
             return
@@ -178,8 +187,8 @@ class GitDaemonProtocol(Protocol, TimeoutMixin):
             self.transport.loseConnection()
             return
         self.handle(self.request)
-        if rest and self.stdin is not None:
-            self.stdin.feed(rest)
+        if rest and self.operation is not None:
+            self.operation.stdin.feed(rest)
 
     def peerHost(self) -> str:
         return str(getattr(self.transport.getPeer(), "host", "") or "")
@@ -204,9 +213,9 @@ class GitDaemonProtocol(Protocol, TimeoutMixin):
         except InvalidRequest:
             self.refuse("invalid protocol parameters")
             return
-        if request.service != b"git-upload-pack":
-            # git daemon's default: receive-pack and upload-archive are not
-            # enabled (and only upload-archive could be, per repository).
+        service = SERVED.get(request.service)
+        if service is None:
+            # git daemon's default: receive-pack is not enabled.
             log.info(
                 "git://: refused {service} for {path}",
                 service=request.service.decode(),
@@ -226,10 +235,14 @@ class GitDaemonProtocol(Protocol, TimeoutMixin):
             if repository is None:
                 raise NotFound()
             core.policy.checkVisible(repository, DAEMON_USER)
-            if core.configs.getBoolean(repository, "daemon", "uploadpack") is False:
-                # git daemon's own per-repository switch.
+            if (
+                service is Service.UPLOAD_PACK
+                and core.configs.getBoolean(repository, "daemon", "uploadpack") is False
+            ):
+                # git daemon's own per-repository switch (upload-archive's,
+                # daemon.uploadarch, is the policy's: SSH honours it too).
                 raise NotFound()
-            core.policy.checkService(repository, Service.UPLOAD_PACK, DAEMON_USER)
+            core.policy.checkService(repository, service, DAEMON_USER)
         except (Refusal, InvalidRequest) as e:
             log.info("git://: refused {path}: {reason}", path=shown, reason=str(e))
             self.refuse(denied)
@@ -240,32 +253,38 @@ class GitDaemonProtocol(Protocol, TimeoutMixin):
             protocol=gitProtocol,
             transport="git",
         )
-        operation = core.operation(Service.UPLOAD_PACK, repository, caller, statelessRpc=False)
-        self.stdin = DuplexStdin(self.transport.pauseProducing, self.transport.resumeProducing)
-        self.started = startConversation(core, operation, self)
-        self.started.addCallbacks(self._running, self._notStarted)
+        operation = core.operation(service, repository, caller, statelessRpc=False)
+        self.operation = DuplexOperation(
+            self, self.transport.pauseProducing, self.transport.resumeProducing
+        )
+        self.operation.start(core, operation)
 
-    def _running(self, protocol: DuplexJob) -> None:
-        self.started = None
-        self.running = True
-        assert self.stdin is not None
-        protocol.streamStdin(self.stdin)
-        protocol.done.addCallback(self._ended)
+    def connectionLost(self, reason: Failure | None = None) -> None:  # type: ignore[override]
+        self.gone = True
+        self.setTimeout(None)
+        if self.operation is not None:
+            self.operation.clientGone()
+        self.factory.connectionClosed(self)
 
-    def _notStarted(self, failure: Failure) -> None:
-        self.started = None
-        if failure.check(CancelledError) or self.gone:
-            return
-        if failure.check(Busy):
-            self.refuse(failure.value.message)
-            return
-        log.failure("git://: starting git failed", failure)
-        self.refuse("git could not be started on the server")
+    # IDuplexDoor: the socket as git's stream ---------------------------------------
 
-    def _ended(self, outcome: GitOutcome) -> None:
-        self.running = False
-        if self.gone:
-            return
+    def sendToClient(self, data: bytes) -> None:
+        self.resetTimeout()
+        self.transport.write(data)
+
+    def attachProducer(self, producer: IPushProducer) -> None:
+        """The socket pauses git when the client does not read."""
+        self.transport.registerProducer(producer, True)
+
+    def detachProducer(self) -> None:
+        self.transport.unregisterProducer()
+
+    def operationEnded(self, outcome: GitOutcome) -> None:
+        """
+        Close as git daemon's connection closes when git exits: an C{ERR}
+        packet first when git failed before answering, an abort when it
+        failed midway.
+        """
         if outcome.started and not (outcome.succeeded or outcome.completeRefusal):
             # git failed after the answer began: only a broken connection
             # tells the client that what it got is incomplete.
@@ -274,42 +293,6 @@ class GitDaemonProtocol(Protocol, TimeoutMixin):
         if not outcome.started and outcome.exitCode != 0:
             self.transport.write(errorLine(outcome.message))
         self.transport.loseConnection()
-
-    def connectionLost(self, reason: Failure | None = None) -> None:  # type: ignore[override]
-        self.gone = True
-        self.setTimeout(None)
-        if self.stdin is not None:
-            self.stdin.fail()
-        if self.started is not None:
-            started, self.started = self.started, None
-            started.cancel()
-        if self.producer is not None:
-            producer, self.producer = self.producer, None
-            producer.stopProducing()
-        self.factory.connectionClosed(self)
-
-    # IGitOutput: git's stdout goes to the socket ----------------------------------
-
-    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        """
-        git's child registers itself, always as a streaming (push) producer:
-        it is paused when the client cannot take more.
-        """
-        if self.gone:
-            producer.stopProducing()
-            return
-        self.producer = cast(IPushProducer, producer)
-        self.transport.registerProducer(producer, streaming)
-
-    def unregisterProducer(self) -> None:
-        self.producer = None
-        if not self.gone:
-            self.transport.unregisterProducer()
-
-    def write(self, data: bytes) -> None:
-        if not self.gone:
-            self.resetTimeout()
-            self.transport.write(data)
 
 
 class GitDaemonFactory(Factory):

@@ -22,12 +22,12 @@ _BACKSLASHED = b"'!"
 # C's isspace(), which git-shell tests the fourth byte of "git foo" with.
 _C_SPACE = b" \t\n\v\f\r"
 
-# git-shell's cmd_list. upload-archive is read (so that its refusal names it)
-# but not served: see L{parseCommand}.
+# git-shell's cmd_list (whether upload-archive may run is the policy's:
+# the repository's daemon.uploadarch).
 _COMMANDS = {
     b"git-receive-pack": Service.RECEIVE_PACK,
     b"git-upload-pack": Service.UPLOAD_PACK,
-    b"git-upload-archive": None,
+    b"git-upload-archive": Service.UPLOAD_ARCHIVE,
 }
 
 # Longer commands are not git's (a path is at most PATH_MAX).
@@ -98,9 +98,9 @@ def parseCommand(command: bytes) -> GitCommand:
     """
     The git service and path an C{exec} request asks for.
 
-    @raise CommandRefused: for anything git-shell would refuse, for
-        C{git-upload-archive} (not served), and for a NUL anywhere (C would
-        cut the string there; here it is simply refused).
+    @raise CommandRefused: for anything git-shell would refuse, and for a
+        NUL anywhere (C would cut the string there; here it is simply
+        refused).
     """
     if len(command) > MAX_COMMAND or b"\0" in command:
         raise CommandRefused("unrecognized command")
@@ -114,8 +114,6 @@ def parseCommand(command: bytes) -> GitCommand:
         rest = bytes(prog[len(name) :])
         if rest and rest[:1] != b" ":
             continue
-        if service is None:
-            raise CommandRefused("git-upload-archive is not available on this server")
         argument = sqDequote(rest[1:]) if rest else None
         if argument is None or argument.startswith(b"-"):
             # git-shell's die("bad argument"): the path must be exactly one

@@ -15,21 +15,20 @@ import re
 import struct
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
 from twisted.conch.avatar import ConchUser
 from twisted.conch.error import ConchError
 from twisted.conch.ssh import connection
 from twisted.conch.ssh.channel import SSHChannel
 from twisted.conch.ssh.common import getNS
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IProducer, IPushProducer, IReactorTime
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gitserve.core.conversation import DuplexJob, startConversation
-from gitserve.core.duplex import DuplexStdin, segmentsOfPath
+from gitserve.core.duplex import DuplexOperation, IDuplexDoor, segmentsOfPath
 from gitserve.core.errors import InvalidRequest, NotFound, Refusal
 from gitserve.core.gitprotocol import checkGitProtocol
 from gitserve.core.housekeeping import sweepStaleQuarantines
@@ -38,7 +37,6 @@ from gitserve.core.operations import GitCore
 from gitserve.core.policy import Service
 from gitserve.core.process import Caller, GitOutcome
 from gitserve.core.repository import Repository, resolveRepository
-from gitserve.interfaces import IGitOutput
 from gitserve.ssh.command import CommandRefused, GitCommand, parseCommand
 from gitserve.ssh.keys import KeyOwner
 from gitserve.ssh.logs import conchLog
@@ -139,13 +137,14 @@ class GitSSHConnection(connection.SSHConnection):
             transport.loseConnection()
 
 
-@implementer(IGitOutput)
+@implementer(IDuplexDoor)
 class GitSessionChannel(SSHChannel):
     """
     A session: C{env} requests (only C{GIT_PROTOCOL}) then one C{exec} of
-    git's upload-pack or receive-pack, carried out by the core; a C{shell}
-    request gets the greeting. The channel is git's output (its streaming
-    consumer) and its incoming data is git's stdin.
+    git's upload-pack, receive-pack or upload-archive, carried out by the core; a C{shell}
+    request gets the greeting. The channel is the stream of a
+    L{DuplexOperation}: its incoming data is git's stdin, its window paces
+    git's output.
     """
 
     name = b"session"
@@ -162,9 +161,7 @@ class GitSessionChannel(SSHChannel):
         self.commandSeen = False
         self.inputPaused = False
         self.gone = False
-        self.stdin: DuplexStdin | None = None
-        self.producer: IPushProducer | None = None
-        self.started: Deferred[DuplexJob] | None = None
+        self.operation: DuplexOperation | None = None
         self.exitStatus: int | None = None
         self.exitSent = False
 
@@ -201,7 +198,7 @@ class GitSessionChannel(SSHChannel):
                     # (git waits for the server to speak first, other clients
                     # do not): what arrives before git runs is kept for its
                     # stdin, from now on.
-                    self.stdin = DuplexStdin(self.pauseInput, self.resumeInput)
+                    self.operation = DuplexOperation(self, self.pauseInput, self.resumeInput)
                     self.door.clock.callLater(0, self.execute, command)
                 elif requestType == b"shell":
                     self.door.clock.callLater(0, self.greet)
@@ -360,7 +357,10 @@ class GitSessionChannel(SSHChannel):
                 command=printable(command),
                 reason=e.message,
             )
-            self.refuse(f"{e.message}; this server runs only git-upload-pack and git-receive-pack")
+            self.refuse(
+                f"{e.message}; this server runs only git-upload-pack, git-receive-pack "
+                "and git-upload-archive"
+            )
             return
         if self.invalidProtocol:
             self.refuse("invalid GIT_PROTOCOL")
@@ -387,7 +387,11 @@ class GitSessionChannel(SSHChannel):
         except Refusal as refusal:
             self.refuse(refusal.message)
             return
-        resolved = core.resolveFor(segments, owner.user, create=True)
+        # A wild repository is created for a fetch or a push, as gitolite
+        # does; an archive of a repository that does not exist yet would be
+        # of nothing.
+        create = parsed.service is not Service.UPLOAD_ARCHIVE
+        resolved = core.resolveFor(segments, owner.user, create=create)
         resolved.addCallback(check).addCallbacks(self._start, refused, callbackArgs=(parsed,))
 
     def _start(self, repository: Repository, parsed: GitCommand) -> None:
@@ -407,29 +411,11 @@ class GitSessionChannel(SSHChannel):
             keyFingerprint=owner.fingerprint,
         )
         operation = core.operation(parsed.service, repository, caller, statelessRpc=False)
-        self.started = startConversation(core, operation, self)
-        self.started.addCallbacks(self._running, self._notStarted)
+        assert self.operation is not None
+        self.operation.start(core, operation)
 
-    def _running(self, protocol: DuplexJob) -> None:
-        self.started = None
-        assert self.stdin is not None
-        protocol.streamStdin(self.stdin)
-        protocol.done.addCallback(self._ended)
-
-    def _notStarted(self, failure: Failure) -> None:
-        self.started = None
-        if failure.check(CancelledError):
-            return
-        if failure.check(Refusal):
-            # Busy: the job limiter's message says to try again later.
-            self.refuse(failure.value.message)
-            return
-        log.failure("ssh: starting git failed", failure)
-        self.refuse("git could not be started on the server")
-
-    def _ended(self, outcome: GitOutcome) -> None:
-        if self.gone:
-            return
+    def operationEnded(self, outcome: GitOutcome) -> None:
+        """git's exit status becomes the session's; a failure's first line goes to stderr."""
         if outcome.exitCode != 0:
             # git's stderr stays in the log; its first line tells the user
             # what went wrong (git-shell would show them all of it).
@@ -452,12 +438,12 @@ class GitSessionChannel(SSHChannel):
             self.connection.adjustWindow(self, used)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.stdin is not None:
-            self.stdin.feed(data)
+        if self.operation is not None:
+            self.operation.stdin.feed(data)
 
     def eofReceived(self) -> None:
-        if self.stdin is not None:
-            self.stdin.finish()
+        if self.operation is not None:
+            self.operation.stdin.finish()
 
     def closeReceived(self) -> None:
         """
@@ -471,41 +457,30 @@ class GitSessionChannel(SSHChannel):
     def closed(self) -> None:
         """The channel is gone (closed by both sides, or the connection lost)."""
         self.gone = True
-        if self.stdin is not None:
-            self.stdin.fail()
-        if self.started is not None:
-            # Still waiting for a job slot: give up the place.
-            started, self.started = self.started, None
-            started.cancel()
-        if self.producer is not None:
-            producer, self.producer = self.producer, None
-            producer.stopProducing()
+        if self.operation is not None:
+            self.operation.clientGone()
 
-    # IGitOutput: git's stdout goes to the channel --------------------------------------
+    # IDuplexDoor: the channel as git's stream ------------------------------------------
 
-    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        """
-        git's child registers itself, always as a streaming (push) producer:
-        it is paused when the client cannot take more.
-        """
-        if self.gone:
-            producer.stopProducing()
-            return
-        self.producer = cast(IPushProducer, producer)
+    def sendToClient(self, data: bytes) -> None:
+        self.write(data)
+
+    def attachProducer(self, producer: IPushProducer) -> None:
+        """The channel's window paces git (see L{stopWriting}); a closed one pauses it now."""
         if not self.areWriting:
-            self.producer.pauseProducing()
+            producer.pauseProducing()
 
-    def unregisterProducer(self) -> None:
-        self.producer = None
+    def detachProducer(self) -> None:
+        """Nothing to undo: the channel only forwards its window to the operation."""
 
     def stopWriting(self) -> None:
         """The client's window is full: pause git."""
-        if self.producer is not None:
-            self.producer.pauseProducing()
+        if self.operation is not None:
+            self.operation.pauseOutput()
 
     def startWriting(self) -> None:
-        if self.producer is not None:
-            self.producer.resumeProducing()
+        if self.operation is not None:
+            self.operation.resumeOutput()
 
     def write(self, data: bytes) -> None:
         if not self.gone:
