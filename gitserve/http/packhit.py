@@ -1,67 +1,33 @@
 """
-Pack cache answers sent with C{sendfile(2)}: the kernel copies them from the
-page cache to the socket, and no byte of a pack passes through Python.
-
-Every reader of the cache on a plain TCP or UNIX connection (see
-L{gitserve.twistedinternals.sendfileDescriptor}) is one of these: a hit, a
-follower, and the lead's own client. A hit's length is known, so it goes with
-C{Content-Length}; a flight still growing goes chunked, each chunk's size
-line and closing CRLF sent on the socket around the sendfile'd range. Over
-TLS, or wherever the socket is not ours to write, the core's
+Pack cache answers over HTTP sent with C{sendfile(2)}
+(L{gitserve.core.sendfile}), framed as an HTTP response: a hit's length is
+known, so it goes with C{Content-Length}; a flight still growing goes
+chunked, each chunk's size line and closing CRLF sent on the socket around
+the sendfile'd range. Over TLS the core's
 L{gitserve.core.packcache.CacheReader} writes into the response instead.
 
-Bytes are only ever sent on the socket when Twisted's own buffer for it is
-empty, so they stay in order with what Twisted writes (the head, the last
-chunk); when the socket is full, the HTTP channel is paused exactly as a full
-buffer pauses it, so the channel's stall timeout drops a client that stops
-reading.
+A full socket pauses the HTTP channel exactly as a full buffer pauses it, so
+the channel's stall timeout drops a client that stops reading.
 """
 
 from __future__ import annotations
 
-import errno
-import os
-import socket
 from collections.abc import Callable
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.server import Request
-from zope.interface import implementer
 
 from gitserve.core.operations import GitOperation
-from gitserve.core.packcache import (
-    HEADER_SIZE,
-    EntrySource,
-    IPackReader,
-    Source,
-    logServed,
-)
+from gitserve.core.packcache import EntrySource, Source
 from gitserve.core.process import GitOutcome
+from gitserve.core.sendfile import SendfileReader
 from gitserve.http.channel import connectionOf, isAnswerable
 from gitserve.http.headers import startGitResponse
-from gitserve.twistedinternals import (
-    resumeWhenWritable,
-    sendfileDescriptor,
-    socketOf,
-    transportDrained,
-)
+from gitserve.interfaces import IGitOutput
+from gitserve.twistedinternals import sendfileDescriptor
 
 log = Logger()
-
-# The most bytes one chunk (and one sendfile(2) call) covers, and the most
-# sent per reactor turn by one reader.
-SENDFILE_CHUNK = 4 * 1024 * 1024
-SENDFILE_PER_TURN = 4 * SENDFILE_CHUNK
-
-# A reader keeping up with git sends once this much is waiting, or after
-# BATCH_DELAY seconds: each batch costs every reader a timer, a turn and
-# three system calls, so in a storm of 16 readers fewer, larger batches are
-# CPU saved, while a client that gets a pack 20 ms later sees no difference.
-MIN_BATCH = 2 * 1024 * 1024
-BATCH_DELAY = 0.02
 
 
 def canSendfile(request: Request) -> bool:
@@ -69,16 +35,12 @@ def canSendfile(request: Request) -> bool:
     return sendfileDescriptor(getattr(request.channel, "transport", None)) is not None
 
 
-@implementer(IPushProducer, IPackReader)
-class SendfileReader:
+class HTTPSendfileReader(SendfileReader):
     """
-    One client's copy of a cached or in-flight answer, sent with sendfile(2).
-
-    Nothing is sent until the answer has its first byte, so a git that fails
-    first still gets the error answer a git child's failure gets
-    (C{answerUnstarted}: L{gitserve.http.smart.SmartResponse.answer}).
-
-    @ivar offset: bytes of the answer queued for sending so far.
+    A sendfile(2) reader whose answer is an HTTP response: its head goes out
+    with the first byte, so a git that fails first still gets the error
+    answer a git child's failure gets (C{answerUnstarted}:
+    L{gitserve.http.smart.SmartResponse.answer}).
     """
 
     def __init__(
@@ -87,208 +49,50 @@ class SendfileReader:
         source: Source,
         contentType: bytes,
         answerUnstarted: Callable[[GitOutcome], object],
+        response: IGitOutput,
         operation: GitOperation,
         bytesIn: int,
         quiet: bool,
         clock: IReactorTime,
     ) -> None:
+        super().__init__(
+            source,
+            response,
+            request.channel.transport,  # type: ignore[attr-defined]
+            operation,
+            bytesIn,
+            quiet,
+            clock,
+        )
         self.request = request
-        self.source = source
         self.contentType = contentType
         self.answerUnstarted = answerUnstarted
-        self.operation = operation
-        self.bytesIn = bytesIn
-        self.quiet = quiet
-        self.clock = clock
-        self.offset = 0
-        self.sent = 0
-        self.paused = False
-        self.began = clock.seconds()
-        self.done: Deferred[GitOutcome] = Deferred()
-        self.transport = request.channel.transport  # type: ignore[attr-defined]
-        self._started = False
-        self._chunked = False
-        # What is queued for the socket, in order: bytes, or (offset, length)
-        # of the answer's file.
-        self._segments: list[bytes | tuple[int, int]] = []
-        self._call: IDelayedCall | None = None
-        self._ended = False
 
-    # The flight's side -------------------------------------------------------
-
-    def start(self) -> None:
-        self.source.attach(self)
+    def _watchClient(self) -> None:
         self.request.notifyFinish().addErrback(lambda _: self._clientLeft())
-        self._schedule()
 
-    def dataAvailable(self, data: bytes, at: int) -> None:
-        if getattr(self.source, "broken", False):
-            # Not in the file: this reader cannot send it. Its client sees a
-            # broken transfer and retries.
-            self.fail(Failure(OSError(errno.ENOSPC, "pack cache file could not be written")))
-            return
-        # git writes 64 KiB at a time: sending each piece as it comes costs
-        # three system calls per piece per reader; waiting a moment for a
-        # larger range costs nothing the client would see.
-        if self.source.size - self.offset >= MIN_BATCH or not self._started:
-            self._schedule()
-        else:
-            self._schedule(BATCH_DELAY)
-
-    def sourceFinished(self) -> None:
-        self._schedule()
-
-    # IPushProducer -------------------------------------------------------------
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-        if self._call is not None:
-            self._call.cancel()
-            self._call = None
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self._schedule()
-
-    def stopProducing(self) -> None:
-        self._clientLeft()
-
-    def terminate(self) -> None:
-        """IGitJob: a shutdown ends this reader."""
-        self.fail(Failure(ConnectionAbortedError("shutting down")))
-
-    # Sending ---------------------------------------------------------------------
-
-    def _schedule(self, delay: float = 0) -> None:
-        if self._ended or self.paused:
-            return
-        if self._call is None:
-            self._call = self.clock.callLater(delay, self._produce)
-        elif delay == 0 and self._call.getTime() > self.clock.seconds():
-            self._call.reset(0)
-
-    def _startResponse(self) -> None:
+    def _begin(self) -> bool:
         """The head, once the answer has a byte: Content-Length when its size is final."""
-        self._started = True
         startGitResponse(self.request, self.contentType)
         if isinstance(self.source, EntrySource):
             self.request.setHeader(b"Content-Length", b"%d" % self.source.size)
         self.request.registerProducer(self, True)
         self.request.write(b"")
-        self._chunked = bool(getattr(self.request, "chunked", False))
+        return bool(getattr(self.request, "chunked", False))
 
-    def _produce(self) -> None:
-        self._call = None
-        if self._ended or self.paused:
-            return
-        if not self._started:
-            if self.source.size == 0:
-                if self.source.finished:
-                    self._end(self.source.outcome)
-                return
-            self._startResponse()
-        turn = 0
-        while turn < SENDFILE_PER_TURN:
-            if not self._segments:
-                available = self.source.size - self.offset
-                if available <= 0:
-                    if self.source.finished:
-                        self._end(self.source.outcome)
-                    return
-                length = min(available, SENDFILE_CHUNK)
-                if self._chunked:
-                    self._segments = [b"%x\r\n" % length, (self.offset, length), b"\r\n"]
-                else:
-                    self._segments = [(self.offset, length)]
-                self.offset += length
-            if not transportDrained(self.transport):
-                resumeWhenWritable(self.transport)
-                return
-            fd = sendfileDescriptor(self.transport)
-            if fd is None:
-                self.fail(Failure(ConnectionError("connection closed")))
-                return
-            try:
-                turn += self._send(fd)
-            except BlockingIOError:
-                resumeWhenWritable(self.transport)
-                return
-            except OSError as e:
-                self.fail(Failure(e))
-                return
-        self._schedule()
-
-    def _send(self, fd: int) -> int:
-        """Send from the first segment; drop it when done. @return: bytes sent."""
-        segment = self._segments[0]
-        while True:
-            try:
-                if isinstance(segment, bytes):
-                    # A size line or CRLF: held back (MSG_MORE) to leave in
-                    # one packet with the file's bytes that follow it.
-                    flags = socket.MSG_MORE if len(self._segments) > 1 else 0
-                    n = socketOf(self.transport).send(segment, flags)
-                    if n < len(segment):
-                        self._segments[0] = segment[n:]
-                    else:
-                        self._segments.pop(0)
-                    return n
-                offset, length = segment
-                n = os.sendfile(fd, self.source.fd, HEADER_SIZE + offset, length)
-                if n == 0:
-                    raise OSError(errno.EIO, "pack cache file shorter than written")
-                self.sent += n
-                # What Request.write would have counted, for the access log.
-                self.request.sentLength += n
-                if n < length:
-                    self._segments[0] = (offset + n, length - n)
-                else:
-                    self._segments.pop(0)
-                return n
-            except InterruptedError:
-                continue
-
-    # The end -----------------------------------------------------------------------
-
-    def fail(self, failure: Failure) -> None:
-        self._end(GitOutcome(None, self.sent, False, failure, "the shared answer failed"))
-
-    def _clientLeft(self) -> None:
-        failure = Failure(ConnectionAbortedError("the client went away"))
-        self._end(GitOutcome(None, self.sent, False, failure, ""), answer=False)
-
-    def _end(self, outcome: GitOutcome | None, answer: bool = True) -> None:
-        if self._ended:
-            return
-        self._ended = True
-        if self._call is not None:
-            self._call.cancel()
-            self._call = None
-        assert outcome is not None
-        outcome = GitOutcome(
-            outcome.exitCode,
-            self.sent,
-            outcome.completeRefusal,
-            outcome.failure,
-            outcome.message,
-        )
-        self.source.detach(self)
-        # Logged before the answer ends, as a git child's line is: a client
-        # (or a test) that has the whole answer finds the line already there.
-        if not self.quiet:
-            logServed(self.operation, outcome, self.clock.seconds() - self.began, self.bytesIn)
-        if answer and isAnswerable(self.request):
-            self._answer(outcome)
-        self.done.callback(outcome)
+    def _sentDirectly(self, count: int) -> None:
+        # What Request.write would have counted, for the access log.
+        self.request.sentLength += count
 
     def _answer(self, outcome: GitOutcome) -> None:
         """Finish, abort, or (nothing sent yet) answer as a git child's failure is answered."""
+        if not isAnswerable(self.request):
+            return
         if not self._started:
             self.answerUnstarted(outcome)
             return
         self.request.unregisterProducer()
-        complete = self.sent == self.source.size and not self._segments
-        if (outcome.succeeded or outcome.completeRefusal) and complete:
+        if (outcome.succeeded or outcome.completeRefusal) and self.complete:
             self.request.finish()
         else:
             if outcome.failure is not None:

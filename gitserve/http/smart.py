@@ -30,7 +30,7 @@ from gitserve.http.channel import GitRequest, connectionOf, isAnswerable
 from gitserve.http.context import HTTPContext
 from gitserve.http.errors import HTTPError, UnsupportedMediaType, renderError
 from gitserve.http.headers import startGitResponse
-from gitserve.http.packhit import SendfileReader, canSendfile
+from gitserve.http.packhit import HTTPSendfileReader, canSendfile
 from gitserve.interfaces import IGitOutput
 
 # http-backend's default for http.maxRequestBuffer: upload-pack negotiation is
@@ -315,11 +315,12 @@ def _fetchThroughCache(
             def makeReader(
                 source: Source, operation: GitOperation, bytesIn: int, quiet: bool
             ) -> IPackReader:
-                return SendfileReader(
+                return HTTPSendfileReader(
                     request,
                     source,
                     contentType,
                     partial(response.answer, context=context),
+                    response,
                     operation,
                     bytesIn,
                     quiet,
@@ -331,7 +332,7 @@ def _fetchThroughCache(
         request.notifyFinish().addErrback(lambda _: started.cancel())
 
         def answerWhenDone(job: GitProcessProtocol | IPackReader) -> None:
-            if not isinstance(job, SendfileReader):
+            if not isinstance(job, HTTPSendfileReader):
                 job.done.addCallback(response.answer, context)
 
         return started.addCallback(answerWhenDone)
