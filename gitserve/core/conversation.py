@@ -29,11 +29,13 @@ from zope.interface import implementer
 
 from gitserve.core.errors import InvalidRequest, Refusal, TooLarge
 from gitserve.core.operations import GitCore, GitOperation
-from gitserve.core.packcache import IPackReader, Lookup
+from gitserve.core.packcache import IPackReader, Lookup, Source
 from gitserve.core.pktline import ProtocolError, parseLength
 from gitserve.core.policy import Service
 from gitserve.core.process import GitOutcome, GitProcessProtocol
+from gitserve.core.sendfile import SendfileReader
 from gitserve.interfaces import IGitOutput, IStdinSource
+from gitserve.twistedinternals import sendfileDescriptor
 
 # The most a request may hold: http.maxRequestBuffer's default, the cap the
 # same request has over HTTP.
@@ -50,12 +52,15 @@ class DuplexJob(Protocol):
 
 
 def startConversation(
-    core: GitCore, operation: GitOperation, output: IGitOutput
+    core: GitCore, operation: GitOperation, output: IGitOutput, plainTransport: object = None
 ) -> Deferred[DuplexJob]:
     """
     What a full-duplex door starts for C{operation}: with the pack cache on,
     a protocol v2 fetch is a L{CachedConversation}; anything else is one git
     child talking with the client, as before.
+
+    @param plainTransport: the door's socket when cache answers may go out
+        on it with sendfile(2) (git://); L{None} otherwise (SSH).
 
     @return: fires once the first child has a job slot (cancel it to give
         up the place), or fails with L{gitserve.core.errors.Busy}.
@@ -66,7 +71,7 @@ def startConversation(
         or operation.protocolVersion < 2
     ):
         return core.start(operation, output)  # type: ignore[return-value]
-    return CachedConversation(core, operation, output).advertise()
+    return CachedConversation(core, operation, output, plainTransport).advertise()
 
 
 def _requestEnd(buffer: bytearray) -> int | None:
@@ -107,8 +112,15 @@ class CachedConversation:
         the first answer that failed ends it with that answer's outcome.
     """
 
-    def __init__(self, core: GitCore, operation: GitOperation, output: IGitOutput) -> None:
+    def __init__(
+        self,
+        core: GitCore,
+        operation: GitOperation,
+        output: IGitOutput,
+        plainTransport: object = None,
+    ) -> None:
         self.core = core
+        self.plainTransport = plainTransport
         # Each request is a stateless one, as over HTTP.
         self.operation = replace(operation, statelessRpc=True)
         self.output = output
@@ -199,7 +211,7 @@ class CachedConversation:
         assert cache is not None
 
         def start(lookup: Lookup) -> Deferred[GitProcessProtocol | IPackReader]:
-            return cache.start(self.core, lookup, self.output)
+            return cache.start(self.core, lookup, self.output, makeReader)
 
         def running(job: GitProcessProtocol | IPackReader) -> None:
             self._pending = None
@@ -209,6 +221,22 @@ class CachedConversation:
             self._pending = None
             if not self._ended:
                 self._refused(failure.value if failure.check(Refusal) else None, failure)
+
+        makeReader = None
+        if sendfileDescriptor(self.plainTransport) is not None:
+
+            def makeReader(
+                source: Source, operation: GitOperation, bytesIn: int, quiet: bool
+            ) -> IPackReader:
+                return SendfileReader(
+                    source,
+                    self.output,
+                    self.plainTransport,
+                    operation,
+                    bytesIn,
+                    quiet,
+                    self.core.clock,
+                )
 
         pending = cache.lookup(self.operation, body).addCallback(start)
         self._pending = pending  # type: ignore[assignment]

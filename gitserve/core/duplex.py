@@ -19,7 +19,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
 
 from gitserve.core.conversation import DuplexJob, startConversation
 from gitserve.core.errors import InvalidRequest, Refusal
@@ -177,6 +177,11 @@ class IDuplexDoor(Interface):
     git://; a stderr line, an exit status and EOF over SSH).
     """
 
+    plainTransport: object = Attribute(
+        "The stream's transport when it is a plain socket whose bytes may go out with "
+        "sendfile(2) (git://), else None (SSH's channel is encrypted)."
+    )
+
     def sendToClient(data: bytes) -> None:
         """Write git's output to the client's stream (only while it is there)."""
 
@@ -234,7 +239,7 @@ class DuplexOperation:
         child, or with the pack cache on, a protocol v2 fetch's requests one
         by one (L{gitserve.core.conversation}).
         """
-        self.started = startConversation(core, operation, self)
+        self.started = startConversation(core, operation, self, self.door.plainTransport)
         self.started.addCallbacks(self._running, self._notStarted)
 
     def _running(self, protocol: DuplexJob) -> None:

@@ -268,6 +268,11 @@ class GitDaemonProtocol(Protocol, TimeoutMixin):
 
     # IDuplexDoor: the socket as git's stream ---------------------------------------
 
+    @property
+    def plainTransport(self) -> object:
+        """The socket itself: pack cache answers go out on it with sendfile(2)."""
+        return self.transport
+
     def sendToClient(self, data: bytes) -> None:
         self.resetTimeout()
         self.transport.write(data)

@@ -462,6 +462,9 @@ class GitSessionChannel(SSHChannel):
 
     # IDuplexDoor: the channel as git's stream ------------------------------------------
 
+    # An encrypted channel: every byte goes through conch.
+    plainTransport = None
+
     def sendToClient(self, data: bytes) -> None:
         self.write(data)
 
