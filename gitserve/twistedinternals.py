@@ -17,13 +17,17 @@ import fcntl
 import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from typing import AnyStr
+from typing import TYPE_CHECKING, AnyStr
 
 from twisted.internet.interfaces import IProcessProtocol, IProcessTransport, IReactorProcess
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.internet.process import Process, ProcessReader
-from twisted.web import http
 from zope.interface import implementer
+
+if TYPE_CHECKING:
+    # Imported where used: the core uses this module too (the pipe, sendfile)
+    # and must not load twisted.web.
+    from twisted.web import http
 
 # How much of git's output is read at once: a pipe's whole default capacity.
 # Twisted's process reader reads 8 KiB, so a 64 MiB pack took 8192 reads, each
@@ -143,6 +147,8 @@ def watchChunkSizes(channel: http.HTTPChannel, onChunkSize: Callable[[int], None
     Private: C{HTTPChannel._transferDecoder} and
     C{_ChunkedTransferDecoder._dataReceived_CHUNK_LENGTH} setting C{length}.
     """
+    from twisted.web import http
+
     decoder = channel._transferDecoder
     if not isinstance(decoder, http._ChunkedTransferDecoder):
         return
