@@ -17,7 +17,7 @@ import fcntl
 import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, AnyStr
+from typing import TYPE_CHECKING, Any, AnyStr
 
 from twisted.internet.interfaces import IProcessProtocol, IProcessTransport, IReactorProcess
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
@@ -38,13 +38,19 @@ PIPE_READ_SIZE = 64 * 1024
 class _PipeReader(ProcessReader):
     """
     A child's output pipe, read L{PIPE_READ_SIZE} bytes at a time (or as
-    much as L{enlargeOutputPipe} made it hold).
+    much as L{enlargeOutputPipe} made it hold, in batches).
 
     Private: C{twisted.internet.process.ProcessReader} and its C{doRead}
-    contract (return C{CONNECTION_DONE}/C{CONNECTION_LOST} or L{None}).
+    contract (return C{CONNECTION_DONE}/C{CONNECTION_LOST} or L{None}), and
+    that C{Process.pauseProducing} pauses it with C{stopReading}.
     """
 
     readSize = PIPE_READ_SIZE
+    # After emptying the pipe, wait this long before reading it again (0:
+    # read whenever there is anything): see enlargeOutputPipe.
+    batchDelay = 0.0
+    _batchCall: Any = None
+    _paused = False
 
     def doRead(self) -> object:
         # Twisted's fdesc.readFromFD, with the read size as the only change.
@@ -57,20 +63,48 @@ class _PipeReader(ProcessReader):
         if not output:
             return CONNECTION_DONE
         self.dataReceived(output)
+        if self.batchDelay and len(output) < self.readSize and not self._paused:
+            # The pipe is empty: let it fill while git writes on.
+            ProcessReader.stopReading(self)
+            reactor: Any = self.reactor
+            self._batchCall = reactor.callLater(self.batchDelay, self._batchDue)
         return None
 
+    def _batchDue(self) -> None:
+        self._batchCall = None
+        if not self._paused and not self.disconnected:
+            ProcessReader.startReading(self)
 
-def enlargeOutputPipe(process: object, size: int) -> None:
+    def stopReading(self) -> None:
+        """Paused by the process's consumer (or by Twisted, as it closes)."""
+        self._paused = True
+        super().stopReading()
+
+    def startReading(self) -> None:
+        self._paused = False
+        if self._batchCall is None:
+            super().startReading()
+
+    def connectionLost(self, reason: object) -> None:
+        if self._batchCall is not None:
+            self._batchCall.cancel()
+            self._batchCall = None
+        super().connectionLost(reason)
+
+
+def enlargeOutputPipe(process: object, size: int, batchDelay: float) -> None:
     """
     Let a child's stdout pipe hold C{size} bytes (Linux's C{F_SETPIPE_SZ},
-    capped by C{/proc/sys/fs/pipe-max-size}), read that much at a time.
+    capped by C{/proc/sys/fs/pipe-max-size}), read that much at a time, and
+    after emptying it wait C{batchDelay} seconds before reading again.
 
     For an output that takes whatever git writes at once (a pack cache
-    flight, written to a file): git then blocks, and the daemon wakes up and
-    passes a chunk to its readers, once per megabyte instead of once per
-    64 KiB. Not for an output that buffers what it cannot send yet: it
-    would hold up to C{size} per connection. Where the pipe cannot grow,
-    nothing changes.
+    flight, written to a file): git rarely blocks, and the daemon wakes up
+    and passes a chunk to its readers every few milliseconds instead of for
+    every piece git writes (a read per 30 to 50 KiB otherwise, the daemon
+    draining the pipe faster than git fills it). Not for an output that
+    buffers what it cannot send yet: it would hold up to C{size} per
+    connection. Where the pipe cannot grow, nothing changes.
 
     Private: C{Process.pipes}, the readers by child descriptor.
     """
@@ -81,6 +115,7 @@ def enlargeOutputPipe(process: object, size: int) -> None:
         reader.readSize = fcntl.fcntl(reader.fd, fcntl.F_SETPIPE_SZ, size)
     except OSError:
         return
+    reader.batchDelay = batchDelay
 
 
 class _GitProcess(Process):

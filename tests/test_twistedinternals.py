@@ -11,7 +11,7 @@ import os
 import socket
 
 from twisted.internet.process import Process, ProcessReader
-from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 from twisted.web import http
 from twisted.web.test.requesthelper import DummyChannel
 
@@ -41,28 +41,61 @@ def test_processReadsThroughItsReaderFactory() -> None:
     assert "def doRead" in inspect.getsource(ProcessReader)
 
 
+class _Collecting:
+    """A process protocol that keeps what its child wrote."""
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+
+    def childDataReceived(self, name: int, data: bytes) -> None:
+        self.pieces.append(data)
+
+
+def _flightPipe(batchDelay: float) -> tuple[_PipeReader, _Collecting, MemoryReactorClock, int]:
+    """A reader of a pipe enlarged as a flight's is; its write end for the test."""
+    readEnd, writeEnd = os.pipe()
+    collecting = _Collecting()
+    reactor = MemoryReactorClock()
+    reader = _PipeReader(reactor, collecting, 1, readEnd)
+    enlargeOutputPipe(type("FakeProcess", (), {"pipes": {1: reader}})(), 1024 * 1024, batchDelay)
+    return reader, collecting, reactor, writeEnd
+
+
 def test_enlargedOutputPipeIsReadWhole() -> None:
     """A flight's stdout pipe holds a megabyte, read at once; Process keeps readers in pipes."""
     assert "self.pipes" in inspect.getsource(Process.__init__), "Process.pipes is gone"
-
-    class Collecting:
-        pieces: list[bytes] = []
-
-        def childDataReceived(self, name: int, data: bytes) -> None:
-            self.pieces.append(data)
-
-    readEnd, writeEnd = os.pipe()
+    reader, collecting, _, writeEnd = _flightPipe(0.0)
     try:
-        reader = _PipeReader(MemoryReactor(), Collecting(), 1, readEnd)
-        process = type("FakeProcess", (), {"pipes": {1: reader}})()
-        enlargeOutputPipe(process, 1024 * 1024)
         assert reader.readSize == 1024 * 1024
-        assert fcntl.fcntl(readEnd, fcntl.F_GETPIPE_SZ) == 1024 * 1024
+        assert fcntl.fcntl(reader.fd, fcntl.F_GETPIPE_SZ) == 1024 * 1024
         os.write(writeEnd, b"p" * 300_000)
         reader.doRead()
-        assert [len(p) for p in Collecting.pieces] == [300_000]
+        assert [len(p) for p in collecting.pieces] == [300_000]
     finally:
-        os.close(readEnd)
+        os.close(reader.fd)
+        os.close(writeEnd)
+
+
+def test_enlargedPipeIsReadInBatches() -> None:
+    """Once emptied, a flight's pipe is read again after the delay, unless paused meanwhile."""
+    assert "stopReading" in inspect.getsource(Process.pauseProducing)
+    reader, collecting, reactor, writeEnd = _flightPipe(0.002)
+    try:
+        os.write(writeEnd, b"p" * 1000)
+        reader.doRead()
+        assert reader not in reactor.getReaders()
+        reactor.advance(0.002)
+        assert reader in reactor.getReaders()
+        os.write(writeEnd, b"q")
+        reader.doRead()
+        reader.stopReading()
+        reactor.advance(0.002)
+        assert reader not in reactor.getReaders(), "a consumer's pause outlasts the batch delay"
+        reader.startReading()
+        assert reader in reactor.getReaders()
+        assert b"".join(collecting.pieces) == b"p" * 1000 + b"q"
+    finally:
+        os.close(reader.fd)
         os.close(writeEnd)
 
 
@@ -148,7 +181,6 @@ def _plainTcpServer() -> tuple[object, socket.socket]:
     """A real C{tcp.Server} over one end of a socket pair, on a memory reactor."""
     from twisted.internet import tcp
     from twisted.internet.protocol import Protocol
-    from twisted.internet.testing import MemoryReactor
 
     ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     ours.setblocking(False)
