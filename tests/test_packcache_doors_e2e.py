@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import Daemon, GitClient, startDaemon
 from tests.doors import GIT_LISTEN, SSH_LISTEN, SSHUser, doorPort, makeKey
-from tests.test_packcache_e2e import cacheFields, daemonHome, settle, settleDaemon
+from tests.test_packcache_e2e import cacheFields, daemonHome, settle, settleDaemon, slowHook
 
 pytestmark = pytest.mark.skipif(
     subprocess.run(["which", "ssh"], capture_output=True).returncode != 0,
@@ -115,3 +115,38 @@ def test_pushOverSSHThenFetchHasTheNewObjects(setup: Setup, tmp_path: Path) -> N
         setup.clone(door, "ssh.git", fresh)
         assert setup.git.output("rev-parse", "HEAD", cwd=fresh) == new
     assert cacheFields(setup.daemon, before + 3)[before:] == ["lead", "lead", "hit"]
+
+
+def test_concurrentClonesOverGitShareOneGit(tmp_path: Path) -> None:
+    """Two v2 clones over git:// at once: one git leads, the other follows it, both whole."""
+    git = GitClient(tmp_path / "client-home")
+    root = tmp_path / "srv"
+    root.mkdir()
+    git.seed(tmp_path / "seed", root / "app.git")
+    settle(root)
+    # pack-objects starts 2 s late: the second clone's fetch finds the flight open.
+    home = daemonHome(tmp_path, slowHook(2))
+    daemon = startDaemon(
+        root, "--pack-cache", str(tmp_path / "cache"), "--listen-git", GIT_LISTEN, home=home
+    )
+    try:
+        settleDaemon(home)
+        url = f"git://127.0.0.1:{doorPort(daemon, GIT_LISTEN)}/app.git"
+        clones = [tmp_path / f"clone{i}" for i in range(2)]
+        processes = [
+            subprocess.Popen(
+                ["git", "-c", "protocol.version=2", "clone", "-q", url, str(clone)],
+                env=git.env,
+                stdin=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            for clone in clones
+        ]
+        for process in processes:
+            _, errors = process.communicate(timeout=60)
+            assert process.returncode == 0, errors
+        assert sorted(cacheFields(daemon, 2)) == ["follow", "lead"], daemon.log[-3000:]
+        for clone in clones:
+            git.run("fsck", "--strict", "--no-progress", cwd=clone)
+    finally:
+        daemon.stop()
