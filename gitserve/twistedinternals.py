@@ -24,6 +24,8 @@ from twisted.internet.process import Process, ProcessReader
 from twisted.web import http
 from zope.interface import implementer
 
+from gitserve.interfaces import IRelayableProcess
+
 # How much of git's output is read at once: a pipe's whole default capacity.
 # Twisted's process reader reads 8 KiB, so a 64 MiB pack took 8192 reads, each
 # a reactor turn and a wakeup of git blocked on a full pipe.
@@ -52,10 +54,20 @@ class _PipeReader(ProcessReader):
         return None
 
 
+@implementer(IRelayableProcess)
 class _GitProcess(Process):
     """Private: C{Process.processReaderFactory} picks the reader class."""
 
     processReaderFactory = _PipeReader
+
+    def outputReader(self) -> ProcessReader | None:
+        """
+        The reader of the child's standard output (see L{IRelayableProcess}).
+
+        Private: C{Process.pipes}, keyed by the child's descriptor number.
+        """
+        reader = self.pipes.get(1)
+        return reader if isinstance(reader, ProcessReader) else None
 
 
 @implementer(IReactorProcess)

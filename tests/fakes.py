@@ -35,9 +35,28 @@ from gitserve.http.browse import BrowsePages
 from gitserve.http.channel import GitChannel, GitSite
 from gitserve.http.context import HTTPContext
 from gitserve.http.routes import RootResource
-from gitserve.interfaces import IGitJob, IGitOutput
+from gitserve.interfaces import IGitJob, IGitOutput, IOutputPipe
 
 CLIENT = IPv4Address("TCP", "192.0.2.7", 40000)
+
+
+@implementer(IOutputPipe)
+class FakeOutputPipe:
+    """A real pipe's read end as the core hands it to a relay, recording what it is told."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.movedBytes = 0
+        self.endCalled = False
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def moved(self, length: int) -> None:
+        self.movedBytes += length
+
+    def ended(self) -> None:
+        self.endCalled = True
 
 
 # What a pipe to a child holds before Twisted's process writer pauses its

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorFDSet
 from twisted.web.server import Request
 
 from gitserve.core.errors import Refusal
@@ -32,6 +33,9 @@ class HTTPContext:
     @ivar challenge: the C{WWW-Authenticate} value a 401 carries.
     @ivar browse: the browser pages, or L{None} when they are off.
     @ivar health: the serving state C{/-/health} reports.
+    @ivar pipeReactor: the reactor that watches git's output pipes while
+        they are spliced to plain sockets (L{gitserve.http.relay});
+        L{None} writes all of git's output through Twisted (C{--no-splice}).
     """
 
     core: GitCore
@@ -42,6 +46,7 @@ class HTTPContext:
     browse: Any = None
     # What /-/health answers: 503 once a graceful shutdown begins.
     health: Health = field(default_factory=Health)
+    pipeReactor: IReactorFDSet | None = None
 
     def userFor(self, request: Request) -> Deferred[str | None]:
         """

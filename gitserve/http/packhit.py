@@ -10,18 +10,13 @@ line and closing CRLF sent on the socket around the sendfile'd range. Over
 TLS, or wherever the socket is not ours to write, the core's
 L{gitserve.core.packcache.CacheReader} writes into the response instead.
 
-Bytes are only ever sent on the socket when Twisted's own buffer for it is
-empty, so they stay in order with what Twisted writes (the head, the last
-chunk); when the socket is full, the HTTP channel is paused exactly as a full
-buffer pauses it, so the channel's stall timeout drops a client that stops
-reading.
+How bytes reach the socket in order with what Twisted writes, and how a
+full socket pauses the channel, is L{gitserve.http.direct}'s business.
 """
 
 from __future__ import annotations
 
 import errno
-import os
-import socket
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
@@ -41,13 +36,9 @@ from gitserve.core.packcache import (
 )
 from gitserve.core.process import GitOutcome
 from gitserve.http.channel import connectionOf, isAnswerable
+from gitserve.http.direct import DirectSender, FileRange
 from gitserve.http.headers import startGitResponse
-from gitserve.twistedinternals import (
-    resumeWhenWritable,
-    sendfileDescriptor,
-    socketOf,
-    transportDrained,
-)
+from gitserve.twistedinternals import sendfileDescriptor
 
 log = Logger()
 
@@ -106,9 +97,7 @@ class SendfileReader:
         self.transport = request.channel.transport  # type: ignore[attr-defined]
         self._started = False
         self._chunked = False
-        # What is queued for the socket, in order: bytes, or (offset, length)
-        # of the answer's file.
-        self._segments: list[bytes | tuple[int, int]] = []
+        self._sender = DirectSender(self.transport, self._counted)
         self._call: IDelayedCall | None = None
         self._ended = False
 
@@ -185,66 +174,32 @@ class SendfileReader:
                     self._end(self.source.outcome)
                 return
             self._startResponse()
-        turn = 0
-        while turn < SENDFILE_PER_TURN:
-            if not self._segments:
+        turn = self.sent
+        while self.sent - turn < SENDFILE_PER_TURN:
+            if not self._sender.pending:
                 available = self.source.size - self.offset
                 if available <= 0:
                     if self.source.finished:
                         self._end(self.source.outcome)
                     return
                 length = min(available, SENDFILE_CHUNK)
-                if self._chunked:
-                    self._segments = [b"%x\r\n" % length, (self.offset, length), b"\r\n"]
-                else:
-                    self._segments = [(self.offset, length)]
+                self._sender.queue(
+                    FileRange(self.source.fd, HEADER_SIZE + self.offset, length), self._chunked
+                )
                 self.offset += length
-            if not transportDrained(self.transport):
-                resumeWhenWritable(self.transport)
-                return
-            fd = sendfileDescriptor(self.transport)
-            if fd is None:
-                self.fail(Failure(ConnectionError("connection closed")))
-                return
             try:
-                turn += self._send(fd)
-            except BlockingIOError:
-                resumeWhenWritable(self.transport)
-                return
+                if not self._sender.send():
+                    return
             except OSError as e:
                 self.fail(Failure(e))
                 return
         self._schedule()
 
-    def _send(self, fd: int) -> int:
-        """Send from the first segment; drop it when done. @return: bytes sent."""
-        segment = self._segments[0]
-        while True:
-            try:
-                if isinstance(segment, bytes):
-                    # A size line or CRLF: held back (MSG_MORE) to leave in
-                    # one packet with the file's bytes that follow it.
-                    flags = socket.MSG_MORE if len(self._segments) > 1 else 0
-                    n = socketOf(self.transport).send(segment, flags)
-                    if n < len(segment):
-                        self._segments[0] = segment[n:]
-                    else:
-                        self._segments.pop(0)
-                    return n
-                offset, length = segment
-                n = os.sendfile(fd, self.source.fd, HEADER_SIZE + offset, length)
-                if n == 0:
-                    raise OSError(errno.EIO, "pack cache file shorter than written")
-                self.sent += n
-                # What Request.write would have counted, for the access log.
-                self.request.sentLength += n
-                if n < length:
-                    self._segments[0] = (offset + n, length - n)
-                else:
-                    self._segments.pop(0)
-                return n
-            except InterruptedError:
-                continue
+    def _counted(self, length: int) -> None:
+        """C{length} bytes of the answer went out."""
+        self.sent += length
+        # What Request.write would have counted, for the access log.
+        self.request.sentLength += length
 
     # The end -----------------------------------------------------------------------
 
@@ -285,7 +240,7 @@ class SendfileReader:
             self.answerUnstarted(outcome)
             return
         self.request.unregisterProducer()
-        complete = self.sent == self.source.size and not self._segments
+        complete = self.sent == self.source.size and not self._sender.pending
         if (outcome.succeeded or outcome.completeRefusal) and complete:
             self.request.finish()
         else:
