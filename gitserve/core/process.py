@@ -378,6 +378,7 @@ class GitProcessProtocol(ProcessProtocol):
         if self.outputGone:
             return
         self.outputGone = True
+        self._drain()
         if not self.childEnded:
             self.log.info(
                 "{description}: client went away; ending git", description=self.description
@@ -433,11 +434,16 @@ class GitProcessProtocol(ProcessProtocol):
         self._relay = None
         reader.startReading()
 
-    def _dropRelay(self) -> None:
-        """Stop the relay: the rest of git's output is not part of the answer."""
+    def _drain(self) -> None:
+        """
+        Nothing takes git's output any more (or it is not the answer): stop
+        the relay, if any, and let the transport read the pipe, so that git
+        never blocks on it and its end is seen; L{outReceived} drops it.
+        """
         if self._relay is not None:
             relay, self._relay = self._relay, None
             relay.stopProducing()
+        self._child.resumeProducing()
 
     def _answeredWithError(self) -> bool:
         """Whether all git wrote is a few whole pkt-lines ending in C{ERR}."""
@@ -538,13 +544,12 @@ class GitProcessProtocol(ProcessProtocol):
         """
         if self.childEnded or self._killCall is not None:
             return
-        if self.outputGone or self.failure is not None:
-            self._dropRelay()
-        if self._relay is None:
+        if self._relay is None or self.failure is not None:
             # Nothing reads git's output any more: let it drain instead of
-            # blocking on a paused pipe. (A relay still relaying carries a
-            # shutdown's cut-off answer to its end, which aborts it.)
-            self._child.resumeProducing()
+            # blocking on a paused pipe. (A relay still relaying a shutdown's
+            # cut-off answer carries it to its end, which aborts it; if its
+            # client stalls, the stall timeout ends it, which drains then.)
+            self._drain()
         if self._stdinOpen:
             self.closeStdin()
             self._killCall = self.clock.callLater(TERM_GRACE, self._signal, "TERM")
