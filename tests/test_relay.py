@@ -23,6 +23,7 @@ from twisted.web.server import Request, Site
 from twisted.web.test.requesthelper import DummyChannel
 from zope.interface.verify import verifyObject
 
+from gitserve.http.direct import BATCH_DELAY, MIN_BATCH
 from gitserve.http.relay import RELAY_PIPE_SIZE, PipeRelay, pipeBytes
 from gitserve.http.smart import SmartResponse
 from gitserve.interfaces import IOutputPipe, IPipeOutput
@@ -114,14 +115,26 @@ def test_fakeOutputPipeIsAnOutputPipe() -> None:
     os.close(writeEnd)
 
 
-def test_whatThePipeHoldsGoesAsOneChunk(connection: Connection) -> None:
-    """Everything in the pipe goes to the socket as one chunk: size line, bytes, CRLF."""
+def test_aFullBatchGoesAtOnceAsOneChunk(connection: Connection) -> None:
+    """A pipe holding a batch goes to the socket at once as one chunk: size line, bytes, CRLF."""
+    relay = connection.relay()
+    os.write(connection.writePipe, b"x" * MIN_BATCH)
+    relay.resumeProducing()
+    assert connection.received() == b"80000\r\n" + b"x" * MIN_BATCH + b"\r\n"
+
+
+def test_whatThePipeHoldsGoesAsOneChunkAfterABatchDelay(connection: Connection) -> None:
+    """Less than a batch waits a moment for more, then goes as one chunk all the same."""
     os.write(connection.writePipe, b"x" * 5000)
     relay = connection.relay()
     relay.resumeProducing()
-    assert connection.received() == b"1388\r\n" + b"x" * 5000 + b"\r\n"
-    assert connection.pipe.movedBytes == 5000
-    assert connection.request.sentLength == 5000
+    assert connection.received() == b""
+    assert relay not in connection.reactor.readers
+    os.write(connection.writePipe, b"y" * 1000)
+    connection.reactor.advance(BATCH_DELAY)
+    assert connection.received() == b"1770\r\n" + b"x" * 5000 + b"y" * 1000 + b"\r\n"
+    assert connection.pipe.movedBytes == 6000
+    assert connection.request.sentLength == 6000
     # Nothing left: the relay waits for the pipe to be readable again.
     assert relay in connection.reactor.readers
 
@@ -132,6 +145,7 @@ def test_notChunkedGoesAsIs() -> None:
     try:
         os.write(connection.writePipe, b"pack")
         connection.relay().resumeProducing()
+        connection.reactor.advance(BATCH_DELAY)
         assert connection.received() == b"pack"
     finally:
         connection.close()
@@ -143,6 +157,7 @@ def test_waitsForTwistedsBufferFirst(connection: Connection) -> None:
     os.write(connection.writePipe, b"pack")
     relay = connection.relay()
     relay.resumeProducing()
+    connection.reactor.advance(BATCH_DELAY)
     assert relay.paused and connection.server.producerPaused
     assert connection.received() == b""
     connection.server.doWrite()
@@ -172,6 +187,7 @@ def test_fullSocketPausesMidChunkAndResumesTheSameChunk() -> None:
         while pipeBytes(connection.readPipe) or relay.paused:
             if relay in connection.reactor.readers:
                 relay.doRead()
+            connection.reactor.advance(BATCH_DELAY)
             stream += connection.received()
             connection.server.doWrite()
         stream += connection.received()
@@ -212,6 +228,7 @@ def test_aBrokenConnectionIsAborted(connection: Connection) -> None:
     connection.peer.close()
     os.write(connection.writePipe, b"pack" * 1000)
     relay.resumeProducing()
+    connection.reactor.advance(BATCH_DELAY)
     assert relay.stopped
     connection.reactor.advance(0)
     assert connection.server.disconnected
@@ -224,6 +241,7 @@ def test_stoppedRelaysNothing(connection: Connection) -> None:
     relay.stopProducing()
     os.write(connection.writePipe, b"pack")
     relay.resumeProducing()
+    connection.reactor.advance(BATCH_DELAY)
     assert connection.received() == b""
     assert relay not in connection.reactor.readers
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorFDSet
 from twisted.web.server import Request
 
 from gitserve.core.errors import Refusal
@@ -18,6 +17,7 @@ from gitserve.core.operations import GitCore
 from gitserve.core.process import Caller
 from gitserve.http.errors import HTTPError, httpErrorFor
 from gitserve.http.health import Health
+from gitserve.http.relay import IRelayReactor
 
 # Default --max-push-size: a push body (inflated) larger than this is refused.
 MAX_PUSH_SIZE = 2 * 1024**3
@@ -46,7 +46,7 @@ class HTTPContext:
     browse: Any = None
     # What /-/health answers: 503 once a graceful shutdown begins.
     health: Health = field(default_factory=Health)
-    pipeReactor: IReactorFDSet | None = None
+    pipeReactor: IRelayReactor | None = None
 
     def userFor(self, request: Request) -> Deferred[str | None]:
         """

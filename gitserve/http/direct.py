@@ -31,6 +31,13 @@ from gitserve.twistedinternals import (
     transportDrained,
 )
 
+# git writes 64 KiB at a time: sending each piece as it comes costs a wakeup
+# and three system calls (size line, range, CRLF) per piece. A sender keeping
+# up with git sends once this much is waiting, or after BATCH_DELAY seconds,
+# which costs nothing a client would see.
+MIN_BATCH = 512 * 1024
+BATCH_DELAY = 0.005
+
 
 @dataclass(frozen=True)
 class FileRange:

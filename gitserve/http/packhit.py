@@ -36,7 +36,7 @@ from gitserve.core.packcache import (
 )
 from gitserve.core.process import GitOutcome
 from gitserve.http.channel import connectionOf, isAnswerable
-from gitserve.http.direct import DirectSender, FileRange
+from gitserve.http.direct import BATCH_DELAY, MIN_BATCH, DirectSender, FileRange
 from gitserve.http.headers import startGitResponse
 from gitserve.twistedinternals import sendfileDescriptor
 
@@ -46,11 +46,6 @@ log = Logger()
 # sent per reactor turn by one reader.
 SENDFILE_CHUNK = 4 * 1024 * 1024
 SENDFILE_PER_TURN = 4 * SENDFILE_CHUNK
-
-# A reader keeping up with git sends once this much is waiting, or after
-# BATCH_DELAY seconds.
-MIN_BATCH = 512 * 1024
-BATCH_DELAY = 0.005
 
 
 def canSendfile(request: Request) -> bool:
@@ -114,9 +109,7 @@ class SendfileReader:
             # broken transfer and retries.
             self.fail(Failure(OSError(errno.ENOSPC, "pack cache file could not be written")))
             return
-        # git writes 64 KiB at a time: sending each piece as it comes costs
-        # three system calls per piece per reader; waiting a moment for a
-        # larger range costs nothing the client would see.
+        # In batches (see gitserve.http.direct.MIN_BATCH).
         if self.source.size - self.offset >= MIN_BATCH or not self._started:
             self._schedule()
         else:

@@ -27,22 +27,33 @@ import struct
 import termios
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer, IReactorFDSet, IReadDescriptor
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IPushProducer,
+    IReactorFDSet,
+    IReactorTime,
+    IReadDescriptor,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
 from gitserve.http.channel import connectionOf
-from gitserve.http.direct import DirectSender, PipeRange
+from gitserve.http.direct import BATCH_DELAY, MIN_BATCH, DirectSender, PipeRange
 from gitserve.interfaces import IOutputPipe
 
 log = Logger()
 
 # A relayed pipe is grown to this (Linux's default limit for an unprivileged
-# process): each chunk then carries up to this much, and git blocks on a
-# full pipe a sixteenth as often.
+# process): each chunk then carries up to this much, git blocks on a full
+# pipe a sixteenth as often, and it keeps writing while the relay waits for
+# a batch (MIN_BATCH).
 RELAY_PIPE_SIZE = 1024 * 1024
+
+
+class IRelayReactor(IReactorFDSet, IReactorTime):
+    """What a relay runs on: a reactor that watches the pipe and times batches."""
 
 
 def pipeBytes(fd: int) -> int:
@@ -62,7 +73,7 @@ class PipeRelay:
         through Twisted already.
     """
 
-    def __init__(self, request: Request, pipe: IOutputPipe, reactor: IReactorFDSet) -> None:
+    def __init__(self, request: Request, pipe: IOutputPipe, reactor: IRelayReactor) -> None:
         self.request = request
         self.pipe = pipe
         self.reactor = reactor
@@ -70,6 +81,9 @@ class PipeRelay:
         self.paused = True
         self.stopped = False
         self._reading = False
+        # Waiting for the pipe to fill up to MIN_BATCH, until BATCH_DELAY is up.
+        self._batchCall: IDelayedCall | None = None
+        self._batchDue = False
         self._chunked = bool(getattr(request, "chunked", False))
         transport = request.channel.transport  # type: ignore[attr-defined]
         self._sender = DirectSender(transport, self._moved)
@@ -86,6 +100,7 @@ class PipeRelay:
         """The socket is full (or the client otherwise stopped reading)."""
         self.paused = True
         self._stopReading()
+        self._cancelBatch()
 
     def resumeProducing(self) -> None:
         self.paused = False
@@ -95,6 +110,7 @@ class PipeRelay:
         """The answer ends without the rest of the pipe: relay nothing more."""
         self.stopped = True
         self._stopReading()
+        self._cancelBatch()
 
     # IReadDescriptor, for the reactor -------------------------------------------
 
@@ -128,14 +144,24 @@ class PipeRelay:
     # Relaying --------------------------------------------------------------------
 
     def _relay(self) -> None:
-        """Finish the chunk under way, then send what the pipe holds as the next."""
+        """
+        Finish the chunk under way, then send what the pipe holds as the
+        next: at once from L{MIN_BATCH} on, else once L{BATCH_DELAY} is up.
+        """
         if self.paused or self.stopped:
             return
         try:
             if self._sender.pending and not self._sender.send():
                 return
             available = pipeBytes(self.fd)
+            if available and available < MIN_BATCH and not self._batchDue:
+                # git keeps writing into the pipe meanwhile.
+                self._stopReading()
+                if self._batchCall is None:
+                    self._batchCall = self.reactor.callLater(BATCH_DELAY, self._batchUp)
+                return
             if available:
+                self._batchDue = False
                 self._sender.queue(PipeRange(self.fd, available), self._chunked)
                 if not self._sender.send():
                     return
@@ -144,6 +170,17 @@ class PipeRelay:
             return
         if not self.paused and not self.stopped:
             self._startReading()
+
+    def _batchUp(self) -> None:
+        """Waited long enough: what the pipe holds goes, however little."""
+        self._batchCall = None
+        self._batchDue = True
+        self._relay()
+
+    def _cancelBatch(self) -> None:
+        if self._batchCall is not None:
+            call, self._batchCall = self._batchCall, None
+            call.cancel()
 
     def _moved(self, length: int) -> None:
         self.pipe.moved(length)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from functools import partial
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IProducer, IPushProducer, IReactorFDSet
+from twisted.internet.interfaces import IProducer, IPushProducer
 from twisted.logger import Logger
 from twisted.web.server import Request
 from zope.interface import implementer
@@ -31,7 +31,7 @@ from gitserve.http.context import HTTPContext
 from gitserve.http.errors import HTTPError, UnsupportedMediaType, renderError
 from gitserve.http.headers import startGitResponse
 from gitserve.http.packhit import SendfileReader, canSendfile
-from gitserve.http.relay import PipeRelay
+from gitserve.http.relay import IRelayReactor, PipeRelay
 from gitserve.interfaces import IOutputPipe, IPipeOutput
 
 # http-backend's default for http.maxRequestBuffer: upload-pack negotiation is
@@ -83,7 +83,7 @@ class SmartResponse:
         request: Request,
         contentType: bytes,
         preamble: bytes = b"",
-        pipeReactor: IReactorFDSet | None = None,
+        pipeReactor: IRelayReactor | None = None,
     ) -> None:
         self.request = request
         self.contentType = contentType
