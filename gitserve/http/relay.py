@@ -7,9 +7,9 @@ decide between an answer and an C{ERR} packet, see
 L{gitserve.core.process.MAX_SHORT_ANSWER}); then, on a plain TCP or UNIX
 connection (L{gitserve.twistedinternals.sendfileDescriptor}), the response
 takes the pipe (L{gitserve.http.smart.SmartResponse.relayPipe}) and a
-L{PipeRelay} moves the rest. Each time the pipe is readable, all it holds
-becomes one chunk: its size (C{FIONREAD}) is known before a byte of it is
-sent, so the size line goes first and exactly that many bytes follow, even
+L{PipeRelay} moves the rest. Each time the pipe holds a batch (or a moment
+after it became readable with less), all it holds becomes one chunk: its
+size (C{FIONREAD}) is known before a byte of it is sent, so the size line goes first and exactly that many bytes follow, even
 if git dies meanwhile (they are in the pipe already). The sending itself,
 in order with Twisted's writes and paused when the socket is full, is
 L{gitserve.http.direct}'s.
