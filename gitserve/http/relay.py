@@ -9,8 +9,9 @@ connection (L{gitserve.twistedinternals.sendfileDescriptor}), the response
 takes the pipe (L{gitserve.http.smart.SmartResponse.relayPipe}) and a
 L{PipeRelay} moves the rest. Each time the pipe holds a batch (or a moment
 after it became readable with less), all it holds becomes one chunk: its
-size (C{FIONREAD}) is known before a byte of it is sent, so the size line goes first and exactly that many bytes follow, even
-if git dies meanwhile (they are in the pipe already). The sending itself,
+size (C{FIONREAD}) is known before a byte of it is sent, so the size line
+goes first and exactly that many bytes follow, even if git dies meanwhile
+(they are in the pipe already). The sending itself,
 in order with Twisted's writes and paused when the socket is full, is
 L{gitserve.http.direct}'s.
 
