@@ -7,7 +7,8 @@ from a front door and what a front door may ask of the core. Tests fake these
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.process import ProcessReader
 from zope.interface import Attribute, Interface
 
 
@@ -31,6 +32,57 @@ class IGitOutput(IConsumer):
     never decides what a failure looks like: the child reports its outcome
     (L{gitserve.core.process.GitOutcome}) and the front door answers.
     """
+
+
+class IOutputPipe(Interface):
+    """
+    A git child's standard output as the pipe it is, handed to an
+    L{IPipeOutput} that moves its bytes to the client itself.
+    """
+
+    def fileno() -> int:
+        """The pipe's read end (non-blocking)."""
+
+    def moved(length: int) -> None:
+        """C{length} bytes of git's output went from the pipe to the client."""
+
+    def ended() -> None:
+        """
+        The pipe holds nothing more and git closed it: reading goes back to
+        the child's transport, which sees the end as it always does.
+        """
+
+
+class IRelayableProcess(Interface):
+    """
+    A child process whose standard output an L{IPipeOutput} may read itself
+    (the spawner's, L{gitserve.twistedinternals.PipeReadingSpawner}).
+    """
+
+    def outputReader() -> ProcessReader | None:
+        """
+        The reader of the child's stdout pipe, L{None} once it is closed. A
+        relay stops it (C{stopReading}) while it reads the pipe itself, and
+        starts it again (C{startReading}) to give the pipe back, so that the
+        process sees the pipe's end as it always does.
+        """
+
+
+class IPipeOutput(IGitOutput):
+    """
+    An output that can move git's output from its pipe to the client itself,
+    without a byte passing through Python (an HTTP response on a plain
+    socket: C{splice(2)}).
+    """
+
+    def relayPipe(pipe: IOutputPipe) -> IPushProducer | None:
+        """
+        Take over git's output from here on, or decline (L{None}: git's
+        output keeps coming through C{write}).
+
+        @return: the relay, created paused; the child resumes, pauses and
+            stops it where it would resume, pause and stop reading the pipe.
+        """
 
 
 class IStdinSource(Interface):

@@ -114,6 +114,11 @@ class Options(strcred.AuthOptionMixin, usage.Options):
         ["require-export-ok", None, "Serve only repositories holding git-daemon-export-ok."],
         ["private", None, "Every request (fetch too) needs an authenticated user."],
         ["no-browse", None, "No pages for browsers: / and /<repo> answer 404 as before."],
+        [
+            "no-splice",
+            None,
+            "Write all of git's output through Twisted, never splice(2) it to the socket.",
+        ],
     ]
     optParameters = [
         ["root", None, ".", "The directory of repositories to serve."],
@@ -461,7 +466,13 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         )
         core.packCache.open()
         metrics.watchCache("pack", core.packCache)
-    context = HTTPContext(core, maxPushSize=options["max-push-size"])
+    context = HTTPContext(
+        core,
+        maxPushSize=options["max-push-size"],
+        # git's output goes from its pipe to a plain socket with splice(2)
+        # (gitserve.http.relay) unless told not to.
+        pipeReactor=None if options["no-splice"] else reactor,
+    )
     if not options["no-browse"]:
         context.browse = BrowsePages(context, BrowseData(core.root, core.policy))
     checkers = options["credCheckers"]

@@ -24,6 +24,8 @@ from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.internet.process import Process, ProcessReader
 from zope.interface import implementer
 
+from gitserve.interfaces import IRelayableProcess
+
 if TYPE_CHECKING:
     # Imported where used: the core uses this module too (the pipe, sendfile)
     # and must not load twisted.web.
@@ -118,10 +120,20 @@ def enlargeOutputPipe(process: object, size: int, batchDelay: float) -> None:
     reader.batchDelay = batchDelay
 
 
+@implementer(IRelayableProcess)
 class _GitProcess(Process):
     """Private: C{Process.processReaderFactory} picks the reader class."""
 
     processReaderFactory = _PipeReader
+
+    def outputReader(self) -> ProcessReader | None:
+        """
+        The reader of the child's standard output (see L{IRelayableProcess}).
+
+        Private: C{Process.pipes}, keyed by the child's descriptor number.
+        """
+        reader = self.pipes.get(1)
+        return reader if isinstance(reader, ProcessReader) else None
 
 
 @implementer(IReactorProcess)

@@ -35,9 +35,28 @@ from gitserve.http.browse import BrowsePages
 from gitserve.http.channel import GitChannel, GitSite
 from gitserve.http.context import HTTPContext
 from gitserve.http.routes import RootResource
-from gitserve.interfaces import IGitJob, IGitOutput
+from gitserve.interfaces import IGitJob, IGitOutput, IOutputPipe, IPipeOutput, IRelayableProcess
 
 CLIENT = IPv4Address("TCP", "192.0.2.7", 40000)
+
+
+@implementer(IOutputPipe)
+class FakeOutputPipe:
+    """A real pipe's read end as the core hands it to a relay, recording what it is told."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.movedBytes = 0
+        self.endCalled = False
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def moved(self, length: int) -> None:
+        self.movedBytes += length
+
+    def ended(self) -> None:
+        self.endCalled = True
 
 
 # What a pipe to a child holds before Twisted's process writer pauses its
@@ -161,6 +180,86 @@ class FakeProcessTransport:
         self.ended = True
         reason = ProcessDone(0) if code == 0 else ProcessTerminated(exitCode=code)
         self.protocol.processEnded(Failure(reason))  # type: ignore[attr-defined]
+
+
+class FakeOutputReader:
+    """A child's stdout reader, as far as a relay stops and restarts it."""
+
+    reading = True
+
+    def fileno(self) -> int:
+        return 99
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
+
+
+@implementer(IRelayableProcess)
+class FakeRelayableProcess(FakeProcessTransport):
+    """A git child whose stdout pipe an output may take (as the real spawner's children)."""
+
+    def __init__(self, protocol: object) -> None:
+        super().__init__(protocol, ["git"], {}, "")
+        self.reader = FakeOutputReader()
+
+    def outputReader(self) -> Any:
+        return self.reader
+
+    # As Twisted's Process: pausing and resuming stop and start every reader.
+    def pauseProducing(self) -> None:
+        super().pauseProducing()
+        self.reader.stopReading()
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        self.reader.startReading()
+
+
+@implementer(IPushProducer)
+class FakeRelay:
+    """A relay that records how the child drives it."""
+
+    def __init__(self, pipe: IOutputPipe) -> None:
+        self.pipe = pipe
+        self.paused = True
+        self.stopped = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+@implementer(IPipeOutput)
+class FakePipeOutput:
+    """An output that takes git's pipe when it C{accepts}, and records what it is written."""
+
+    def __init__(self, accepts: bool = True) -> None:
+        self.accepts = accepts
+        self.written = bytearray()
+        self.producer: IPushProducer | None = None
+        self.relay: FakeRelay | None = None
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def relayPipe(self, pipe: IOutputPipe) -> FakeRelay | None:
+        if self.accepts:
+            self.relay = FakeRelay(pipe)
+        return self.relay
 
 
 @implementer(IReactorProcess)

@@ -15,6 +15,7 @@ from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTr
 from twisted.web import http
 from twisted.web.test.requesthelper import DummyChannel
 
+from gitserve.interfaces import IRelayableProcess
 from gitserve.twistedinternals import (
     DeferredContinueMixin,
     PipeReadingSpawner,
@@ -237,3 +238,15 @@ def test_resumeWhenWritablePausesUntilTheBufferIsEmpty() -> None:
     server.doWrite()  # type: ignore[attr-defined]
     assert not producer.paused
     peer.close()
+
+
+def test_aChildsOutputReaderIsItsPipesEntryOne() -> None:
+    """Process keeps each output pipe's reader in pipes under the child's descriptor number."""
+    assert "self.pipes[childFD] = reader" in inspect.getsource(Process.__init__), (
+        "Twisted's Process no longer keeps its readers in pipes by descriptor"
+    )
+    assert callable(ProcessReader.startReading) and callable(ProcessReader.stopReading)
+    assert IRelayableProcess.implementedBy(_GitProcess)
+    process = _GitProcess.__new__(_GitProcess)
+    process.pipes = {1: "not a reader"}
+    assert process.outputReader() is None

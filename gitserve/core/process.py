@@ -26,6 +26,7 @@ from twisted.internet.interfaces import (
     IReactorProcess,
     IReactorTime,
 )
+from twisted.internet.process import ProcessReader
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -34,7 +35,14 @@ from zope.interface import implementer
 from gitserve.core.pktline import ProtocolError, parsePktLines
 from gitserve.core.policy import Service
 from gitserve.core.repository import Repository
-from gitserve.interfaces import IGitJob, IGitOutput, IStdinSource
+from gitserve.interfaces import (
+    IGitJob,
+    IGitOutput,
+    IOutputPipe,
+    IPipeOutput,
+    IRelayableProcess,
+    IStdinSource,
+)
 
 # The daemon's own variables a child may inherit; everything else, GIT_DIR and
 # GIT_CONFIG_* and LD_PRELOAD included, stays out (see DESIGN.md: an env dict
@@ -46,7 +54,9 @@ DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 MAX_STDERR = 64 * 1024
 
 # An answer this short is kept, to tell a complete ERR refusal from a cut-off
-# answer when git fails after it began writing.
+# answer when git fails after it began writing. It is also how much of git's
+# output always comes through outReceived: only past it may an output that
+# can take the pipe itself (IPipeOutput) relay the rest.
 MAX_SHORT_ANSWER = 4096
 
 # How long a child gets between SIGTERM and SIGKILL.
@@ -283,6 +293,8 @@ class GitProcessProtocol(ProcessProtocol):
         self.childEnded = False
         self.bytesIn = 0
         self.bytesOut = 0
+        # Of bytesOut, what the output moved from the pipe itself.
+        self.bytesRelayed = 0
         self.stderr = b""
         self.began = clock.seconds()
         self.done: Deferred[GitOutcome] = Deferred()
@@ -291,6 +303,11 @@ class GitProcessProtocol(ProcessProtocol):
         self._killCall: IDelayedCall | None = None
         self._stdinOpen = True
         self._shortAnswer = bytearray()
+        self._paused = False
+        # The output's relay while it reads git's stdout pipe itself; the
+        # pipe is offered once, past MAX_SHORT_ANSWER.
+        self._relay: IPushProducer | None = None
+        self._pipeOffered = False
 
     @property
     def _child(self) -> IChildTransport:
@@ -348,16 +365,25 @@ class GitProcessProtocol(ProcessProtocol):
 
     def pauseProducing(self) -> None:
         """The client is not reading: stop reading git's output."""
-        self._child.pauseProducing()
+        self._paused = True
+        if self._relay is not None:
+            self._relay.pauseProducing()
+        else:
+            self._child.pauseProducing()
 
     def resumeProducing(self) -> None:
-        self._child.resumeProducing()
+        self._paused = False
+        if self._relay is not None:
+            self._relay.resumeProducing()
+        else:
+            self._child.resumeProducing()
 
     def stopProducing(self) -> None:
         """The output is gone (the client left): git's output has nowhere to go."""
         if self.outputGone:
             return
         self.outputGone = True
+        self._drain()
         if not self.childEnded:
             self.log.info(
                 "{description}: client went away; ending git", description=self.description
@@ -374,6 +400,55 @@ class GitProcessProtocol(ProcessProtocol):
             self._shortAnswer += data[: MAX_SHORT_ANSWER + 1 - len(self._shortAnswer)]
         self.bytesOut += len(data)
         self.output.write(data)
+        if self.bytesOut > MAX_SHORT_ANSWER and not self._pipeOffered and not self.outputGone:
+            self._offerPipe()
+
+    # Relaying: the output reads git's pipe itself ----------------------------
+
+    def _offerPipe(self) -> None:
+        """
+        Offer git's stdout pipe to an output that can move its bytes itself.
+        Only now: what decides an answer (its first bytes, a short refusal)
+        has come through L{outReceived} already.
+        """
+        self._pipeOffered = True
+        if not (IRelayableProcess.providedBy(self._child) and IPipeOutput.providedBy(self.output)):
+            return
+        reader = cast(IRelayableProcess, self._child).outputReader()
+        if reader is None:
+            return
+        relay = cast(IPipeOutput, self.output).relayPipe(_ChildStdout(self, reader))
+        if relay is None:
+            return
+        self._relay = relay
+        # Pausing the child stopped its stderr too; from now on a pause only
+        # stops the relay, so stderr is read again here, and stdout is
+        # left to the relay.
+        self._child.resumeProducing()
+        reader.stopReading()
+        if not self._paused:
+            relay.resumeProducing()
+
+    def _relayed(self, length: int) -> None:
+        """The relay moved C{length} bytes of git's output to the client."""
+        self.bytesOut += length
+        self.bytesRelayed += length
+
+    def _relayEnded(self, reader: ProcessReader) -> None:
+        """The relay reached the pipe's end: the transport reads it, and sees that end."""
+        self._relay = None
+        reader.startReading()
+
+    def _drain(self) -> None:
+        """
+        Nothing takes git's output any more (or it is not the answer): stop
+        the relay, if any, and let the transport read the pipe, so that git
+        never blocks on it and its end is seen; L{outReceived} drops it.
+        """
+        if self._relay is not None:
+            relay, self._relay = self._relay, None
+            relay.stopProducing()
+        self._child.resumeProducing()
 
     def _answeredWithError(self) -> bool:
         """Whether all git wrote is a few whole pkt-lines ending in C{ERR}."""
@@ -447,9 +522,13 @@ class GitProcessProtocol(ProcessProtocol):
             )
         self.log.info(
             "git {description} exit={exitCode} bytes_in={bytesIn} bytes_out={bytesOut} "
-            "duration={duration:.3f}s{logSuffix}",
+            "duration={duration:.3f}s{logSuffix}{relayedField}",
             **self.logFields,
             logSuffix=self.logSuffix,
+            # How much of bytes_out the output moved from git's pipe itself
+            # (splice(2) on a plain HTTP connection); absent when none.
+            relayedField=f" relayed={self.bytesRelayed}" if self.bytesRelayed else "",
+            relayed=self.bytesRelayed,
             description=self.description,
             exitCode=exitCode,
             bytesIn=self.bytesIn,
@@ -470,9 +549,12 @@ class GitProcessProtocol(ProcessProtocol):
         """
         if self.childEnded or self._killCall is not None:
             return
-        # Nothing reads git's output any more: let it drain instead of
-        # blocking on a paused pipe.
-        self._child.resumeProducing()
+        if self._relay is None or self.failure is not None:
+            # Nothing reads git's output any more: let it drain instead of
+            # blocking on a paused pipe. (A relay still relaying a shutdown's
+            # cut-off answer carries it to its end, which aborts it; if its
+            # client stalls, the stall timeout ends it, which drains then.)
+            self._drain()
         if self._stdinOpen:
             self.closeStdin()
             self._killCall = self.clock.callLater(TERM_GRACE, self._signal, "TERM")
@@ -486,3 +568,21 @@ class GitProcessProtocol(ProcessProtocol):
             return
         if name == "TERM":
             self._killCall = self.clock.callLater(self.killGrace, self._signal, "KILL")
+
+
+@implementer(IOutputPipe)
+class _ChildStdout:
+    """A child's stdout pipe, as handed to the output that relays it."""
+
+    def __init__(self, protocol: GitProcessProtocol, reader: ProcessReader) -> None:
+        self._protocol = protocol
+        self._reader = reader
+
+    def fileno(self) -> int:
+        return int(self._reader.fileno())
+
+    def moved(self, length: int) -> None:
+        self._protocol._relayed(length)
+
+    def ended(self) -> None:
+        self._protocol._relayEnded(self._reader)

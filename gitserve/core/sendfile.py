@@ -11,33 +11,25 @@ HTTP response. Where the socket is not ours to write (TLS, SSH's encrypted
 channel), L{gitserve.core.packcache.CacheReader} writes into the output
 instead.
 
-Bytes are only ever sent on the socket when Twisted's own buffer for it is
-empty, so they stay in order with what Twisted writes; when the socket is
-full, the transport's producer is paused exactly as a full buffer pauses it,
-so the door's stall timeout drops a client that stops reading.
+How bytes reach the socket in order with what Twisted writes, and how a
+full socket pauses the transport (so the door's stall timeout drops a client
+that stops reading), is L{gitserve.core.direct}'s business.
 """
 
 from __future__ import annotations
 
 import errno
-import os
-import socket
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gitserve.core.direct import DirectSender, FileRange
 from gitserve.core.operations import GitOperation
 from gitserve.core.packcache import HEADER_SIZE, IPackReader, Source, logServed
 from gitserve.core.process import GitOutcome
 from gitserve.interfaces import IGitOutput
-from gitserve.twistedinternals import (
-    resumeWhenWritable,
-    sendfileDescriptor,
-    socketOf,
-    transportDrained,
-)
 
 # The most bytes one chunk (and one sendfile(2) call) covers, and the most
 # sent per reactor turn by one reader.
@@ -93,9 +85,7 @@ class SendfileReader:
         self.done: Deferred[GitOutcome] = Deferred()
         self._started = False
         self._chunked = False
-        # What is queued for the socket, in order: bytes, or (offset, length)
-        # of the answer's file.
-        self._segments: list[bytes | tuple[int, int]] = []
+        self._sender = DirectSender(transport, self._counted)
         self._call: IDelayedCall | None = None
         self._ended = False
 
@@ -177,63 +167,29 @@ class SendfileReader:
             self._chunked = self._begin()
         turn = 0
         while turn < SENDFILE_PER_TURN:
-            if not self._segments:
+            if not self._sender.pending:
                 available = self.source.size - self.offset
                 if available <= 0:
                     if self.source.finished:
                         self._end(self.source.outcome)
                     return
                 length = min(available, SENDFILE_CHUNK)
-                if self._chunked:
-                    self._segments = [b"%x\r\n" % length, (self.offset, length), b"\r\n"]
-                else:
-                    self._segments = [(self.offset, length)]
+                self._sender.queue(
+                    FileRange(self.source.fd, HEADER_SIZE + self.offset, length), self._chunked
+                )
                 self.offset += length
-            if not transportDrained(self.transport):
-                resumeWhenWritable(self.transport)
-                return
-            fd = sendfileDescriptor(self.transport)
-            if fd is None:
-                self.fail(Failure(ConnectionError("connection closed")))
-                return
+                turn += length
             try:
-                turn += self._send(fd)
-            except BlockingIOError:
-                resumeWhenWritable(self.transport)
-                return
+                if not self._sender.send():
+                    return
             except OSError as e:
                 self.fail(Failure(e))
                 return
         self._schedule()
 
-    def _send(self, fd: int) -> int:
-        """Send from the first segment; drop it when done. @return: bytes sent."""
-        segment = self._segments[0]
-        while True:
-            try:
-                if isinstance(segment, bytes):
-                    # A size line or CRLF: held back (MSG_MORE) to leave in
-                    # one packet with the file's bytes that follow it.
-                    flags = socket.MSG_MORE if len(self._segments) > 1 else 0
-                    n = socketOf(self.transport).send(segment, flags)
-                    if n < len(segment):
-                        self._segments[0] = segment[n:]
-                    else:
-                        self._segments.pop(0)
-                    return n
-                offset, length = segment
-                n = os.sendfile(fd, self.source.fd, HEADER_SIZE + offset, length)
-                if n == 0:
-                    raise OSError(errno.EIO, "pack cache file shorter than written")
-                self.sent += n
-                self._sentDirectly(n)
-                if n < length:
-                    self._segments[0] = (offset + n, length - n)
-                else:
-                    self._segments.pop(0)
-                return n
-            except InterruptedError:
-                continue
+    def _counted(self, count: int) -> None:
+        self.sent += count
+        self._sentDirectly(count)
 
     def _sentDirectly(self, count: int) -> None:
         """
@@ -278,7 +234,7 @@ class SendfileReader:
     @property
     def complete(self) -> bool:
         """Whether the whole answer went out."""
-        return self.sent == self.source.size and not self._segments
+        return self.sent == self.source.size and not self._sender.pending
 
     def _answer(self, outcome: GitOutcome) -> None:
         """

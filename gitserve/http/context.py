@@ -17,6 +17,7 @@ from gitserve.core.operations import GitCore
 from gitserve.core.process import Caller
 from gitserve.http.errors import HTTPError, httpErrorFor
 from gitserve.http.health import Health
+from gitserve.http.relay import IRelayReactor
 
 # Default --max-push-size: a push body (inflated) larger than this is refused.
 MAX_PUSH_SIZE = 2 * 1024**3
@@ -32,6 +33,9 @@ class HTTPContext:
     @ivar challenge: the C{WWW-Authenticate} value a 401 carries.
     @ivar browse: the browser pages, or L{None} when they are off.
     @ivar health: the serving state C{/-/health} reports.
+    @ivar pipeReactor: the reactor that watches git's output pipes while
+        they are spliced to plain sockets (L{gitserve.http.relay});
+        L{None} writes all of git's output through Twisted (C{--no-splice}).
     """
 
     core: GitCore
@@ -42,6 +46,7 @@ class HTTPContext:
     browse: Any = None
     # What /-/health answers: 503 once a graceful shutdown begins.
     health: Health = field(default_factory=Health)
+    pipeReactor: IRelayReactor | None = None
 
     def userFor(self, request: Request) -> Deferred[str | None]:
         """

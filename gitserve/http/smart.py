@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from functools import partial
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IProducer
+from twisted.internet.interfaces import IProducer, IPushProducer
 from twisted.logger import Logger
 from twisted.web.server import Request
 from zope.interface import implementer
@@ -31,7 +31,8 @@ from gitserve.http.context import HTTPContext
 from gitserve.http.errors import HTTPError, UnsupportedMediaType, renderError
 from gitserve.http.headers import startGitResponse
 from gitserve.http.packhit import HTTPSendfileReader, canSendfile
-from gitserve.interfaces import IGitOutput
+from gitserve.http.relay import IRelayReactor, PipeRelay
+from gitserve.interfaces import IOutputPipe, IPipeOutput
 
 # http-backend's default for http.maxRequestBuffer: upload-pack negotiation is
 # buffered whole (a half-duplex client cannot read while it sends), so it is
@@ -62,21 +63,32 @@ def contentTypeOf(service: Service, advertise: bool) -> bytes:
     return b"application/x-%s-%s" % (service.value.encode("ascii"), kind)
 
 
-@implementer(IGitOutput)
+@implementer(IPipeOutput)
 class SmartResponse:
     """
     A smart answer as git's output: nothing is sent until git writes, so a
     git that fails first still gets a clean error answer; then the head and
-    the preamble go out with git's first bytes.
+    the preamble go out with git's first bytes. Past git's first bytes, on a
+    plain connection, git's pipe is spliced to the socket
+    (L{gitserve.http.relay}).
 
     @ivar record: when a L{bytearray}, keeps a copy of what git wrote (an
         advertisement to cache).
+    @ivar pipeReactor: watches git's pipe when it is relayed; L{None}: git's
+        output is always written through Twisted (C{--no-splice}).
     """
 
-    def __init__(self, request: Request, contentType: bytes, preamble: bytes = b"") -> None:
+    def __init__(
+        self,
+        request: Request,
+        contentType: bytes,
+        preamble: bytes = b"",
+        pipeReactor: IRelayReactor | None = None,
+    ) -> None:
         self.request = request
         self.contentType = contentType
         self.preamble = preamble
+        self.pipeReactor = pipeReactor
         self.started = False
         self.record: bytearray | None = None
 
@@ -96,6 +108,23 @@ class SmartResponse:
             startGitResponse(self.request, self.contentType)
             data = self.preamble + data
         self.request.write(data)
+
+    def relayPipe(self, pipe: IOutputPipe) -> IPushProducer | None:
+        """
+        Relay git's pipe to the socket, where nothing but the socket stands
+        between them: relaying is on, no copy of the answer is kept, the
+        connection is a plain socket (not TLS, not behind a PROXY-protocol
+        wrapper), and the client is still there.
+        """
+        if (
+            self.pipeReactor is None
+            or self.record is not None
+            or not self.started
+            or not isAnswerable(self.request)
+            or not canSendfile(self.request)
+        ):
+            return None
+        return PipeRelay(self.request, pipe, self.pipeReactor)
 
     def answer(self, outcome: GitOutcome, context: HTTPContext) -> GitOutcome:
         """
@@ -145,7 +174,9 @@ def runGit(
         # http-backend's "# service=" announcement, which protocol v2
         # drops. receive-pack speaks no v2, so it always gets it.
         preamble = pktLine(b"# service=%s\n" % service.value.encode("ascii")) + FLUSH
-    response = SmartResponse(request, contentTypeOf(service, advertise), preamble)
+    response = SmartResponse(
+        request, contentTypeOf(service, advertise), preamble, context.pipeReactor
+    )
     operation = context.core.operation(
         service, repository, context.caller(request, user, gitProtocol), advertise
     )
@@ -308,7 +339,7 @@ def _fetchThroughCache(
             if lookup.entry is not None:
                 lookup.entry.close()
             return None
-        response = SmartResponse(request, contentType)
+        response = SmartResponse(request, contentType, pipeReactor=context.pipeReactor)
         makeReader = None
         if canSendfile(request):
 
