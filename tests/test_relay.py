@@ -119,7 +119,7 @@ def test_aFullBatchGoesAtOnceAsOneChunk(connection: Connection) -> None:
     relay = connection.relay()
     os.write(connection.writePipe, b"x" * MIN_BATCH)
     relay.resumeProducing()
-    assert connection.received() == b"80000\r\n" + b"x" * MIN_BATCH + b"\r\n"
+    assert connection.received() == b"%x\r\n" % MIN_BATCH + b"x" * MIN_BATCH + b"\r\n"
 
 
 def test_whatThePipeHoldsGoesAsOneChunkAfterABatchDelay(connection: Connection) -> None:
