@@ -120,6 +120,42 @@ def enlargeOutputPipe(process: object, size: int, batchDelay: float) -> None:
     reader.batchDelay = batchDelay
 
 
+def enlargeInputPipe(process: object, size: int) -> None:
+    """
+    Let a child's stdin pipe hold C{size} bytes, and its writer hold as much
+    before it pauses the producer feeding it (a push body's connection).
+
+    For a push: with git's default 64 KiB pipe and Twisted's 64 KiB writer
+    high-water mark, every 64 KiB read from the client paused and resumed
+    the connection (11,520 C{epoll_ctl} calls for a 150 MB push); with both
+    at 1 MiB the connection is read on while git indexes. Back-pressure is
+    unchanged in kind: past C{size} buffered the connection is paused.
+    Where the pipe cannot grow, nothing changes.
+
+    Private: C{Process.pipes} (the writer by child descriptor) and the
+    writer's C{bufferSize}, its high-water mark.
+    """
+    writer = getattr(process, "pipes", {}).get(0)
+    if writer is None:
+        return
+    try:
+        writer.bufferSize = fcntl.fcntl(writer.fd, fcntl.F_SETPIPE_SZ, size)
+    except OSError:
+        return
+
+
+def readInPiecesOf(transport: object, size: int) -> None:
+    """
+    Have a TCP or UNIX connection read up to C{size} bytes per wakeup (64 KiB
+    by default): for a push body, a quarter of the reads and wakeups.
+
+    Private: C{tcp.Connection.bufferSize}, the size C{doRead} asks C{recv}
+    for. Other transports (TLS) are left as they are.
+    """
+    if sendfileDescriptor(transport) is not None:
+        transport.bufferSize = size  # type: ignore[attr-defined]
+
+
 @implementer(IRelayableProcess)
 class _GitProcess(Process):
     """Private: C{Process.processReaderFactory} picks the reader class."""

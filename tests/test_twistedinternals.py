@@ -21,7 +21,9 @@ from gitserve.twistedinternals import (
     PipeReadingSpawner,
     _GitProcess,
     _PipeReader,
+    enlargeInputPipe,
     enlargeOutputPipe,
+    readInPiecesOf,
     resumeWhenWritable,
     sendfileDescriptor,
     socketOf,
@@ -197,6 +199,43 @@ def test_sendfileDescriptorOnlyForAPlainSocketTransport() -> None:
     assert sendfileDescriptor(server) == server.fileno()  # type: ignore[attr-defined]
     assert socketOf(server).fileno() == server.fileno()  # type: ignore[attr-defined]
     assert sendfileDescriptor(StringTransport()) is None
+    peer.close()
+
+
+def test_enlargedInputPipeAndItsWriterHoldAMegabyte() -> None:
+    """
+    A push's stdin pipe holds a megabyte, and its writer buffers as much
+    before pausing its producer: Process keeps the writer in pipes[0], and a
+    writer's high-water mark is its bufferSize.
+    """
+    from twisted.internet.abstract import FileDescriptor
+    from twisted.internet.process import ProcessWriter
+
+    assert "bufferSize" in inspect.getsource(FileDescriptor._isSendBufferFull)
+    readEnd, writeEnd = os.pipe()
+    writer = ProcessWriter(MemoryReactor(), type("FakeProcess", (), {})(), 0, writeEnd)
+    try:
+        enlargeInputPipe(type("FakeProcess", (), {"pipes": {0: writer}})(), 1024 * 1024)
+        assert fcntl.fcntl(writeEnd, fcntl.F_GETPIPE_SZ) == 1024 * 1024
+        assert writer.bufferSize == 1024 * 1024
+        # A process without a stdin writer (closed already) is left alone.
+        enlargeInputPipe(type("FakeProcess", (), {"pipes": {}})(), 1024 * 1024)
+    finally:
+        os.close(readEnd)
+        os.close(writeEnd)
+
+
+def test_readInPiecesOfSetsWhatDoReadAsksFor() -> None:
+    """A plain connection's doRead asks recv for bufferSize bytes; others are left alone."""
+    from twisted.internet import tcp
+
+    assert "self.bufferSize" in inspect.getsource(tcp.Connection.doRead)
+    server, peer = _plainTcpServer()
+    readInPiecesOf(server, 256 * 1024)
+    assert server.bufferSize == 256 * 1024  # type: ignore[attr-defined]
+    other = StringTransport()
+    readInPiecesOf(other, 256 * 1024)
+    assert not hasattr(other, "bufferSize")
     peer.close()
 
 

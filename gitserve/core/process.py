@@ -43,6 +43,12 @@ from gitserve.interfaces import (
     IRelayableProcess,
     IStdinSource,
 )
+from gitserve.twistedinternals import enlargeInputPipe
+
+# What a streamed body (a push) may hold between the client and git: git's
+# stdin pipe and its writer in the daemon (see enlargeInputPipe), 1 MiB each
+# (Linux's default pipe limit for an unprivileged process).
+STDIN_PIPE_SIZE = 1024 * 1024
 
 # The daemon's own variables a child may inherit; everything else, GIT_DIR and
 # GIT_CONFIG_* and LD_PRELOAD included, stays out (see DESIGN.md: an env dict
@@ -353,6 +359,7 @@ class GitProcessProtocol(ProcessProtocol):
             self.terminate()
 
         self._stdin = source
+        enlargeInputPipe(self.transport, STDIN_PIPE_SIZE)
         source.streamTo(self._child).addCallbacks(finished, failed)
 
     # The child's side ------------------------------------------------------

@@ -33,11 +33,18 @@ from gitserve.http.headers import startGitResponse
 from gitserve.http.packhit import HTTPSendfileReader, canSendfile
 from gitserve.http.relay import IRelayReactor, PipeRelay
 from gitserve.interfaces import IOutputPipe, IPipeOutput
+from gitserve.twistedinternals import readInPiecesOf
 
 # http-backend's default for http.maxRequestBuffer: upload-pack negotiation is
 # buffered whole (a half-duplex client cannot read while it sends), so it is
 # capped.
 MAX_REQUEST_BUFFER = 10 * 1024 * 1024
+
+# How much of a push body is read from a plain socket per wakeup: four times
+# Twisted's default, a quarter of the reads and reactor turns (a 150 MB push
+# cost the daemon 0.74 s of CPU with 64 KiB reads and git's 64 KiB stdin
+# pipe, 0.48 s with this and a 1 MiB pipe).
+PUSH_READ_SIZE = 256 * 1024
 
 log = Logger()
 
@@ -391,6 +398,8 @@ def postReceivePack(
             lambda failure: log.failure("sweeping push quarantines failed", failure)
         )
         _, started = runGit(context, request, repository, service, user, gitProtocol, False)
+        # A push body is read in larger pieces (see readInPiecesOf).
+        readInPiecesOf(connectionOf(request.channel), PUSH_READ_SIZE)
         return started.addCallback(lambda protocol: protocol.streamStdin(body))
 
     return context.userFor(request).addCallback(start)
