@@ -120,17 +120,19 @@ def enlargeOutputPipe(process: object, size: int, batchDelay: float) -> None:
     reader.batchDelay = batchDelay
 
 
-def enlargeInputPipe(process: object, size: int) -> None:
+def enlargeInputPipe(process: object, size: int, highWater: int) -> None:
     """
-    Let a child's stdin pipe hold C{size} bytes, and its writer hold as much
-    before it pauses the producer feeding it (a push body's connection).
+    Let a child's stdin pipe hold C{size} bytes, and its writer buffer up to
+    C{highWater} before it pauses the producer feeding it (a push body's
+    connection).
 
     For a push: with git's default 64 KiB pipe and Twisted's 64 KiB writer
     high-water mark, every 64 KiB read from the client paused and resumed
-    the connection (11,520 C{epoll_ctl} calls for a 150 MB push); with both
-    at 1 MiB the connection is read on while git indexes. Back-pressure is
-    unchanged in kind: past C{size} buffered the connection is paused.
-    Where the pipe cannot grow, nothing changes.
+    the connection (11,520 C{epoll_ctl} calls for a 150 MB push); with a
+    1 MiB pipe, a writer that takes a whole read, and reads of that size,
+    the connection is read on while git indexes. Back-pressure is unchanged
+    in kind: past C{highWater} buffered the connection is paused. Where the
+    pipe cannot grow, nothing changes.
 
     Private: C{Process.pipes} (the writer by child descriptor) and the
     writer's C{bufferSize}, its high-water mark.
@@ -139,9 +141,10 @@ def enlargeInputPipe(process: object, size: int) -> None:
     if writer is None:
         return
     try:
-        writer.bufferSize = fcntl.fcntl(writer.fd, fcntl.F_SETPIPE_SZ, size)
+        fcntl.fcntl(writer.fd, fcntl.F_SETPIPE_SZ, size)
     except OSError:
         return
+    writer.bufferSize = highWater
 
 
 def readInPiecesOf(transport: object, size: int) -> None:

@@ -204,9 +204,9 @@ def test_sendfileDescriptorOnlyForAPlainSocketTransport() -> None:
 
 def test_enlargedInputPipeAndItsWriterHoldAMegabyte() -> None:
     """
-    A push's stdin pipe holds a megabyte, and its writer buffers as much
-    before pausing its producer: Process keeps the writer in pipes[0], and a
-    writer's high-water mark is its bufferSize.
+    A push's stdin pipe holds a megabyte, and its writer buffers up to the
+    high-water mark given before pausing its producer: Process keeps the
+    writer in pipes[0], and a writer's high-water mark is its bufferSize.
     """
     from twisted.internet.abstract import FileDescriptor
     from twisted.internet.process import ProcessWriter
@@ -215,11 +215,11 @@ def test_enlargedInputPipeAndItsWriterHoldAMegabyte() -> None:
     readEnd, writeEnd = os.pipe()
     writer = ProcessWriter(MemoryReactor(), type("FakeProcess", (), {})(), 0, writeEnd)
     try:
-        enlargeInputPipe(type("FakeProcess", (), {"pipes": {0: writer}})(), 1024 * 1024)
+        enlargeInputPipe(type("FakeProcess", (), {"pipes": {0: writer}})(), 1024 * 1024, 256 * 1024)
         assert fcntl.fcntl(writeEnd, fcntl.F_GETPIPE_SZ) == 1024 * 1024
-        assert writer.bufferSize == 1024 * 1024
+        assert writer.bufferSize == 256 * 1024
         # A process without a stdin writer (closed already) is left alone.
-        enlargeInputPipe(type("FakeProcess", (), {"pipes": {}})(), 1024 * 1024)
+        enlargeInputPipe(type("FakeProcess", (), {"pipes": {}})(), 1024 * 1024, 256 * 1024)
     finally:
         os.close(readEnd)
         os.close(writeEnd)
