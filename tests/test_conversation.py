@@ -15,6 +15,7 @@ from gitserve.core.conversation import MAX_REQUEST, CachedConversation, startCon
 from gitserve.core.duplex import DuplexStdin
 from gitserve.core.errors import InvalidRequest, TooLarge
 from gitserve.core.operations import GitCore
+from gitserve.core.pktline import errorLine
 from gitserve.core.policy import Policy, Service
 from gitserve.core.process import Caller, GitBackend, GitOutcome, GitProcessProtocol
 from gitserve.core.repository import ConfigCache, Repository
@@ -129,6 +130,43 @@ class ConversationTests(SynchronousTestCase):
             assert outcome.failure is not None
             self.assertTrue(outcome.failure.check(error))
             self.assertEqual(len(self.reactor.spawned), 1, "only the advertisement ran")
+            # The client is told, with an ERR packet after the advertisement,
+            # and the door closes rather than aborts (a complete refusal).
+            self.assertTrue(bytes(self.output.data).endswith(errorLine(outcome.message)))
+            self.assertTrue(outcome.completeRefusal)
+            self.output.data.clear()
+
+    def test_noJobSlotBetweenRequestsIsAnERRPacket(self) -> None:
+        """
+        A request that finds every job slot taken (and no room to wait) is
+        refused with git's ERR packet after the answers before it, which
+        stay whole: the door closes, it does not abort.
+        """
+        from gitserve.core.errors import Busy
+        from gitserve.core.jobs import JobLimiter
+
+        self.core.jobs = JobLimiter(maxJobs=1, maxQueue=0)
+        conversation, stdin = self.converse()
+        stdin.feed(LS_REFS)
+        self.answer(b"refs0000")
+
+        # Another operation holds the one slot now.
+        class Holder:
+            done: Deferred[GitOutcome] = Deferred()
+
+        self.successResultOf(self.core.jobs.run(Holder))
+        stdin.feed(CLONE)
+        for _ in range(5):
+            self.reactor.advance(0)
+        outcome: GitOutcome = self.successResultOf(conversation.done)
+        assert outcome.failure is not None
+        self.assertTrue(outcome.failure.check(Busy))
+        self.assertTrue(outcome.completeRefusal)
+        self.assertEqual(
+            bytes(self.output.data),
+            b"0014version 2\n0000refs0000" + errorLine(outcome.message),
+        )
+        self.assertEqual(len(self.reactor.spawned), 2, "no git for the refused request")
 
     def test_clientLeavingGivesUpItsPlace(self) -> None:
         """A client gone while its request waits for a lookup: the wait is cancelled."""

@@ -30,7 +30,7 @@ from zope.interface import implementer
 from gitserve.core.errors import InvalidRequest, Refusal, TooLarge
 from gitserve.core.operations import GitCore, GitOperation
 from gitserve.core.packcache import IPackReader, Lookup, Source
-from gitserve.core.pktline import ProtocolError, parseLength
+from gitserve.core.pktline import ProtocolError, errorLine, parseLength
 from gitserve.core.policy import Service
 from gitserve.core.process import GitOutcome, GitProcessProtocol
 from gitserve.core.sendfile import SendfileReader
@@ -243,6 +243,11 @@ class CachedConversation:
         pending.addCallbacks(running, failed)
 
     def _answered(self, outcome: GitOutcome) -> GitOutcome:
+        if not outcome.started and outcome.failure is not None and outcome.failure.check(Refusal):
+            # Refused before a byte of this answer (the cache's flight found
+            # no job slot): the client is still at a packet boundary.
+            self._refused(outcome.failure.value, outcome.failure)
+            return outcome
         self.bytesOut += outcome.bytesOut
         if not outcome.succeeded:
             self._end(replace(outcome, bytesOut=self.bytesOut))
@@ -252,9 +257,26 @@ class CachedConversation:
         return outcome
 
     def _refused(self, refusal: Refusal | None, failure: Failure | None = None) -> None:
-        """End with what the client is told: the refusal's words, or a server failure."""
+        """
+        End with what the client is told: a refusal's words as an C{ERR}
+        packet, or, for a server failure, a broken connection.
+
+        A refusal comes between two answers (a request that is bad, or that
+        found no job slot), where the stream is at a packet boundary: git
+        reads an C{ERR} packet there and shows C{remote error: <message>},
+        so the client is told why rather than cut off, and what it was
+        answered before stays whole (the door closes, it does not abort).
+        """
         message = refusal.message if refusal is not None else "git could not be started"
-        self._end(GitOutcome(None, self.bytesOut, False, failure or Failure(refusal), message))
+        if refusal is not None:
+            line = errorLine(message)
+            self.output.write(line)
+            self.bytesOut += len(line)
+        self._end(
+            GitOutcome(
+                None, self.bytesOut, refusal is not None, failure or Failure(refusal), message
+            )
+        )
 
     def _end(self, outcome: GitOutcome) -> None:
         if self._ended:
