@@ -31,14 +31,16 @@ class Setup:
         keys = base / "keys"
         keys.mkdir()
         self.git = GitClient(base / "client-home")
-        # One repository per door: the doors share kept answers (a request's
-        # key does not name its door), which the push test shows.
-        for door in ("ssh", "git"):
-            work = base / f"seed-{door}"
-            self.git.seed(work, self.root / f"{door}.git")
-            for name in ("b.txt", "c.txt"):
-                self.git.commit(work, name, f"{name}\n")
-            self.git.run("push", "-q", str(self.root / f"{door}.git"), "main", cwd=work)
+        # One repository per door, and one for the push test: the doors
+        # share kept answers (a request's key does not name its door), which
+        # the push test shows, so tests sharing a repository would see each
+        # other's entries in whatever order they run.
+        for name in ("ssh", "git", "push"):
+            work = base / f"seed-{name}"
+            self.git.seed(work, self.root / f"{name}.git")
+            for file in ("b.txt", "c.txt"):
+                self.git.commit(work, file, f"{file}\n")
+            self.git.run("push", "-q", str(self.root / f"{name}.git"), "main", cwd=work)
         (keys / "alice.pub").write_text(makeKey(base / "alice").with_suffix(".pub").read_text())
         settle(self.root)
         home = daemonHome(base)
@@ -105,14 +107,14 @@ def test_clonesShareOneAnswer(setup: Setup, tmp_path: Path, door: str) -> None:
 def test_pushOverSSHThenFetchHasTheNewObjects(setup: Setup, tmp_path: Path) -> None:
     """After a push over SSH the next clones get the new commit; git:// hits what SSH kept."""
     work = tmp_path / "work"
-    setup.clone("ssh", "ssh.git", work)
+    setup.clone("ssh", "push.git", work)
     new = setup.git.commit(work, "pushed.txt", "over ssh\n")
     setup.alice.run("push", "-q", "origin", "main", cwd=work)
-    settle(setup.root / "ssh.git")
+    settle(setup.root / "push.git")
     before = len(cacheFields(setup.daemon))
     for i, door in enumerate(("ssh", "ssh", "git")):
         fresh = tmp_path / f"after-{i}"
-        setup.clone(door, "ssh.git", fresh)
+        setup.clone(door, "push.git", fresh)
         assert setup.git.output("rev-parse", "HEAD", cwd=fresh) == new
     assert cacheFields(setup.daemon, before + 3)[before:] == ["lead", "lead", "hit"]
 
