@@ -361,6 +361,17 @@ def main() -> int:
     return 1 if bad else 0
 
 
+def measure(replicas: list[Replica], tracer: Tracer) -> dict[int, tuple[int, int, int]]:
+    """Every replica's figures (see L{snapshot}), and the long-lived one's tracemalloc snapshot."""
+    figures = {}
+    for index, replica in enumerate(replicas):
+        assert replica.daemon is not None
+        figures[index] = snapshot(replica.daemon)
+    assert replicas[0].daemon is not None
+    tracer.snapshot(replicas[0].daemon)
+    return figures
+
+
 def mainReplicas(args: argparse.Namespace) -> int:
     """The soak through HAProxy against C{args.replicas} replicas of one root."""
     base = Path(tempfile.mkdtemp(prefix="gitserve-soak-"))
@@ -386,28 +397,19 @@ def mainReplicas(args: argparse.Namespace) -> int:
             for _ in replicas:
                 soak.clone_v2(warm, warm, 0, 0)
                 soak.push_branch(warm, base / "seed", 99, 0)
-            starts = {}
-            for index, replica in enumerate(replicas):
-                assert replica.daemon is not None
-                starts[index] = snapshot(replica.daemon)
-            assert replicas[0].daemon is not None
-            tracer.snapshot(replicas[0].daemon)
+            starts = measure(replicas, tracer)
             restarter = None
             if args.restart_every > 0:
                 restarts = RollingRestarts(replicas, balancer, args.restart_every)
                 restarts.starts = dict(starts)
                 restarter = threading.Thread(target=restarts.run, daemon=True)
                 restarter.start()
+            assert replicas[0].daemon is not None
             elapsed = soak.load(args.workers, replicas[0].daemon, tracer)
             if restarts is not None and restarter is not None:
                 restarts.stopping.set()
                 restarter.join()
-            ends = {}
-            for index, replica in enumerate(replicas):
-                assert replica.daemon is not None
-                ends[index] = snapshot(replica.daemon)
-            assert replicas[0].daemon is not None
-            tracer.snapshot(replicas[0].daemon)
+            ends = measure(replicas, tracer)
             fsck = git.run("fsck", "--full", cwd=root / "project.git", check=False)
         finally:
             for replica in replicas:
