@@ -92,6 +92,10 @@ class IStdinSource(Interface):
     """
 
     received: int = Attribute("Bytes of body delivered so far.")
+    spliced: int = Attribute(
+        "Of those, the bytes moved from the client's socket into git's stdin"
+        " by the kernel (splice(2)), without passing through the daemon."
+    )
 
     def streamTo(consumer: IConsumer) -> Deferred[int]:
         """

@@ -117,7 +117,8 @@ class Options(strcred.AuthOptionMixin, usage.Options):
         [
             "no-splice",
             None,
-            "Write all of git's output through Twisted, never splice(2) it to the socket.",
+            "Pass every byte through Twisted: never splice(2) git's output to the socket,"
+            " nor a push body from the socket to git.",
         ],
     ]
     optParameters = [

@@ -137,7 +137,7 @@ def enlargeInputPipe(process: object, size: int, highWater: int) -> None:
     Private: C{Process.pipes} (the writer by child descriptor) and the
     writer's C{bufferSize}, its high-water mark.
     """
-    writer = getattr(process, "pipes", {}).get(0)
+    writer = stdinWriter(process)
     if writer is None:
         return
     try:
@@ -249,6 +249,105 @@ def watchChunkSizes(channel: http.HTTPChannel, onChunkSize: Callable[[int], None
     # The decoder dispatches on "_dataReceived_" + state through getattr, so
     # an instance attribute takes the method's place.
     decoder._dataReceived_CHUNK_LENGTH = parseAndReport  # type: ignore[method-assign]
+
+
+class ChunkedBodyPosition:
+    """
+    Where the chunked request body being received on a channel stands, as
+    Twisted's decoder sees it, and that position moved on for bytes taken
+    off the socket behind the decoder's back (with splice(2), see
+    L{gitserve.http.inbound}). The decoder then reads on from exactly where
+    the socket is, so Twisted's own reading stays right at any time.
+
+    Only a position with nothing buffered in the decoder is offered: bytes
+    it holds must reach the request through it, before any that follow.
+
+    Private: C{HTTPChannel._transferDecoder}, and
+    C{_ChunkedTransferDecoder}'s C{state}, C{length}, C{_buffer} and
+    C{_start}, and that its C{CHUNK_LENGTH} state ends in C{BODY} with
+    C{length} set.
+    """
+
+    def __init__(self, channel: http.HTTPChannel) -> None:
+        from twisted.web import http
+
+        # One decoder per request body, so it is looked up once: the lookup
+        # of twisted.web.http's members costs more than the rest together.
+        decoder = getattr(channel, "_transferDecoder", None)
+        self._decoder = decoder if isinstance(decoder, http._ChunkedTransferDecoder) else None
+
+    @property
+    def chunked(self) -> bool:
+        """Whether the body being received is chunked."""
+        return self._decoder is not None
+
+    def chunkLeft(self) -> int:
+        """The bytes of the current chunk still to come; 0 when not inside one."""
+        decoder = self._decoder
+        if decoder is None or decoder.state != "BODY" or decoder._buffer:
+            return 0
+        return int(decoder.length)
+
+    def beforeSizeLine(self) -> bytes | None:
+        """
+        What must come before the next chunk's size line (the CRLF that
+        ends the previous chunk, or nothing), when the decoder waits for
+        one; L{None} when it does not.
+        """
+        decoder = self._decoder
+        if decoder is None or decoder._buffer or decoder._start:
+            return None
+        return {"CRLF": b"\r\n", "CHUNK_LENGTH": b""}.get(decoder.state)
+
+    def sizeLineTaken(self, size: int) -> None:
+        """
+        The next size line (and what L{beforeSizeLine} said comes first)
+        was taken off the socket: a chunk of C{size} bytes follows.
+        """
+        decoder = self._decoder
+        assert size > 0 and decoder is not None and decoder.state in ("CRLF", "CHUNK_LENGTH")
+        decoder.state = "BODY"
+        decoder.length = size
+
+    def chunkBytesTaken(self, count: int) -> None:
+        """C{count} bytes of the current chunk were taken off the socket."""
+        decoder = self._decoder
+        assert decoder is not None and decoder.state == "BODY" and 0 < count <= decoder.length
+        decoder.length -= count
+        if not decoder.length:
+            decoder.state = "CRLF"
+
+
+def interceptReads(transport: object, doRead: Callable[[], object]) -> Callable[[], object]:
+    """
+    Have the reactor call C{doRead} when C{transport}'s socket is readable,
+    instead of the transport's own; L{restoreReads} undoes it.
+
+    @return: the transport's own C{doRead}, for C{doRead} to call for what
+        it does not handle itself. The same contract holds for both: read,
+        and return L{None} or the reason the connection is lost.
+
+    Private: that the reactor calls C{doRead} as looked up on the
+    selectable, so that an instance attribute takes the method's place.
+    """
+    own: Callable[[], object] = type(transport).doRead.__get__(transport)  # type: ignore[attr-defined]
+    transport.doRead = doRead  # type: ignore[attr-defined]
+    return own
+
+
+def restoreReads(transport: object) -> None:
+    """The reactor calls C{transport}'s own C{doRead} again (see L{interceptReads})."""
+    vars(transport).pop("doRead", None)
+
+
+def stdinWriter(process: object) -> Any:
+    """
+    The writer of a child's stdin pipe (a C{FileDescriptor}), L{None} when
+    it has none (or it is closed).
+
+    Private: C{Process.pipes}, keyed by the child's descriptor number.
+    """
+    return getattr(process, "pipes", {}).get(0)
 
 
 def sendfileDescriptor(transport: object) -> int | None:

@@ -23,7 +23,8 @@ from twisted.web.server import Request, Site
 from twisted.web.test.requesthelper import DummyChannel
 from zope.interface.verify import verifyObject
 
-from gitserve.http.relay import BATCH_DELAY, MIN_BATCH, RELAY_PIPE_SIZE, PipeRelay, pipeBytes
+from gitserve.core.direct import bytesWaiting
+from gitserve.http.relay import BATCH_DELAY, MIN_BATCH, RELAY_PIPE_SIZE, PipeRelay
 from gitserve.http.smart import SmartResponse
 from gitserve.interfaces import IOutputPipe, IPipeOutput
 from tests.fakes import FakeOutputPipe
@@ -183,7 +184,7 @@ def test_fullSocketPausesMidChunkAndResumesTheSameChunk() -> None:
             stream += connection.received()
             connection.server.doWrite()
         stream += connection.received()
-        while pipeBytes(connection.readPipe) or relay.paused:
+        while bytesWaiting(connection.readPipe) or relay.paused:
             if relay in connection.reactor.readers:
                 relay.doRead()
             connection.reactor.advance(BATCH_DELAY)

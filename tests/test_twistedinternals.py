@@ -17,16 +17,20 @@ from twisted.web.test.requesthelper import DummyChannel
 
 from gitserve.interfaces import IRelayableProcess
 from gitserve.twistedinternals import (
+    ChunkedBodyPosition,
     DeferredContinueMixin,
     PipeReadingSpawner,
     _GitProcess,
     _PipeReader,
     enlargeInputPipe,
     enlargeOutputPipe,
+    interceptReads,
     readInPiecesOf,
+    restoreReads,
     resumeWhenWritable,
     sendfileDescriptor,
     socketOf,
+    stdinWriter,
     transportDrained,
     watchChunkSizes,
 )
@@ -289,3 +293,81 @@ def test_aChildsOutputReaderIsItsPipesEntryOne() -> None:
     process = _GitProcess.__new__(_GitProcess)
     process.pipes = {1: "not a reader"}
     assert process.outputReader() is None
+
+
+def _chunkedChannel() -> tuple[http.HTTPChannel, list[bytes]]:
+    """A channel past a chunked request's head, and what its request is given."""
+    received: list[bytes] = []
+
+    class Collecting(http.Request):
+        def handleContentChunk(self, data: bytes) -> None:
+            received.append(data)
+
+    channel = http.HTTPChannel()
+    channel.requestFactory = lambda *a: Collecting(channel)  # type: ignore[assignment]
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(CHUNKED_HEAD)
+    return channel, received
+
+
+def test_chunkedBodyPositionFollowsTheDecoder() -> None:
+    """
+    The decoder's states and fields read and moved on: a size line waits in
+    CHUNK_LENGTH, then CRLF after a chunk; a chunk's rest is its length in
+    BODY; and a position moved on behind its back is where it reads on.
+    """
+    channel, received = _chunkedChannel()
+    position = ChunkedBodyPosition(channel)
+    assert position.chunked
+    assert position.beforeSizeLine() == b"" and position.chunkLeft() == 0
+    channel.dataReceived(b"a\r\n0123")
+    assert position.chunkLeft() == 6 and position.beforeSizeLine() is None
+    # Four of the chunk's bytes, and then its end, taken elsewhere.
+    position.chunkBytesTaken(4)
+    assert position.chunkLeft() == 2
+    channel.dataReceived(b"45")
+    assert position.beforeSizeLine() == b"\r\n"
+    # The CRLF and a size line taken elsewhere: the chunk's bytes follow.
+    position.sizeLineTaken(3)
+    assert position.chunkLeft() == 3
+    position.chunkBytesTaken(3)
+    channel.dataReceived(b"\r\n2\r\nxy\r\n0\r\n\r\n")
+    assert b"".join(received) == b"012345xy"
+    assert channel._transferDecoder is None or channel._transferDecoder.state == "FINISHED"
+
+
+def test_chunkedBodyPositionOffersNothingBuffered() -> None:
+    """A size line cut in two is buffered in the decoder: no position is offered."""
+    channel, _ = _chunkedChannel()
+    position = ChunkedBodyPosition(channel)
+    channel.dataReceived(b"1")
+    assert position.beforeSizeLine() is None and position.chunkLeft() == 0
+    lengthFramed = http.HTTPChannel()
+    lengthFramed.makeConnection(StringTransport())
+    lengthFramed.dataReceived(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n")
+    assert not ChunkedBodyPosition(lengthFramed).chunked
+
+
+def test_interceptedReadsGoToTheGivenCallUntilRestored() -> None:
+    """The reactor's doRead on a connection is looked up on it: an instance attribute wins."""
+    from twisted.internet import posixbase
+
+    assert "selectable.doRead()" in inspect.getsource(posixbase._PollLikeMixin._doReadOrWrite)
+    server, peer = _plainTcpServer()
+    calls: list[str] = []
+    own = interceptReads(server, lambda: calls.append("ours"))
+    server.doRead()  # type: ignore[attr-defined]
+    assert calls == ["ours"]
+    peer.sendall(b"x")
+    assert own() is None and server.protocol.transport is server  # type: ignore[attr-defined]
+    restoreReads(server)
+    assert server.doRead.__func__ is type(server).doRead  # type: ignore[attr-defined]
+    peer.close()
+
+
+def test_stdinWriterIsPipesEntryZero() -> None:
+    """A child's stdin writer is Process.pipes[0]; none once it is closed."""
+    assert "self.pipes[0]" in inspect.getsource(Process.registerProducer)
+    writer = object()
+    assert stdinWriter(type("FakeProcess", (), {"pipes": {0: writer}})()) is writer
+    assert stdinWriter(type("FakeProcess", (), {"pipes": {}})()) is None

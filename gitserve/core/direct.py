@@ -18,8 +18,11 @@ client that stops reading.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import socket
+import struct
+import termios
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +33,11 @@ from gitserve.twistedinternals import (
     socketOf,
     transportDrained,
 )
+
+
+def bytesWaiting(fd: int) -> int:
+    """How many bytes the pipe or socket open as C{fd} holds, ready to read (C{FIONREAD})."""
+    return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0])
 
 
 @dataclass(frozen=True)

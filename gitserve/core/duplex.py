@@ -57,6 +57,10 @@ class DuplexStdin:
     @ivar received: bytes delivered to git so far.
     """
 
+    # Every byte passes through feed(): only HTTP push bodies are spliced
+    # (gitserve.http.inbound).
+    spliced = 0
+
     def __init__(self, pauseClient: Callable[[], None], resumeClient: Callable[[], None]) -> None:
         """
         @param pauseClient: stops reading the client's connection.

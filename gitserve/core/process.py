@@ -304,6 +304,8 @@ class GitProcessProtocol(ProcessProtocol):
         self.bytesOut = 0
         # Of bytesOut, what the output moved from the pipe itself.
         self.bytesRelayed = 0
+        # Of bytesIn, what the kernel moved from the client's socket.
+        self.bytesSpliced = 0
         self.stderr = b""
         self.began = clock.seconds()
         self.done: Deferred[GitOutcome] = Deferred()
@@ -347,12 +349,14 @@ class GitProcessProtocol(ProcessProtocol):
         def finished(received: int) -> None:
             self._stdin = None
             self.bytesIn = received
+            self.bytesSpliced = source.spliced
             if not self.childEnded:
                 self.closeStdin()
 
         def failed(failure: Failure) -> None:
             self._stdin = None
             self.bytesIn = source.received
+            self.bytesSpliced = source.spliced
             self.log.info(
                 "{description}: request body failed: {reason}",
                 description=self.description,
@@ -532,13 +536,17 @@ class GitProcessProtocol(ProcessProtocol):
             )
         self.log.info(
             "git {description} exit={exitCode} bytes_in={bytesIn} bytes_out={bytesOut} "
-            "duration={duration:.3f}s{logSuffix}{relayedField}",
+            "duration={duration:.3f}s{logSuffix}{relayedField}{splicedField}",
             **self.logFields,
             logSuffix=self.logSuffix,
             # How much of bytes_out the output moved from git's pipe itself
             # (splice(2) on a plain HTTP connection); absent when none.
             relayedField=f" relayed={self.bytesRelayed}" if self.bytesRelayed else "",
             relayed=self.bytesRelayed,
+            # How much of bytes_in went from the socket to git's stdin the
+            # same way (a chunked push body); absent when none.
+            splicedField=f" spliced_in={self.bytesSpliced}" if self.bytesSpliced else "",
+            splicedIn=self.bytesSpliced,
             description=self.description,
             exitCode=exitCode,
             bytesIn=self.bytesIn,

@@ -176,6 +176,8 @@ class RequestBody:
         self._consumer: IConsumer | None = None
         self._done: Deferred[int] | None = None
         self._received = 0
+        # Of _received, what was moved to the consumer directly.
+        self.spliced = 0
         self._complete = False
         self._failure: Failure | None = None
         self._pausedByConsumer = False
@@ -225,6 +227,40 @@ class RequestBody:
     def received(self) -> int:
         """Bytes of body (after inflation) delivered so far."""
         return self._received
+
+    # Moved past this object (see gitserve.http.inbound) --------------------
+
+    @property
+    def inflated(self) -> bool:
+        """Whether the body arrives compressed, to be inflated here."""
+        return isinstance(self._decoder, Inflater)
+
+    def takesDirectly(self) -> bool:
+        """
+        Whether the body's next bytes may go from the socket to the
+        consumer without passing through here: it reads on (a consumer
+        that keeps up, nothing refused or being dropped), the bytes need
+        no decoding, and nothing that came before them is still held.
+        """
+        return (
+            self._consumer is not None
+            and not self._networkPaused
+            and not self._pausedByConsumer
+            and not self._discarding
+            and not self._complete
+            and self._failure is None
+            and isinstance(self._decoder, Identity)
+            and self._decoder.drained
+        )
+
+    def room(self) -> int | None:
+        """How many more bytes the body's cap lets in; L{None}: no cap."""
+        return None if self._limit is None else self._limit - self._received
+
+    def movedDirectly(self, count: int) -> None:
+        """C{count} bytes reached the consumer without passing through here."""
+        self._received += count
+        self.spliced += count
 
     def _pauseNetwork(self) -> None:
         if not self._networkPaused:

@@ -221,6 +221,16 @@ class GitChannel(DeferredContinueMixin, HTTPChannel):
         if body is not None and body.holdsNetwork():
             self._bodyHeld = True
 
+    def bodyBytesTakenDirectly(self, count: int) -> None:
+        """
+        C{count} bytes of a request body were taken off the socket without
+        passing through L{dataReceived} (see L{gitserve.http.inbound}): they
+        count for the idle timeout and the body's rate just the same.
+        """
+        self.resetTimeout()
+        if self._bodyCall is not None:
+            self._bodyBytes += count
+
     def allContentReceived(self) -> None:
         self._cancel("_bodyCall")
         super().allContentReceived()

@@ -48,6 +48,15 @@ class HTTPContext:
     health: Health = field(default_factory=Health)
     pipeReactor: IRelayReactor | None = None
 
+    @property
+    def splicing(self) -> bool:
+        """
+        Whether git's pipes and plain sockets are joined with splice(2):
+        its output relayed (L{gitserve.http.relay}), a push body moved in
+        (L{gitserve.http.inbound}); C{--no-splice} turns both off.
+        """
+        return self.pipeReactor is not None
+
     def userFor(self, request: Request) -> Deferred[str | None]:
         """
         The authenticated user of C{request}, L{None} when anonymous; decided

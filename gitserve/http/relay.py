@@ -24,8 +24,6 @@ failed) through Twisted as always; a client that leaves stops the relay.
 from __future__ import annotations
 
 import fcntl
-import struct
-import termios
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
@@ -40,7 +38,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from gitserve.core.direct import DirectSender, PipeRange
+from gitserve.core.direct import DirectSender, PipeRange, bytesWaiting
 from gitserve.http.channel import connectionOf
 from gitserve.interfaces import IOutputPipe
 
@@ -67,11 +65,6 @@ BATCH_DELAY = 0.001
 
 class IRelayReactor(IReactorFDSet, IReactorTime):
     """What a relay runs on: a reactor that watches the pipe and times batches."""
-
-
-def pipeBytes(fd: int) -> int:
-    """How many bytes the pipe open as C{fd} holds, ready to read (C{FIONREAD})."""
-    return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0])
 
 
 @implementer(IReadDescriptor, IPushProducer)
@@ -138,7 +131,7 @@ class PipeRelay:
         The pipe is readable: git wrote more, or closed it with nothing left
         (the relay reads only between two chunks, so none is cut).
         """
-        if pipeBytes(self.fd) == 0:
+        if bytesWaiting(self.fd) == 0:
             self._end()
             return
         self._relay()
@@ -166,7 +159,7 @@ class PipeRelay:
         try:
             if self._sender.pending and not self._sender.send():
                 return
-            available = pipeBytes(self.fd)
+            available = bytesWaiting(self.fd)
             if available and available < MIN_BATCH and not self._batchDue:
                 # git keeps writing into the pipe meanwhile.
                 self._stopReading()

@@ -30,6 +30,7 @@ from gitserve.http.channel import GitRequest, connectionOf, isAnswerable
 from gitserve.http.context import HTTPContext
 from gitserve.http.errors import HTTPError, UnsupportedMediaType, renderError
 from gitserve.http.headers import startGitResponse
+from gitserve.http.inbound import spliceInbound
 from gitserve.http.packhit import HTTPSendfileReader, canSendfile
 from gitserve.http.relay import IRelayReactor, PipeRelay
 from gitserve.interfaces import IOutputPipe, IPipeOutput
@@ -400,6 +401,12 @@ def postReceivePack(
         _, started = runGit(context, request, repository, service, user, gitProtocol, False)
         # A push body is read in larger pieces (see readInPiecesOf).
         readInPiecesOf(connectionOf(request.channel), PUSH_READ_SIZE)
-        return started.addCallback(lambda protocol: protocol.streamStdin(body))
+
+        def stream(protocol: GitProcessProtocol) -> None:
+            protocol.streamStdin(body)
+            if context.splicing:
+                spliceInbound(request.channel, body, protocol.transport)
+
+        return started.addCallback(stream)
 
     return context.userFor(request).addCallback(start)
