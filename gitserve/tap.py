@@ -117,7 +117,8 @@ class Options(strcred.AuthOptionMixin, usage.Options):
         [
             "no-splice",
             None,
-            "Write all of git's output through Twisted, never splice(2) it to the socket.",
+            "Write all of git's output and the dumb protocol's files through Twisted, "
+            "never splice(2) or sendfile(2) them to the socket.",
         ],
     ]
     optParameters = [
@@ -470,7 +471,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         core,
         maxPushSize=options["max-push-size"],
         # git's output goes from its pipe to a plain socket with splice(2)
-        # (gitserve.http.relay) unless told not to.
+        # (gitserve.http.relay), and dumb files with sendfile(2)
+        # (gitserve.http.dumb), unless told not to.
         pipeReactor=None if options["no-splice"] else reactor,
     )
     if not options["no-browse"]:

@@ -35,7 +35,8 @@ class HTTPContext:
     @ivar health: the serving state C{/-/health} reports.
     @ivar pipeReactor: the reactor that watches git's output pipes while
         they are spliced to plain sockets (L{gitserve.http.relay});
-        L{None} writes all of git's output through Twisted (C{--no-splice}).
+        L{None} writes all of git's output, and the dumb protocol's files,
+        through Twisted (C{--no-splice}: see L{splicing}).
     """
 
     core: GitCore
@@ -47,6 +48,16 @@ class HTTPContext:
     # What /-/health answers: 503 once a graceful shutdown begins.
     health: Health = field(default_factory=Health)
     pipeReactor: IRelayReactor | None = None
+
+    @property
+    def splicing(self) -> bool:
+        """
+        Whether response bodies may be moved to plain sockets by the kernel:
+        git's output with C{splice(2)}, the dumb protocol's files with
+        C{sendfile(2)} (L{gitserve.http.dumb}). C{--no-splice} switches both
+        off at once, for comparing and in case a kernel misbehaves with them.
+        """
+        return self.pipeReactor is not None
 
     def userFor(self, request: Request) -> Deferred[str | None]:
         """
