@@ -117,8 +117,8 @@ class Options(strcred.AuthOptionMixin, usage.Options):
         [
             "no-splice",
             None,
-            "Pass every byte through Twisted: never splice(2) git's output to the socket,"
-            " nor a push body from the socket to git.",
+            "Pass every byte through Twisted: never splice(2) or sendfile(2) git's output"
+            " or the dumb protocol's files to the socket, nor a push body into git.",
         ],
     ]
     optParameters = [
@@ -471,7 +471,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         core,
         maxPushSize=options["max-push-size"],
         # git's output goes from its pipe to a plain socket with splice(2)
-        # (gitserve.http.relay) unless told not to.
+        # (gitserve.http.relay), and dumb files with sendfile(2)
+        # (gitserve.http.dumb), unless told not to.
         pipeReactor=None if options["no-splice"] else reactor,
     )
     if not options["no-browse"]:

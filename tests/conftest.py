@@ -31,6 +31,13 @@ REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"gitserve listening on ([0-9.]+):(\d+)")
 START_TIMEOUT = 30.0
 
+# Whether the daemons move bodies to plain sockets in the kernel (git's
+# output with splice(2), dumb files with sendfile(2)): GITSERVE_TEST_DAEMON_ARGS
+# may turn it off for a whole suite, and the behaviour tests then prove the
+# fallback path.
+SPLICING = "--no-splice" not in os.environ.get("GITSERVE_TEST_DAEMON_ARGS", "")
+spliceOn = pytest.mark.skipif(not SPLICING, reason="the suite runs with --no-splice")
+
 
 @dataclass
 class GitClient:
@@ -194,6 +201,18 @@ class Daemon:
                 return False
             time.sleep(0.05)
         return True
+
+    def written(self) -> int:
+        """
+        The bytes the daemon's write(2)-family calls and sendfile(2) moved
+        (C{wchar} in C{/proc/PID/io}). A socket's send(2), which Twisted
+        writes with, is not counted: what grows by a download's size is what
+        sendfile(2) sent.
+        """
+        for line in Path(f"/proc/{self.pid}/io").read_text().splitlines():
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+        raise AssertionError("no wchar")
 
     def openFds(self) -> int:
         """How many file descriptors the daemon holds open."""

@@ -6,6 +6,7 @@ running them, and a real GitSite driven over a StringTransport.
 from __future__ import annotations
 
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -289,6 +290,18 @@ class FakeProcessReactor(MemoryReactorClock):
         self.spawned.append(transport)
         processProtocol.makeConnection(transport)
         return transport
+
+
+def tcpPair(buffer: int = 0) -> tuple[socket.socket, socket.socket]:
+    """Both ends of a real loopback TCP connection, with small buffers if asked."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        peer = socket.socket()
+        if buffer:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+        peer.connect(listener.getsockname())
+        ours, _ = listener.accept()
+    return ours, peer
 
 
 def makeRepository(path: Path, config: str = "") -> Path:

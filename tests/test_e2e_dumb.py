@@ -1,6 +1,7 @@
 """
 End to end: the real `twistd -n gitserve` serving the dumb protocol to the real
-git client, compared header by header with `git http-backend` itself.
+git client, compared header by header with `git http-backend` itself; large
+files sent with sendfile(2) on plain TCP, and through Python with --no-splice.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Daemon, GitClient
+from tests.conftest import SPLICING, Daemon, GitClient, bigRepository, spliceOn
 from tests.gitrepos import mixedRepository
 
 DUMB = {"GIT_SMART_HTTP": "0"}
@@ -391,3 +392,73 @@ def test_sha256RepositoryDumbClone(git: GitClient, serve, root: Path, tmp_path: 
         "rev-parse", "HEAD", cwd=work
     )
     assert git.output("rev-parse", "v1^{}", cwd=clone) == first
+
+
+MiB = 1024 * 1024
+FAKE_PACK = "pack-" + "e" * 40 + ".pack"
+
+
+@spliceOn
+def test_dumbCloneOfABigPackIsSentWithSendfile(
+    git: GitClient, serve, root: Path, tmp_path: Path
+) -> None:
+    """A dumb clone of a 24 MB pack: the pack goes out with sendfile(2); fsck is clean."""
+    head = bigRepository(git, root, tmp_path / "big", 24)
+    git.run("repack", "-a", "-d", "-q", cwd=root / "big.git")
+    (pack,) = packFiles(root / "big.git", "pack")
+    size = (root / "big.git" / pack).stat().st_size
+    daemon = serve(root)
+    before = daemon.written()
+    clone = tmp_path / "clone"
+    git.run("clone", "-q", daemon.url("big.git"), str(clone), env=DUMB)
+    git.run("fsck", "--full", "--strict", "--no-dangling", cwd=clone)
+    assert git.output("rev-parse", "origin/main", cwd=clone) == head
+    # sendfile(2) counts as written; Python's socket sends do not.
+    assert daemon.written() - before >= size
+
+
+@pytest.mark.parametrize("splice", [True, False], ids=["sendfile", "no-splice"])
+def test_largeDownloadIsByteIdentical(serve, root: Path, mixed: Path, splice: bool) -> None:
+    """A 48 MiB file, whole and as a Range: the same bytes by sendfile(2) and by Python."""
+    content = os.urandom(48 * MiB)
+    (mixed / "objects" / "pack" / FAKE_PACK).write_bytes(content)
+    daemon = serve(root, *(() if splice else ("--no-splice",)))
+    path = "mixed.git/objects/pack/" + FAKE_PACK
+    before = daemon.written()
+    status, headers, body = fetchFrom(daemon, path)
+    assert (status, headers["content-length"]) == (200, str(len(content)))
+    assert hashlib.sha256(body).digest() == hashlib.sha256(content).digest()
+    offset = 12_345_678
+    status, headers, body = fetchFrom(daemon, path, Range=f"bytes={offset}-")
+    assert status == 206
+    assert headers["content-range"] == f"bytes {offset}-{len(content) - 1}/{len(content)}"
+    assert hashlib.sha256(body).digest() == hashlib.sha256(content[offset:]).digest()
+    written = daemon.written() - before
+    if splice and SPLICING:
+        assert written >= 2 * len(content) - offset
+    else:
+        assert written < MiB
+
+
+def test_fileShrinkingMidDownloadClosesTheConnection(serve, root: Path, mixed: Path) -> None:
+    """A file truncated while it is sent: the client gets less than Content-Length, then a close."""
+    content = os.urandom(48 * MiB)
+    target = mixed / "objects" / "pack" / FAKE_PACK
+    target.write_bytes(content)
+    daemon = serve(root)
+    sock = socket.create_connection((daemon.host, daemon.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.sendall(b"GET /mixed.git/objects/pack/%s HTTP/1.1\r\nHost: x\r\n\r\n" % FAKE_PACK.encode())
+    sock.settimeout(30)
+    received = b""
+    while len(received) < MiB:
+        received += sock.recv(MiB)
+    os.truncate(target, 2 * MiB)
+    while piece := sock.recv(MiB):
+        received += piece
+    sock.close()
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert b"Content-Length: %d" % len(content) in head
+    assert len(body) < len(content)
+    assert body[: MiB // 2] == content[: MiB // 2]
+    assert daemon.waitForLog("File shrank while being served")

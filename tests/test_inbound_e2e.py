@@ -11,7 +11,6 @@ trickles end the push as they do without it.
 from __future__ import annotations
 
 import gzip
-import os
 import re
 import socket
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Daemon, GitClient, startDaemon
+from tests.conftest import SPLICING, Daemon, GitClient, spliceOn, startDaemon
 from tests.rawhttp import (
     LAST_CHUNK,
     RECEIVE_PACK_REQUEST,
@@ -28,7 +27,6 @@ from tests.rawhttp import (
     streamUntilAnswered,
 )
 from tests.test_push_e2e import randomCommit, rawRequest, receivePackRequest
-from tests.test_relay_e2e import spliceOn
 from tests.test_slow_peers import closedWithin, trickle
 
 MiB = 1024 * 1024
@@ -215,7 +213,7 @@ def test_anyChunkingLands(git: GitClient, root: Path, bare: Path, serve, tmp_pat
     assertLanded(git, bare, head)
     bytesIn, spliced = pushLine(daemon)
     assert bytesIn == len(body)
-    if "--no-splice" not in os.environ.get("GITSERVE_TEST_DAEMON_ARGS", ""):
+    if SPLICING:
         assert spliced > len(body) // 2
 
 
@@ -237,7 +235,7 @@ def test_bodyPastTheCapIsRefused(git: GitClient, root: Path, bare: Path, serve) 
     bytesIn, spliced = pushLine(daemon)
     # (Counting the piece that went past it, which git never got.)
     assert bytesIn <= 4 * MiB + 256 * 1024
-    if "--no-splice" not in os.environ.get("GITSERVE_TEST_DAEMON_ARGS", ""):
+    if SPLICING:
         assert spliced > MiB
     git.run("ls-remote", daemon.url("push.git"))
     assert not daemon.settledChildren()

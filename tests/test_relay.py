@@ -27,19 +27,7 @@ from gitserve.core.direct import bytesWaiting
 from gitserve.http.relay import BATCH_DELAY, MIN_BATCH, RELAY_PIPE_SIZE, PipeRelay
 from gitserve.http.smart import SmartResponse
 from gitserve.interfaces import IOutputPipe, IPipeOutput
-from tests.fakes import FakeOutputPipe
-
-
-def tcpPair(buffer: int = 0) -> tuple[socket.socket, socket.socket]:
-    """Both ends of a real loopback TCP connection, with small buffers if asked."""
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        peer = socket.socket()
-        if buffer:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
-            peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
-        peer.connect(listener.getsockname())
-        ours, _ = listener.accept()
-    return ours, peer
+from tests.fakes import FakeOutputPipe, tcpPair
 
 
 class Connection:

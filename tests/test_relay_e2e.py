@@ -20,7 +20,15 @@ import pytest
 
 from gitserve.core.process import MAX_SHORT_ANSWER
 from gitserve.twistedinternals import PIPE_READ_SIZE
-from tests.conftest import Daemon, GitClient, bigRepository, startDaemon, startUploadPack
+from tests.conftest import (
+    SPLICING,
+    Daemon,
+    GitClient,
+    bigRepository,
+    spliceOn,
+    startDaemon,
+    startUploadPack,
+)
 from tests.test_e2e_smart import uploadPackRequest
 from tests.test_packcache_e2e import daemonHome, settle, settleDaemon
 
@@ -31,11 +39,6 @@ FETCH_LINE = re.compile(
     r"git git-upload-pack repo=big\.git .*bytes_out=(\d+) .*transport=http"
     r"(?: relayed=(\d+))?$"
 )
-
-# Whether the daemons relay (GITSERVE_TEST_DAEMON_ARGS may turn it off for a
-# whole suite: the behaviour tests below then prove the fallback path).
-SPLICING = "--no-splice" not in os.environ.get("GITSERVE_TEST_DAEMON_ARGS", "")
-spliceOn = pytest.mark.skipif(not SPLICING, reason="the suite runs with --no-splice")
 
 
 def fetchLines(daemon: Daemon, expected: int = 1, timeout: float = 15.0) -> list[tuple[int, int]]:

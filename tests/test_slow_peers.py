@@ -23,6 +23,7 @@ from tests.rawhttp import (
     RECEIVE_PACK_REQUEST,
     connect,
     pushCommands,
+    readAll,
     request,
     startFetch,
     startPush,
@@ -185,6 +186,26 @@ def test_readerThatStopsIsCutAndItsChildEnded(daemon: Daemon, big: str) -> None:
         assert closedWithin(sock, 10) is not None
     finally:
         sock.close()
+    assertClean(daemon, fdsBefore)
+
+
+def test_dumbDownloadThatStopsIsCut(daemon: Daemon, root: Path) -> None:
+    """A dumb download (sendfile(2) on plain TCP) whose client stops reading is dropped."""
+    content = os.urandom(32 * 1024 * 1024)
+    name = "pack-" + "f" * 40 + ".pack"
+    (root / "project.git" / "objects" / "pack" / name).write_bytes(content)
+    fdsBefore = daemon.openFds()
+    with connect(daemon.host, daemon.port) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.sendall(
+            b"GET /project.git/objects/pack/%s HTTP/1.1\r\nHost: x\r\n\r\n" % name.encode()
+        )
+        received = sock.recv(64 * 1024)
+        assert received.startswith(b"HTTP/1.1 200")
+        # Stop reading: the socket fills, the channel pauses, the stall timer runs.
+        assert daemon.waitForLog("client read nothing", timeout=IDLE + 10)
+        received += readAll(sock)
+    assert len(received) < len(content), "the whole file went to a reader that stopped"
     assertClean(daemon, fdsBefore)
 
 

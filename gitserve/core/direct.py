@@ -4,9 +4,10 @@ Bytes sent on a connection's socket behind Twisted's back: a range of a file
 socket without passing through Python, framed as an HTTP chunk when the
 response is chunked (its size line and closing CRLF sent around it).
 
-Both users share this one sender: the pack cache's readers
-(L{gitserve.core.sendfile}, over HTTP and git://) and git's output relayed
-from its pipe (L{gitserve.http.relay}).
+Every user shares this one sender: the pack cache's readers
+(L{gitserve.core.sendfile}, over HTTP and git://), git's output relayed
+from its pipe (L{gitserve.http.relay}), and the dumb protocol's file
+downloads (L{gitserve.http.dumb}).
 
 Bytes are only ever sent on the socket when Twisted's own buffer for it is
 empty, so they stay in order with what Twisted writes (the head before, the
@@ -64,6 +65,17 @@ class PipeRange:
 Range = FileRange | PipeRange
 
 
+class SourceEnded(OSError):
+    """
+    A range's source held fewer bytes than the range (a file that shrank
+    under us): what was announced cannot be sent. Unlike a failed
+    connection, this is worth an error in the log.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(errno.EIO, "the source ended inside a range being sent")
+
+
 class DirectSender:
     """
     Ranges queued for one connection's socket, sent in order, each as a
@@ -99,8 +111,8 @@ class DirectSender:
             (or Twisted's buffer ahead of it) is full: the connection's
             producer is then paused until it drains (L{resumeWhenWritable}),
             and the rest stays queued.
-        @raise OSError: the connection is closed or failed, or a range's
-            source ended before its length.
+        @raise SourceEnded: a range's source ended before its length.
+        @raise OSError: the connection is closed or failed.
         """
         while self._segments:
             if not transportDrained(self.transport):
@@ -140,7 +152,7 @@ class DirectSender:
             n = os.splice(segment.fd, fd, segment.length, flags=flags)
             rest = PipeRange(segment.fd, segment.length - n)
         if n == 0:
-            raise OSError(errno.EIO, "the source ended inside a range being sent")
+            raise SourceEnded()
         self.onSent(n)
         if rest.length:
             self._segments[0] = rest

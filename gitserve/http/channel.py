@@ -26,7 +26,7 @@ from twisted.web.server import Request, Site
 from gitserve.core.connections import OpenConnections
 from gitserve.core.metrics import IMetrics, NullMetrics
 from gitserve.http.body import RequestBody
-from gitserve.twistedinternals import DeferredContinueMixin, watchChunkSizes
+from gitserve.twistedinternals import DeferredContinueMixin, sendfileDescriptor, watchChunkSizes
 
 # A refused request's body is read and dropped up to this much, so the
 # connection can carry the answer and stay open; past it, the connection closes.
@@ -77,6 +77,16 @@ def isAnswerable(request: Request) -> bool:
         and not getattr(request, "answered", False)
         and not getattr(request, "lost", False)
     )
+
+
+def canSendfile(request: Request) -> bool:
+    """
+    Whether bytes for C{request} may go to its socket behind Twisted's back
+    (C{sendfile(2)}, C{splice(2)}: L{gitserve.core.direct}): its connection
+    is a plain TCP or UNIX socket, not TLS nor a C{haproxy:} listener's
+    PROXY-protocol wrapper.
+    """
+    return sendfileDescriptor(getattr(request.channel, "transport", None)) is not None
 
 
 def _answerAndClose(channel: HTTPChannel, status: bytes, message: str) -> None:

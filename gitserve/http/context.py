@@ -35,7 +35,8 @@ class HTTPContext:
     @ivar health: the serving state C{/-/health} reports.
     @ivar pipeReactor: the reactor that watches git's output pipes while
         they are spliced to plain sockets (L{gitserve.http.relay});
-        L{None} writes all of git's output through Twisted (C{--no-splice}).
+        L{None} writes all of git's output, and the dumb protocol's files,
+        through Twisted (C{--no-splice}: see L{splicing}).
     """
 
     core: GitCore
@@ -51,9 +52,12 @@ class HTTPContext:
     @property
     def splicing(self) -> bool:
         """
-        Whether git's pipes and plain sockets are joined with splice(2):
-        its output relayed (L{gitserve.http.relay}), a push body moved in
-        (L{gitserve.http.inbound}); C{--no-splice} turns both off.
+        Whether the kernel moves bytes between files, git's pipes and plain
+        sockets: git's output relayed with C{splice(2)}
+        (L{gitserve.http.relay}), a push body moved in the same way
+        (L{gitserve.http.inbound}), the dumb protocol's files sent with
+        C{sendfile(2)} (L{gitserve.http.dumb}). C{--no-splice} switches all
+        off at once, for comparing and in case a kernel misbehaves with them.
         """
         return self.pipeReactor is not None
 

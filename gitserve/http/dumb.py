@@ -14,7 +14,9 @@ Two kinds of answer live here:
     connection, never read whole into memory, with C{ETag}/C{Last-Modified}
     validators, conditional requests (304) and a single C{Range} (206) so
     that an interrupted dumb fetch of a large pack resumes instead of
-    restarting.
+    restarting. On a plain TCP or UNIX connection the kernel sends them
+    (C{sendfile(2)}); over TLS, behind a PROXY-protocol listener, or with
+    C{--no-splice}, Python reads and writes them.
 
 Header values mirror C{http-backend.c}: C{hdr_nocache()} for refs and text
 files, C{hdr_cache_forever()} for objects, packs and indexes. Where
@@ -26,6 +28,7 @@ Nothing here imports the global reactor: the clock is passed in.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -36,6 +39,7 @@ from twisted.web import http
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
+from gitserve.core.direct import DirectSender, FileRange, SourceEnded
 from gitserve.core.dumbfiles import (
     ServedFile,
     generateHead,
@@ -45,7 +49,8 @@ from gitserve.core.dumbfiles import (
 )
 from gitserve.core.errors import NotFound
 from gitserve.core.repository import Repository
-from gitserve.http.channel import isAnswerable
+from gitserve.core.sendfile import SENDFILE_PER_TURN
+from gitserve.http.channel import canSendfile, connectionOf, isAnswerable
 from gitserve.http.context import HTTPContext
 from gitserve.http.headers import setCacheForever, setNoCache
 
@@ -202,6 +207,9 @@ class FileRangeProducer:
     that turns out shorter than its announced length (truncated under us)
     closes the connection, so the client sees an error rather than a short
     "successful" download.
+
+    How a turn sends is L{_sendTurn}'s business: L{FileSendfileProducer}
+    replaces it, and keeps everything else.
     """
 
     def __init__(
@@ -214,6 +222,7 @@ class FileRangeProducer:
     ) -> None:
         self._request: Request | None = request
         self._served = served
+        # The next byte of the file to send, and how many are still to go.
         self._offset = offset
         self._remaining = length
         self._clock = clock
@@ -223,7 +232,6 @@ class FileRangeProducer:
     def start(self) -> None:
         """Register with the request and schedule the first chunks."""
         assert self._request is not None
-        self._served.fileObject.seek(self._offset)
         self._request.notifyFinish().addErrback(lambda _: self.stopProducing())
         self._request.registerProducer(self, True)
         self._schedule()
@@ -233,30 +241,60 @@ class FileRangeProducer:
             self._call = self._clock.callLater(0, self._produce)
 
     def _produce(self) -> None:
-        """Send chunks until paused, done, or this turn's share is sent."""
+        """Send this turn's share, then end the response or wait for the next turn."""
         self._call = None
+        request = self._request
+        if request is None or self._paused:
+            return
+        try:
+            done = self._sendTurn(request)
+        except SourceEnded:
+            log.error("File shrank while being served; closing the connection")
+            self._end(request)
+            # Content-Length promised more: closing now makes the client
+            # report a truncated transfer instead of accepting it.
+            request.loseConnection()
+            return
+        except OSError as e:
+            # The connection broke under sendfile(2) before Twisted saw it (a
+            # reset, a closed socket), or the disk failed a read.
+            log.info("sending a file failed: {error}", error=e)
+            self._end(request)
+            connectionOf(request.channel).abortConnection()
+            return
+        if done:
+            self._end(request)
+            request.finish()
+        else:
+            self._schedule()
+
+    def _sendTurn(self, request: Request) -> bool:
+        """
+        Write up to L{CHUNKS_PER_TURN} chunks, fewer if the transport pauses
+        this producer meanwhile.
+
+        @return: whether the whole range went out.
+        @raise SourceEnded: the file ended inside the range.
+        """
+        fd = self._served.fileObject.fileno()
         for _ in range(CHUNKS_PER_TURN):
-            request = self._request
-            if request is None or self._paused:
-                return
-            data = self._served.fileObject.read(min(CHUNK_SIZE, self._remaining))
+            if self._request is None or self._paused:
+                return False
+            data = os.pread(fd, min(CHUNK_SIZE, self._remaining), self._offset)
             if not data:
-                log.error("File shrank while being served; closing the connection")
-                self.stopProducing()
-                request.unregisterProducer()
-                # Content-Length promised more: closing now makes the client
-                # report a truncated transfer instead of accepting it.
-                request.loseConnection()
-                return
+                raise SourceEnded()
+            self._offset += len(data)
             self._remaining -= len(data)
             # write() may call pauseProducing() before it returns.
             request.write(data)
             if self._remaining == 0:
-                self.stopProducing()
-                request.unregisterProducer()
-                request.finish()
-                return
-        self._schedule()
+                return True
+        return False
+
+    def _end(self, request: Request) -> None:
+        """Nothing more to send: let go of the request and the file."""
+        self.stopProducing()
+        request.unregisterProducer()
 
     def pauseProducing(self) -> None:
         """The transport's buffer is full: stop until it asks again."""
@@ -279,8 +317,65 @@ class FileRangeProducer:
         self._served.close()
 
 
+class FileSendfileProducer(FileRangeProducer):
+    """
+    A L{FileRangeProducer} whose turns send with C{sendfile(2)}: the kernel
+    copies the file from the page cache to the socket, and no byte of it
+    passes through Python. Only for a connection L{canSendfile} accepts.
+
+    The head goes out through Twisted first; L{DirectSender} sends the range
+    only once Twisted's buffer is empty, and when the socket is full it
+    pauses the HTTP channel as a full buffer does (so this producer waits to
+    be resumed, and the channel's stall timeout drops a client that stopped
+    reading). A turn sends at most L{SENDFILE_PER_TURN}, so one fast
+    download on loopback cannot hold the reactor from other clients.
+    """
+
+    def __init__(
+        self,
+        request: Request,
+        served: ServedFile,
+        offset: int,
+        length: int,
+        clock: IReactorTime,
+    ) -> None:
+        super().__init__(request, served, offset, length, clock)
+        self._sender = DirectSender(connectionOf(request.channel), self._sentDirectly)
+
+    def start(self) -> None:
+        """Register, and send the head through Twisted: the range follows it on the socket."""
+        super().start()
+        assert self._request is not None
+        self._request.write(b"")
+
+    def _sendTurn(self, request: Request) -> bool:
+        """
+        Queue the next L{SENDFILE_PER_TURN} of the range once the last share
+        is out, and send what the socket takes of it.
+        """
+        if not self._sender.pending:
+            length = min(self._remaining, SENDFILE_PER_TURN)
+            fd = self._served.fileObject.fileno()
+            # Content-Length is set: the body is never chunked.
+            self._sender.queue(FileRange(fd, self._offset, length), chunked=False)
+            self._offset += length
+            self._remaining -= length
+        # send() is false when the socket is full: this producer was paused
+        # until it drains, and the rest of the share stays queued.
+        return self._sender.send() and self._remaining == 0
+
+    def _sentDirectly(self, count: int) -> None:
+        # What Request.write would have counted, for the access log.
+        assert self._request is not None
+        self._request.sentLength += count
+
+
 def serveFile(
-    request: Request, served: ServedFile, fileClass: FileClass, clock: IReactorTime
+    request: Request,
+    served: ServedFile,
+    fileClass: FileClass,
+    clock: IReactorTime,
+    sendfile: bool = False,
 ) -> object:
     """
     Answer a GET (or HEAD) with an opened file: headers for its class, a 304
@@ -290,6 +385,10 @@ def serveFile(
     The request is finished here or by the producer; the caller returns the
     result from C{render}.
 
+    @param sendfile: whether the body may go out with C{sendfile(2)}
+        (L{FileSendfileProducer}); only a body larger than one chunk does,
+        since a smaller one leaves with its head in a single write, while
+        sendfile would wait for the head to go first.
     @return: L{NOT_DONE_YET}.
     """
     if fileClass.cacheForever:
@@ -338,7 +437,8 @@ def serveFile(
         request.write(b"")
         request.finish()
         return NOT_DONE_YET
-    FileRangeProducer(request, served, offset, length, clock).start()
+    producer = FileSendfileProducer if sendfile and length > CHUNK_SIZE else FileRangeProducer
+    producer(request, served, offset, length, clock).start()
     return NOT_DONE_YET
 
 
@@ -397,7 +497,9 @@ def fileHandler(
 ) -> Callable[[HTTPContext, Request, Repository, Sequence[str]], object]:
     """
     The handler for one class of file: the matched route suffix (hex digits
-    and fixed names only) is the file's path inside the git directory.
+    and fixed names only) is the file's path inside the git directory. On a
+    plain socket its body goes out with C{sendfile(2)}, unless the daemon
+    runs with C{--no-splice} (L{HTTPContext.splicing}).
     """
 
     def getFile(
@@ -407,7 +509,8 @@ def fileHandler(
         served = openServedFile(context.core.root, repository.gitDir.joinpath(*suffix))
         if served is None:
             raise NotFound()
-        return serveFile(request, served, fileClass, context.core.clock)
+        sendfile = context.splicing and canSendfile(request)
+        return serveFile(request, served, fileClass, context.core.clock, sendfile)
 
     return getFile
 

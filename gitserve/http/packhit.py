@@ -25,14 +25,8 @@ from gitserve.core.sendfile import SendfileReader
 from gitserve.http.channel import connectionOf, isAnswerable
 from gitserve.http.headers import startGitResponse
 from gitserve.interfaces import IGitOutput
-from gitserve.twistedinternals import sendfileDescriptor
 
 log = Logger()
-
-
-def canSendfile(request: Request) -> bool:
-    """Whether cache answers for C{request} can go out with C{sendfile(2)}."""
-    return sendfileDescriptor(getattr(request.channel, "transport", None)) is not None
 
 
 class HTTPSendfileReader(SendfileReader):

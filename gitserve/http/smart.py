@@ -26,12 +26,12 @@ from gitserve.core.policy import Service
 from gitserve.core.process import GitOutcome, GitProcessProtocol
 from gitserve.core.repository import Repository, parseGitSize
 from gitserve.http import dumb
-from gitserve.http.channel import GitRequest, connectionOf, isAnswerable
+from gitserve.http.channel import GitRequest, canSendfile, connectionOf, isAnswerable
 from gitserve.http.context import HTTPContext
 from gitserve.http.errors import HTTPError, UnsupportedMediaType, renderError
 from gitserve.http.headers import startGitResponse
 from gitserve.http.inbound import spliceInbound
-from gitserve.http.packhit import HTTPSendfileReader, canSendfile
+from gitserve.http.packhit import HTTPSendfileReader
 from gitserve.http.relay import IRelayReactor, PipeRelay
 from gitserve.interfaces import IOutputPipe, IPipeOutput
 from gitserve.twistedinternals import readInPiecesOf
