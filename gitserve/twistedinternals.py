@@ -264,8 +264,8 @@ class ChunkedBodyPosition:
 
     Private: C{HTTPChannel._transferDecoder}, and
     C{_ChunkedTransferDecoder}'s C{state}, C{length}, C{_buffer} and
-    C{_start}, and that its C{CHUNK_LENGTH} state ends in C{BODY} with
-    C{length} set.
+    C{_start}: after a size line it is in C{BODY} with the chunk's
+    C{length} still to come, and after a chunk's bytes in C{CRLF}.
     """
 
     def __init__(self, channel: http.HTTPChannel) -> None:
@@ -299,22 +299,18 @@ class ChunkedBodyPosition:
             return None
         return {"CRLF": b"\r\n", "CHUNK_LENGTH": b""}.get(decoder.state)
 
-    def sizeLineTaken(self, size: int) -> None:
+    def movedTo(self, chunkLeft: int) -> None:
         """
-        The next size line (and what L{beforeSizeLine} said comes first)
-        was taken off the socket: a chunk of C{size} bytes follows.
+        Whole size lines and chunk bytes were taken off the socket, up to
+        C{chunkLeft} bytes before the end of a chunk (0: at its end, its
+        CRLF next).
         """
         decoder = self._decoder
-        assert size > 0 and decoder is not None and decoder.state in ("CRLF", "CHUNK_LENGTH")
-        decoder.state = "BODY"
-        decoder.length = size
-
-    def chunkBytesTaken(self, count: int) -> None:
-        """C{count} bytes of the current chunk were taken off the socket."""
-        decoder = self._decoder
-        assert decoder is not None and decoder.state == "BODY" and 0 < count <= decoder.length
-        decoder.length -= count
-        if not decoder.length:
+        assert decoder is not None and not decoder._buffer
+        if chunkLeft:
+            decoder.state = "BODY"
+            decoder.length = chunkLeft
+        else:
             decoder.state = "CRLF"
 
 

@@ -284,3 +284,75 @@ def test_slowBodyMidChunkIsCut(
             assert not trickle(sock, b"x" * 100, 0.5, 20), "the server kept a trickled body"
     assert not daemon.settledChildren(), "receive-pack outlived its connection"
     assert list((bare / "refs" / "heads").iterdir()) == []
+
+
+def cpuTicks(daemon: Daemon) -> int:
+    """The daemon's user and system CPU so far, in clock ticks."""
+    fields = Path(f"/proc/{daemon.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def test_waitingForASizeLineCostsNothing(
+    git: GitClient, root: Path, bare: Path, serve, tmp_path
+) -> None:
+    """
+    A chunk's CRLF and half its next size line, then a pause: the daemon
+    waits for the rest without spinning (it is woken by more bytes, not by
+    the ones it has), and the push lands once they come.
+    """
+    daemon = serve(root, "--anonymous-push")
+    work = tmp_path / "work"
+    head = randomCommit(git, work, 2)
+    body = receivePackRequest(git, work, "refs/heads/main")
+    half = len(body) // 2
+    with socket.create_connection((daemon.host, daemon.port), timeout=30) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(PUSH_HEAD + b"Connection: close\r\n\r\n")
+        sock.sendall(b"%x\r\n%s\r\n%x" % (half, body[:half], len(body) - half))
+        assert daemon.startedChildren(5), "receive-pack did not start"
+        time.sleep(0.3)
+        before = cpuTicks(daemon)
+        time.sleep(1.0)
+        idle = cpuTicks(daemon) - before
+        sock.sendall(b"\r\n" + body[half:] + b"\r\n" + LAST_CHUNK)
+        answer = b""
+        while piece := sock.recv(65536):
+            answer += piece
+    # A daemon polling its socket all along would spend the whole second.
+    assert idle <= 10, f"{idle} ticks of CPU in a second of waiting"
+    assert b"ok refs/heads/main" in answer, answer[:300]
+    assertLanded(git, bare, head)
+    assert pushLine(daemon)[0] == len(body)
+
+
+def test_connectionServesOnAfterASplicedPush(
+    git: GitClient, root: Path, bare: Path, serve, tmp_path
+) -> None:
+    """After a spliced push, the same connection answers its next request at once."""
+    daemon = serve(root, "--anonymous-push")
+    work = tmp_path / "work"
+    head = randomCommit(git, work, 4)
+    body = receivePackRequest(git, work, "refs/heads/main")
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(body[i : i + 8192]), body[i : i + 8192])
+        for i in range(0, len(body), 8192)
+    )
+    with socket.create_connection((daemon.host, daemon.port), timeout=30) as sock:
+        sock.sendall(PUSH_HEAD + b"\r\n" + chunks + LAST_CHUNK)
+        answer = b""
+        while b"0\r\n\r\n" not in answer:
+            answer += sock.recv(65536)
+        assert b"ok refs/heads/main" in answer, answer[:300]
+        sock.sendall(b"GET /-/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        began = time.monotonic()
+        health = b""
+        while piece := sock.recv(65536):
+            health += piece
+        elapsed = time.monotonic() - began
+    assert health.startswith(b"HTTP/1.1 200"), health[:200]
+    assert elapsed < 1.0
+    assertLanded(git, bare, head)
+    bytesIn, spliced = pushLine(daemon)
+    assert bytesIn == len(body)
+    if SPLICING:
+        assert spliced > len(body) // 2

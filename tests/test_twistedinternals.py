@@ -322,17 +322,20 @@ def test_chunkedBodyPositionFollowsTheDecoder() -> None:
     assert position.beforeSizeLine() == b"" and position.chunkLeft() == 0
     channel.dataReceived(b"a\r\n0123")
     assert position.chunkLeft() == 6 and position.beforeSizeLine() is None
-    # Four of the chunk's bytes, and then its end, taken elsewhere.
-    position.chunkBytesTaken(4)
+    # Four of the chunk's bytes taken elsewhere.
+    position.movedTo(2)
     assert position.chunkLeft() == 2
     channel.dataReceived(b"45")
     assert position.beforeSizeLine() == b"\r\n"
-    # The CRLF and a size line taken elsewhere: the chunk's bytes follow.
-    position.sizeLineTaken(3)
-    assert position.chunkLeft() == 3
-    position.chunkBytesTaken(3)
+    # The CRLF, a size line, and the chunk's first byte taken elsewhere.
+    position.movedTo(2)
+    assert position.chunkLeft() == 2
+    channel.dataReceived(b"67")
+    # Then a whole chunk, with the CRLF and size line before it.
+    position.movedTo(0)
+    assert position.beforeSizeLine() == b"\r\n"
     channel.dataReceived(b"\r\n2\r\nxy\r\n0\r\n\r\n")
-    assert b"".join(received) == b"012345xy"
+    assert b"".join(received) == b"01234567xy"
     assert channel._transferDecoder is None or channel._transferDecoder.state == "FINISHED"
 
 

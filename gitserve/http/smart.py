@@ -404,8 +404,8 @@ def postReceivePack(
 
         def stream(protocol: GitProcessProtocol) -> None:
             protocol.streamStdin(body)
-            if context.splicing:
-                spliceInbound(request.channel, body, protocol.transport)
+            if context.pipeReactor is not None:
+                spliceInbound(request.channel, body, protocol.transport, context.pipeReactor)
 
         return started.addCallback(stream)
 
