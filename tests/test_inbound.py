@@ -4,7 +4,7 @@ and a real pipe, with the reactor played by hand on a memory clock: chunks
 reach the pipe and the body's counts, Twisted's decoder reads on where the
 splice stopped, wakeups are batched with SO_RCVLOWAT (and a size line half
 there waits for its next byte, not for the bytes already there), and a full
-pipe pauses the body for a batch's delay.
+pipe holds the body until half of it is free.
 """
 
 from __future__ import annotations
@@ -23,7 +23,13 @@ from twisted.web.server import NOT_DONE_YET
 
 from gitserve.http.body import RequestBody
 from gitserve.http.channel import GitChannel, GitRequest, GitSite
-from gitserve.http.inbound import BATCH, BATCH_DELAY, InboundSplice, spliceInbound
+from gitserve.http.inbound import (
+    BATCH,
+    BATCH_DELAY,
+    MAX_ROOM_WAIT,
+    InboundSplice,
+    spliceInbound,
+)
 from tests.fakes import CLIENT, tcpPair
 
 HEAD = (
@@ -177,21 +183,28 @@ def test_halfASizeLineWaitsForItsNextByte(pushing: Pushing) -> None:
     assert pushing.fromPipe() == b"x" * 8192 + b"y" * 0x1F40
 
 
-def test_aFullPipePausesTheBodyForABatchDelay() -> None:
-    """git's pipe full: the connection is not read until BATCH_DELAY later, then all arrives."""
+def test_aFullPipeHoldsTheBodyUntilHalfOfItIsFree() -> None:
+    """
+    git's pipe full: the connection is not read while more than half the
+    pipe is still full, looked at after 1 ms, then 2, 4 ... up to 16; once
+    git has read enough, reading goes on, and everything arrives.
+    """
     pushing = Pushing(pipeSize=4096)
     try:
         payload = os.urandom(64 * 1024)
         pushing.peer.sendall(chunk(payload))
         pushing.read()
         assert not pushing.reading()
+        for waited in (BATCH_DELAY, 2 * BATCH_DELAY, 4 * BATCH_DELAY):
+            pushing.clock.advance(waited)
+            assert not pushing.reading(), f"resumed with the pipe full after {waited}s more"
         got = pushing.fromPipe()
-        pushing.clock.advance(BATCH_DELAY)
+        pushing.clock.advance(8 * BATCH_DELAY)
         assert pushing.reading()
         while len(got) < len(payload):
             pushing.read()
             got += pushing.fromPipe()
-            pushing.clock.advance(BATCH_DELAY)
+            pushing.clock.advance(MAX_ROOM_WAIT)
         assert got == payload
         assert pushing.body.spliced == len(payload)
     finally:
