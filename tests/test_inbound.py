@@ -225,3 +225,27 @@ def test_aChunkPastTheCapIsLeftToTwistedToRefuse() -> None:
         assert pushing.fromPipe() == b"a" * 8000
     finally:
         pushing.close()
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"", b"2000\r\n" + b"x" * 8192 + b"\r\n1f"],
+    ids=["before-the-body", "inside-a-size-line"],
+)
+def test_theClientClosingIsSeen(pushing: Pushing, sent: bytes) -> None:
+    """
+    The client closes, before a byte of the body or inside a size line: the
+    read that follows reports the end (Twisted's, which ends the request),
+    rather than the splice waiting on for the rest of the size line.
+    """
+    pushing.peer.sendall(sent)
+    if sent:
+        pushing.read()
+        pushing.clock.advance(BATCH_DELAY)
+    pushing.peer.shutdown(socket.SHUT_WR)
+    for _ in range(3):
+        why = pushing.server.doRead()
+        if why is not None:
+            break
+        pushing.clock.advance(BATCH_DELAY)
+    assert why is not None, "the end of the connection was not seen"

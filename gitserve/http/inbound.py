@@ -109,6 +109,8 @@ class InboundSplice:
         # The socket's SO_RCVLOWAT, and what it goes back to after a batch.
         self._mark = 1
         self._needMore = 1
+        # How many bytes of a size line the last wakeup left waiting; -1: none.
+        self._waitingOn = -1
         self.channel = channel
         self.body = body
         self.stdin = stdin
@@ -250,6 +252,7 @@ class InboundSplice:
         sock, socketFD, pipeFD = self.socket, self.socketFD, self.pipeFD
         spliced = framing = 0
         self._needMore = 1
+        waitedOn, self._waitingOn = self._waitingOn, -1
         while spliced < BYTES_PER_WAKEUP:
             if not left:
                 try:
@@ -260,10 +263,18 @@ class InboundSplice:
                     return spliced, framing, left, TWISTED
                 start = len(before)
                 end = peeked.find(b"\r\n", start)
-                if end < 0 and len(peeked) < SIZE_LINE_PEEK and partOfSizeLine(peeked, before):
+                if (
+                    end < 0
+                    and 0 < len(peeked) < SIZE_LINE_PEEK
+                    and partOfSizeLine(peeked, before)
+                    # Woken with no byte more than last time: the client
+                    # closed (Twisted's read sees it).
+                    and (spliced or framing or len(peeked) != waitedOn)
+                ):
                     # git wrote a chunk's CRLF with it, its next size line
                     # is yet to come: what is there is not enough to wake for.
                     self._needMore = len(peeked) + 1
+                    self._waitingOn = len(peeked)
                     return spliced, framing, left, WAIT
                 if end < 0 or not peeked.startswith(before):
                     return spliced, framing, left, TWISTED
