@@ -300,16 +300,21 @@ def test_headSendsNoBody(connect, repository: Path) -> None:
     assert connection.throughTwisted < 1024
 
 
+def pausedDownload(connection: SocketSite) -> FileSendfileProducer:
+    """Start a download of the pack that the client does not read, until the socket is full."""
+    connection.get(PACK)
+    connection.run(lambda: connection.server.producerPaused, reading=False)
+    producer = connection.channel._requestProducer
+    assert isinstance(producer, FileSendfileProducer)
+    return producer
+
+
 def test_fullSocketPausesTheChannelAndTheStallTimeoutDropsIt(connect, repository: Path) -> None:
     """A client that stops reading: the socket fills, the channel pauses, the stall drops it."""
     content = writePack(repository, 8 * MiB)
     connection = connect(buffer=4096)
     with capturedLogs() as events:
-        connection.get(PACK)
-        connection.run(lambda: connection.server.producerPaused, reading=False)
-        producer = connection.channel._requestProducer
-        assert isinstance(producer, FileSendfileProducer)
-        assert producer._paused
+        assert pausedDownload(connection)._paused
         # Nothing is sent while paused: the reactor turns do not spin.
         sent = connection.request.sentLength
         for _ in range(20):
@@ -341,10 +346,7 @@ def test_aClientLeavingStopsTheDownloadQuietly(connect, repository: Path) -> Non
     writePack(repository, 8 * MiB)
     connection = connect(buffer=4096)
     with capturedLogs() as events:
-        connection.get(PACK)
-        connection.run(lambda: connection.server.producerPaused, reading=False)
-        producer = connection.channel._requestProducer
-        assert isinstance(producer, FileSendfileProducer)
+        producer = pausedDownload(connection)
         # Closed with unread data and no linger: a reset.
         connection.peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         connection.peer.close()

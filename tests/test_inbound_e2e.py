@@ -27,6 +27,7 @@ from tests.rawhttp import (
     streamUntilAnswered,
 )
 from tests.test_push_e2e import randomCommit, rawRequest, receivePackRequest
+from tests.test_push_stream import chunked
 from tests.test_slow_peers import closedWithin, trickle
 
 MiB = 1024 * 1024
@@ -91,25 +92,28 @@ def test_chunkedPushIsSpliced(git: GitClient, root: Path, bare: Path, serve, tmp
     assert bytesIn - MiB <= spliced <= bytesIn
 
 
-def test_noSpliceReadsEverythingThroughTwisted(
-    git: GitClient, root: Path, bare: Path, serve, tmp_path
+@pytest.mark.parametrize(
+    ("options", "postBuffer"),
+    [
+        # Everything through Twisted, by choice.
+        pytest.param(("--no-splice",), "1m", id="no-splice"),
+        # A body that fits http.postBuffer comes with a Content-Length.
+        pytest.param((), "64m", id="content-length"),
+    ],
+)
+def test_pushIsReadByTwisted(
+    git: GitClient,
+    root: Path,
+    bare: Path,
+    serve,
+    tmp_path,
+    options: tuple[str, ...],
+    postBuffer: str,
 ) -> None:
-    """--no-splice: the same push, nothing spliced."""
-    daemon = serve(root, "--anonymous-push", "--no-splice")
-    head = randomCommit(git, tmp_path / "work", 8)
-    gitPush(git, daemon, tmp_path / "work")
-    assertLanded(git, bare, head)
-    bytesIn, spliced = pushLine(daemon)
-    assert bytesIn > 8 * MiB and spliced == 0
-
-
-def test_contentLengthPushIsNotSpliced(
-    git: GitClient, root: Path, bare: Path, serve, tmp_path
-) -> None:
-    """A body framed by Content-Length (it fits http.postBuffer) goes through Twisted."""
-    daemon = serve(root, "--anonymous-push")
+    """With --no-splice, or framed by a Content-Length: the same push, nothing spliced."""
+    daemon = serve(root, "--anonymous-push", *options)
     head = randomCommit(git, tmp_path / "work", 4)
-    gitPush(git, daemon, tmp_path / "work", postBuffer="64m")
+    gitPush(git, daemon, tmp_path / "work", postBuffer=postBuffer)
     assertLanded(git, bare, head)
     bytesIn, spliced = pushLine(daemon)
     assert bytesIn > 4 * MiB and spliced == 0
@@ -123,15 +127,10 @@ def test_gzipPushIsInflatedNotSpliced(
     work = tmp_path / "work"
     head = randomCommit(git, work, 4)
     body = receivePackRequest(git, work, "refs/heads/main")
-    packed = gzip.compress(body)
-    chunks = b"".join(
-        b"%x\r\n%s\r\n" % (len(packed[i : i + 30000]), packed[i : i + 30000])
-        for i in range(0, len(packed), 30000)
-    )
     answer = rawRequest(
         daemon,
         PUSH_HEAD + b"Content-Encoding: gzip\r\nConnection: close\r\n\r\n",
-        chunks + LAST_CHUNK,
+        chunked(gzip.compress(body), 30000),
     )
     assert b"ok refs/heads/main" in answer, answer[:300]
     assertLanded(git, bare, head)
@@ -333,12 +332,8 @@ def test_connectionServesOnAfterASplicedPush(
     work = tmp_path / "work"
     head = randomCommit(git, work, 4)
     body = receivePackRequest(git, work, "refs/heads/main")
-    chunks = b"".join(
-        b"%x\r\n%s\r\n" % (len(body[i : i + 8192]), body[i : i + 8192])
-        for i in range(0, len(body), 8192)
-    )
     with socket.create_connection((daemon.host, daemon.port), timeout=30) as sock:
-        sock.sendall(PUSH_HEAD + b"\r\n" + chunks + LAST_CHUNK)
+        sock.sendall(PUSH_HEAD + b"\r\n" + chunked(body, 8192))
         answer = b""
         while b"0\r\n\r\n" not in answer:
             answer += sock.recv(65536)
