@@ -78,6 +78,19 @@ def gitPush(git: GitClient, daemon: Daemon, work: Path, postBuffer: str = "1m", 
     )  # fmt: skip
 
 
+def pushToSend(
+    git: GitClient, root: Path, serve, tmp_path: Path, megabytes: int
+) -> tuple[Daemon, str, bytes]:
+    """
+    A daemon taking anonymous pushes, and a push request creating main
+    with C{megabytes} of new data: (the daemon, the new head, the body).
+    """
+    daemon = serve(root, "--anonymous-push")
+    work = tmp_path / "work"
+    head = randomCommit(git, work, megabytes)
+    return daemon, head, receivePackRequest(git, work, "refs/heads/main")
+
+
 @spliceOn
 def test_chunkedPushIsSpliced(git: GitClient, root: Path, bare: Path, serve, tmp_path) -> None:
     """git's own chunked push: all but its first bytes go by splice(2); it lands whole."""
@@ -123,10 +136,7 @@ def test_gzipPushIsInflatedNotSpliced(
     git: GitClient, root: Path, bare: Path, serve, tmp_path
 ) -> None:
     """A gzip body must be inflated: chunked on plain TCP, still nothing spliced."""
-    daemon = serve(root, "--anonymous-push")
-    work = tmp_path / "work"
-    head = randomCommit(git, work, 4)
-    body = receivePackRequest(git, work, "refs/heads/main")
+    daemon, head, body = pushToSend(git, root, serve, tmp_path, 4)
     answer = rawRequest(
         daemon,
         PUSH_HEAD + b"Content-Encoding: gzip\r\nConnection: close\r\n\r\n",
@@ -197,10 +207,7 @@ def sendInPieces(sock: socket.socket, data: bytes, piece: int) -> None:
 
 def test_anyChunkingLands(git: GitClient, root: Path, bare: Path, serve, tmp_path) -> None:
     """Size lines split across reads, extensions, tiny chunks: the push lands byte for byte."""
-    daemon = serve(root, "--anonymous-push")
-    work = tmp_path / "work"
-    head = randomCommit(git, work, 3)
-    body = receivePackRequest(git, work, "refs/heads/main")
+    daemon, head, body = pushToSend(git, root, serve, tmp_path, 3)
     with socket.create_connection((daemon.host, daemon.port), timeout=30) as sock:
         sock.sendall(PUSH_HEAD + b"Connection: close\r\n\r\n")
         # Prime-sized segments cut size lines at every offset in turn.
@@ -299,10 +306,7 @@ def test_waitingForASizeLineCostsNothing(
     waits for the rest without spinning (it is woken by more bytes, not by
     the ones it has), and the push lands once they come.
     """
-    daemon = serve(root, "--anonymous-push")
-    work = tmp_path / "work"
-    head = randomCommit(git, work, 2)
-    body = receivePackRequest(git, work, "refs/heads/main")
+    daemon, head, body = pushToSend(git, root, serve, tmp_path, 2)
     half = len(body) // 2
     with socket.create_connection((daemon.host, daemon.port), timeout=30) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -328,10 +332,7 @@ def test_connectionServesOnAfterASplicedPush(
     git: GitClient, root: Path, bare: Path, serve, tmp_path
 ) -> None:
     """After a spliced push, the same connection answers its next request at once."""
-    daemon = serve(root, "--anonymous-push")
-    work = tmp_path / "work"
-    head = randomCommit(git, work, 4)
-    body = receivePackRequest(git, work, "refs/heads/main")
+    daemon, head, body = pushToSend(git, root, serve, tmp_path, 4)
     with socket.create_connection((daemon.host, daemon.port), timeout=30) as sock:
         sock.sendall(PUSH_HEAD + b"\r\n" + chunked(body, 8192))
         answer = b""
