@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SPLICING, Daemon, GitClient, spliceOn, startDaemon
+from tests.conftest import SPLICING, Daemon, GitClient, freePort, spliceOn, startDaemon
 from tests.rawhttp import (
     LAST_CHUNK,
     RECEIVE_PACK_REQUEST,
@@ -78,17 +78,11 @@ def gitPush(git: GitClient, daemon: Daemon, work: Path, postBuffer: str = "1m", 
     )  # fmt: skip
 
 
-def pushToSend(
-    git: GitClient, root: Path, serve, tmp_path: Path, megabytes: int
-) -> tuple[Daemon, str, bytes]:
-    """
-    A daemon taking anonymous pushes, and a push request creating main
-    with C{megabytes} of new data: (the daemon, the new head, the body).
-    """
-    daemon = serve(root, "--anonymous-push")
+def pushRequest(git: GitClient, tmp_path: Path, megabytes: int) -> tuple[str, bytes]:
+    """A push request creating main with C{megabytes} of new data: (the new head, the body)."""
     work = tmp_path / "work"
     head = randomCommit(git, work, megabytes)
-    return daemon, head, receivePackRequest(git, work, "refs/heads/main")
+    return head, receivePackRequest(git, work, "refs/heads/main")
 
 
 @spliceOn
@@ -136,7 +130,8 @@ def test_gzipPushIsInflatedNotSpliced(
     git: GitClient, root: Path, bare: Path, serve, tmp_path
 ) -> None:
     """A gzip body must be inflated: chunked on plain TCP, still nothing spliced."""
-    daemon, head, body = pushToSend(git, root, serve, tmp_path, 4)
+    daemon = serve(root, "--anonymous-push")
+    head, body = pushRequest(git, tmp_path, 4)
     answer = rawRequest(
         daemon,
         PUSH_HEAD + b"Content-Encoding: gzip\r\nConnection: close\r\n\r\n",
@@ -170,6 +165,25 @@ def test_tlsPushIsNotSpliced(
     assertLanded(git, bare, head)
     bytesIn, spliced = pushLine(daemon)
     assert bytesIn > 4 * MiB and spliced == 0
+
+
+def test_proxyProtocolPushIsNotSpliced(
+    git: GitClient, root: Path, bare: Path, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """Behind a haproxy: listener the transport is the PROXY protocol's wrapper: nothing spliced."""
+    daemon = startDaemon(
+        root, "--anonymous-push", listen=f"haproxy:tcp:{freePort()}:interface=127.0.0.1"
+    )
+    daemons.append(daemon)
+    head, body = pushRequest(git, tmp_path, 4)
+    answer = rawRequest(
+        daemon,
+        b"PROXY TCP4 192.0.2.1 127.0.0.1 40000 80\r\n" + PUSH_HEAD + b"Connection: close\r\n\r\n",
+        chunked(body, 8192),
+    )
+    assert b"ok refs/heads/main" in answer, answer[:300]
+    assertLanded(git, bare, head)
+    assert pushLine(daemon) == (len(body), 0)
 
 
 def oddChunks(body: bytes) -> bytes:
@@ -207,7 +221,8 @@ def sendInPieces(sock: socket.socket, data: bytes, piece: int) -> None:
 
 def test_anyChunkingLands(git: GitClient, root: Path, bare: Path, serve, tmp_path) -> None:
     """Size lines split across reads, extensions, tiny chunks: the push lands byte for byte."""
-    daemon, head, body = pushToSend(git, root, serve, tmp_path, 3)
+    daemon = serve(root, "--anonymous-push")
+    head, body = pushRequest(git, tmp_path, 3)
     with socket.create_connection((daemon.host, daemon.port), timeout=30) as sock:
         sock.sendall(PUSH_HEAD + b"Connection: close\r\n\r\n")
         # Prime-sized segments cut size lines at every offset in turn.
@@ -250,9 +265,7 @@ def test_bodyPastTheCapIsRefused(git: GitClient, root: Path, bare: Path, serve) 
 
 def startBody(daemon: Daemon, git: GitClient, tmp_path: Path, sent: int) -> socket.socket:
     """A push whose body stops C{sent} bytes into its one big chunk, once git reads it."""
-    work = tmp_path / "work"
-    randomCommit(git, work, 8)
-    body = receivePackRequest(git, work, "refs/heads/main")
+    _, body = pushRequest(git, tmp_path, 8)
     sock = socket.create_connection((daemon.host, daemon.port), timeout=30)
     sock.sendall(PUSH_HEAD + b"\r\n" + b"%x\r\n" % len(body) + body[:sent])
     assert daemon.startedChildren(5), "receive-pack did not start"
@@ -306,7 +319,8 @@ def test_waitingForASizeLineCostsNothing(
     waits for the rest without spinning (it is woken by more bytes, not by
     the ones it has), and the push lands once they come.
     """
-    daemon, head, body = pushToSend(git, root, serve, tmp_path, 2)
+    daemon = serve(root, "--anonymous-push")
+    head, body = pushRequest(git, tmp_path, 2)
     half = len(body) // 2
     with socket.create_connection((daemon.host, daemon.port), timeout=30) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -332,7 +346,8 @@ def test_connectionServesOnAfterASplicedPush(
     git: GitClient, root: Path, bare: Path, serve, tmp_path
 ) -> None:
     """After a spliced push, the same connection answers its next request at once."""
-    daemon, head, body = pushToSend(git, root, serve, tmp_path, 4)
+    daemon = serve(root, "--anonymous-push")
+    head, body = pushRequest(git, tmp_path, 4)
     with socket.create_connection((daemon.host, daemon.port), timeout=30) as sock:
         sock.sendall(PUSH_HEAD + b"\r\n" + chunked(body, 8192))
         answer = b""
