@@ -81,8 +81,9 @@ WAIT = 0
 PIPE_FULL = 1
 TWISTED = 2
 
-# Never wait on git's pipe (the socket is non-blocking already).
-SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+# Never wait on git's pipe (the socket is non-blocking already). splice(2)
+# is Linux's: elsewhere nothing is spliced (spliceInbound).
+SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 
 
 class InboundSplice:
@@ -318,6 +319,8 @@ def spliceInbound(
     Splice C{body} into C{process}'s stdin from now on, when the connection
     and the body's framing allow it (see the module's docstring).
     """
+    if not hasattr(os, "splice"):
+        return None
     socketFD = sendfileDescriptor(channel.transport)
     stdin = stdinWriter(process)
     if not isinstance(channel, GitChannel) or socketFD is None or stdin is None or body.inflated:
