@@ -165,13 +165,19 @@ def readUntilClosedOrEnded(sock: socket.socket) -> bytes:
     return bytes(data)
 
 
-def test_clientLeavingMidPackEndsGit(root: Path, big: str, serve) -> None:
-    """A client that goes away while the pack is relayed ends its git; nothing is left."""
-    daemon = serve(root)
+def packUnderWay(daemon: Daemon, big: str) -> socket.socket:
+    """A fetch of big.git whose pack is being relayed: 2 MiB of it read."""
     sock = startUploadPack(daemon, uploadPackRequest([big]))
     got = 0
     while got < 2 * MiB:
         got += len(sock.recv(MiB))
+    return sock
+
+
+def test_clientLeavingMidPackEndsGit(root: Path, big: str, serve) -> None:
+    """A client that goes away while the pack is relayed ends its git; nothing is left."""
+    daemon = serve(root)
+    sock = packUnderWay(daemon, big)
     sock.close()
     assert not daemon.settledChildren(), "upload-pack outlived its client"
     [(_, relayed)] = fetchLines(daemon)
@@ -181,10 +187,7 @@ def test_clientLeavingMidPackEndsGit(root: Path, big: str, serve) -> None:
 def test_gitKilledMidPackAbortsTheConnection(root: Path, big: str, serve) -> None:
     """git dying while its pack is relayed: the client sees a cut connection, no last chunk."""
     daemon = serve(root)
-    sock = startUploadPack(daemon, uploadPackRequest([big]))
-    got = 0
-    while got < 2 * MiB:
-        got += len(sock.recv(MiB))
+    sock = packUnderWay(daemon, big)
     for pid in daemon.startedChildren():
         os.kill(pid, signal.SIGKILL)
     rest = readUntilClosed(sock)
