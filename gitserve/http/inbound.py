@@ -75,8 +75,8 @@ BATCH_DELAY = 0.001
 MAX_ROOM_WAIT = 0.016
 
 # Why moving stopped: nothing more to take now (the reactor calls again);
-# git's pipe is full (the body waits until it is writable); or what comes
-# next is Twisted's own reading's.
+# git's pipe is full (the body waits until half of it is free); or what
+# comes next is Twisted's own reading's.
 WAIT = 0
 PIPE_FULL = 1
 TWISTED = 2
