@@ -93,8 +93,6 @@ class InboundSplice:
 
     It stays in place until the body is complete, then gives the socket back
     to Twisted for the rest of the connection's life.
-
-    @ivar moved: the bytes spliced so far.
     """
 
     def __init__(
@@ -107,11 +105,11 @@ class InboundSplice:
     ) -> None:
         self.clock = clock
         self._batchCall: IDelayedCall | None = None
-        # The socket's SO_RCVLOWAT, and what it goes back to after a batch.
+        # The socket's SO_RCVLOWAT.
         self._mark = 1
-        self._needMore = 1
-        # How many bytes of a size line the last wakeup left waiting; -1: none.
-        self._waitingOn = -1
+        # The bytes of a size line the last wakeup left in the socket, waiting
+        # for the rest: the mark goes back to one more after a batch.
+        self._sizeLineWaiting = 0
         self.channel = channel
         self.body = body
         self.stdin = stdin
@@ -121,7 +119,6 @@ class InboundSplice:
         self.pipeFD: int = stdin.fileno()  # type: ignore[attr-defined]
         self.pipeSize = fcntl.fcntl(self.pipeFD, fcntl.F_GETPIPE_SZ)
         self.position = ChunkedBodyPosition(channel)
-        self.moved = 0
         self._ownRead = interceptReads(self.transport, self.doRead)
 
     def doRead(self) -> object:
@@ -151,7 +148,6 @@ class InboundSplice:
             # Nothing else ran meanwhile: Twisted's decoder learns where the
             # socket is now, once for all the chunks moved.
             self.position.movedTo(left)
-            self.moved += spliced
             self.body.movedDirectly(spliced)
             self.channel.bodyBytesTakenDirectly(spliced + framing)
         if outcome == WAIT:
@@ -173,7 +169,7 @@ class InboundSplice:
         """
         Nothing more can be moved now: be woken again once the socket holds
         L{BATCH} bytes, or L{BATCH_DELAY} from now by whatever it then holds
-        past what is waiting already (L{_move}'s C{_needMore}).
+        past what is waiting already (C{_sizeLineWaiting}).
 
         git sends its chunks one by one as it writes them, a few KiB each,
         and a daemon woken for every one spends more on the wakeups than on
@@ -189,7 +185,7 @@ class InboundSplice:
     def _batchUp(self) -> None:
         self._batchCall = None
         if not self.transport.disconnected:  # type: ignore[attr-defined]
-            self._setMark(self._needMore)
+            self._setMark(self._sizeLineWaiting + 1)
 
     def _waitForRoom(self, delay: float) -> None:
         """
@@ -252,8 +248,7 @@ class InboundSplice:
         """
         sock, socketFD, pipeFD = self.socket, self.socketFD, self.pipeFD
         spliced = framing = 0
-        self._needMore = 1
-        waitedOn, self._waitingOn = self._waitingOn, -1
+        waitedOn, self._sizeLineWaiting = self._sizeLineWaiting, 0
         while spliced < BYTES_PER_WAKEUP:
             if not left:
                 try:
@@ -274,8 +269,7 @@ class InboundSplice:
                 ):
                     # git wrote a chunk's CRLF with it, its next size line
                     # is yet to come: what is there is not enough to wake for.
-                    self._needMore = len(peeked) + 1
-                    self._waitingOn = len(peeked)
+                    self._sizeLineWaiting = len(peeked)
                     return spliced, framing, left, WAIT
                 if end < 0 or not peeked.startswith(before):
                     return spliced, framing, left, TWISTED
