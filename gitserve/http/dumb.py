@@ -331,21 +331,13 @@ class FileSendfileProducer(FileRangeProducer):
     download on loopback cannot hold the reactor from other clients.
     """
 
-    def __init__(
-        self,
-        request: Request,
-        served: ServedFile,
-        offset: int,
-        length: int,
-        clock: IReactorTime,
-    ) -> None:
-        super().__init__(request, served, offset, length, clock)
-        self._sender = DirectSender(connectionOf(request.channel), self._sentDirectly)
+    _sender: DirectSender
 
     def start(self) -> None:
         """Register, and send the head through Twisted: the range follows it on the socket."""
-        super().start()
         assert self._request is not None
+        self._sender = DirectSender(connectionOf(self._request.channel), self._sentDirectly)
+        super().start()
         self._request.write(b"")
 
     def _sendTurn(self, request: Request) -> bool:
