@@ -7,7 +7,7 @@ from a front door and what a front door may ask of the core. Tests fake these
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorFDSet, IReactorTime
 from twisted.internet.process import ProcessReader
 from zope.interface import Attribute, Interface
 
@@ -51,6 +51,13 @@ class IOutputPipe(Interface):
         The pipe holds nothing more and git closed it: reading goes back to
         the child's transport, which sees the end as it always does.
         """
+
+
+class IRelayReactor(IReactorFDSet, IReactorTime):
+    """
+    What moves a git child's pipe without Python in the way runs on: a
+    reactor that watches the pipe and times batches.
+    """
 
 
 class IRelayableProcess(Interface):

@@ -17,7 +17,7 @@ from gitserve.core.operations import GitCore
 from gitserve.core.process import Caller
 from gitserve.http.errors import HTTPError, httpErrorFor
 from gitserve.http.health import Health
-from gitserve.http.relay import IRelayReactor
+from gitserve.interfaces import IRelayReactor
 
 # Default --max-push-size: a push body (inflated) larger than this is refused.
 MAX_PUSH_SIZE = 2 * 1024**3

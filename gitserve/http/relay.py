@@ -29,8 +29,6 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IDelayedCall,
     IPushProducer,
-    IReactorFDSet,
-    IReactorTime,
     IReadDescriptor,
 )
 from twisted.logger import Logger
@@ -40,7 +38,7 @@ from zope.interface import implementer
 
 from gitserve.core.direct import DirectSender, PipeRange, bytesWaiting
 from gitserve.http.channel import connectionOf
-from gitserve.interfaces import IOutputPipe
+from gitserve.interfaces import IOutputPipe, IRelayReactor
 
 log = Logger()
 
@@ -61,10 +59,6 @@ RELAY_PIPE_SIZE = 1024 * 1024
 # four such fetches).
 MIN_BATCH = 256 * 1024
 BATCH_DELAY = 0.001
-
-
-class IRelayReactor(IReactorFDSet, IReactorTime):
-    """What a relay runs on: a reactor that watches the pipe and times batches."""
 
 
 @implementer(IReadDescriptor, IPushProducer)

@@ -32,8 +32,8 @@ from gitserve.http.errors import HTTPError, UnsupportedMediaType, renderError
 from gitserve.http.headers import startGitResponse
 from gitserve.http.inbound import spliceInbound
 from gitserve.http.packhit import HTTPSendfileReader
-from gitserve.http.relay import IRelayReactor, PipeRelay
-from gitserve.interfaces import IOutputPipe, IPipeOutput
+from gitserve.http.relay import PipeRelay
+from gitserve.interfaces import IOutputPipe, IPipeOutput, IRelayReactor
 from gitserve.twistedinternals import readInPiecesOf
 
 # http-backend's default for http.maxRequestBuffer: upload-pack negotiation is
