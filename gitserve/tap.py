@@ -464,6 +464,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             inputs=core.capabilities,  # type: ignore[arg-type]
             clock=reactor,
             runBlocking=runInThread,
+            pipeReactor=None if options["no-splice"] else reactor,
         )
         core.packCache.open()
         metrics.watchCache("pack", core.packCache)

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -24,12 +25,14 @@ from gitserve.core.packcache import (
     PackCache,
     negotiationComplete,
 )
+from gitserve.core.pipefile import PipeToFile
 from gitserve.core.policy import Policy, Service
 from gitserve.core.process import Caller, GitBackend, GitOutcome
 from gitserve.core.repository import ConfigCache, Repository
 from gitserve.interfaces import IGitOutput
 from tests.fakes import (
     FakeJob,
+    FakeOutputPipe,
     FakeProcessReactor,
     RecordingOutput,
     makeRepository,
@@ -456,6 +459,48 @@ class FlightTests(SynchronousTestCase):
         self.assertTrue(self.successResultOf(leaderJob.done).succeeded)  # type: ignore[attr-defined]
         self.assertEqual(len(self.cache.entries), 0)
         self.assertEqual(os.listdir(self.cache.tmpDir), [])
+
+    def test_flightSplicesOnlyWithAReactorIntoAWholeFile(self) -> None:
+        """--no-splice (no reactor for pipes) or a file that failed: git's output comes by write."""
+        self.fetch()
+        self.reactor.spawned[0].protocol.outReceived(b"PACK")
+        (flight,) = self.cache.flights.values()
+        pipe = FakeOutputPipe(-1)
+        self.assertIsNone(flight.relayPipe(pipe))
+        self.cache.pipeReactor = MemoryReactorClock()
+        relay = flight.relayPipe(pipe)
+        assert isinstance(relay, PipeToFile)
+        self.assertEqual(relay.offset, HEADER_SIZE + 4, "behind what came by write")
+        flight.broken = True
+        self.assertIsNone(flight.relayPipe(pipe))
+
+    def test_splicedBytesAreReadFromTheFile(self) -> None:
+        """Bytes spliced into the file reach a caught-up reader from there, after those written."""
+        pipes = MemoryReactorClock()
+        self.cache.pipeReactor = pipes
+        leader, job = self.fetch()
+        child = self.reactor.spawned[0]
+        child.protocol.outReceived(b"PACK")
+        (flight,) = self.cache.flights.values()
+        readEnd, writeEnd = os.pipe()
+        self.addCleanup(os.close, readEnd)
+        self.addCleanup(os.close, writeEnd)
+        os.set_blocking(readEnd, False)
+        relay = flight.relayPipe(FakeOutputPipe(readEnd))
+        assert isinstance(relay, PipeToFile)
+        relay.resumeProducing()
+        pieces = [os.urandom(50_000) for _ in range(4)]
+        for piece in pieces:
+            os.write(writeEnd, piece)
+            relay.doRead()
+            pipes.advance(1)
+            self.reactor.advance(0)
+        self.assertEqual(bytes(leader.data), b"PACK" + b"".join(pieces), "sent as it comes")
+        child.exit(0)
+        for _ in range(5):
+            self.reactor.advance(0)
+        self.assertEqual(bytes(leader.data), b"PACK" + b"".join(pieces))
+        self.assertTrue(self.successResultOf(job.done).succeeded)  # type: ignore[attr-defined]
 
     def test_busyLeadRefusesEveryReader(self) -> None:
         """No job slot for the lead's git: its readers end with the Busy refusal, nothing kept."""

@@ -1,10 +1,10 @@
 """
 git's output spliced to the socket (gitserve.http.relay), end to end with
-the real daemon: used on plain TCP, not over TLS, not with --no-splice, not
-for a pack cache lead (the cache must see every byte); and with it on, a
-slow reader pauses git with flat memory, a client that leaves ends git, and
-a git killed mid-pack aborts the connection. The rest of the end-to-end
-suite runs with it on as well.
+the real daemon: used on plain TCP, not over TLS, not with --no-splice (a
+pack cache lead's goes into its file instead, gitserve.core.pipefile); and
+with it on, a slow reader pauses git with flat memory, a client that leaves
+ends git, and a git killed mid-pack aborts the connection. The rest of the
+end-to-end suite runs with it on as well.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from gitserve.core.packcache import FLIGHT_PIPE_SIZE
 from gitserve.core.process import MAX_SHORT_ANSWER
 from gitserve.twistedinternals import PIPE_READ_SIZE
 from tests.conftest import (
@@ -117,21 +118,43 @@ def test_tlsFallsBack(
     assert bytesOut > 24 * MiB and relayed == 0
 
 
-@spliceOn
-def test_packCacheLeadIsNotSpliced(
-    git: GitClient, root: Path, big: str, tmp_path: Path, daemons: list[Daemon]
+@pytest.mark.parametrize("splice", [pytest.param(True, marks=spliceOn), False], ids=["on", "off"])
+def test_packCacheLeadIsSplicedIntoItsFile(
+    git: GitClient, root: Path, big: str, tmp_path: Path, daemons: list[Daemon], splice: bool
 ) -> None:
-    """A cache lead's git writes into the cache, which must see every byte: nothing relayed."""
+    """
+    A cache lead's git output goes from its pipe into the flight's file with
+    splice(2), all but its first bytes; the clones are whole, and so is the
+    entry kept from the second ask, which the third is served from (its
+    checksum covers every byte at its offset). --no-splice: nothing relayed.
+    """
     settle(root)
     home = daemonHome(tmp_path)
-    daemon = startDaemon(root, "--pack-cache", str(tmp_path / "cache"), home=home)
+    args = ["--pack-cache", str(tmp_path / "cache")] + ([] if splice else ["--no-splice"])
+    daemon = startDaemon(root, *args, home=home)
     daemons.append(daemon)
     settleDaemon(home)
-    git.run("clone", "-q", "--bare", daemon.url("big.git"), str(tmp_path / "clone.git"))
-    git.run("fsck", "--full", cwd=tmp_path / "clone.git")
-    leads = [line for line in daemon.lines if "repo=big.git" in line and "cache=lead" in line]
-    assert leads, daemon.log
-    assert not any("relayed=" in line for line in leads)
+    for ask in range(3):
+        clone = tmp_path / f"clone{ask}.git"
+        git.run("clone", "-q", "--bare", daemon.url("big.git"), str(clone))
+        git.run("fsck", "--full", cwd=clone)
+    assert daemon.waitForLog("cache=hit"), daemon.log
+    leads = [
+        FETCH_LINE.search(line.rstrip("\n"))
+        for line in daemon.lines
+        if "repo=big.git" in line and "cache=lead" in line
+    ]
+    assert len(leads) == 2, daemon.log
+    for lead in leads:
+        assert lead is not None
+        bytesOut, relayed = int(lead[1]), int(lead[2] or 0)
+        assert bytesOut > 24 * MiB
+        if splice:
+            # What came through write: the short answer, and at most the one
+            # read (a flight's pipe holds FLIGHT_PIPE_SIZE) that took it past.
+            assert bytesOut - MAX_SHORT_ANSWER - FLIGHT_PIPE_SIZE <= relayed <= bytesOut
+        else:
+            assert relayed == 0
 
 
 def test_slowReaderPausesGitWithFlatMemory(root: Path, big: str, serve) -> None:

@@ -57,10 +57,11 @@ from gitserve.core.advertisement import RACY_SECONDS, CapabilityCache
 from gitserve.core.errors import Refusal
 from gitserve.core.filestamps import Stamp, stampOf
 from gitserve.core.operations import GitCore, GitOperation
+from gitserve.core.pipefile import PipeToFile
 from gitserve.core.pktline import DELIM_PKT, FLUSH_PKT, ProtocolError, parsePktLines
 from gitserve.core.policy import Service
 from gitserve.core.process import GitOutcome, GitProcessProtocol
-from gitserve.interfaces import IGitOutput
+from gitserve.interfaces import IGitOutput, IOutputPipe, IPipeOutput, IRelayReactor
 from gitserve.twistedinternals import enlargeOutputPipe
 
 log = Logger()
@@ -119,8 +120,12 @@ class IPackReader(Interface):
     def terminate() -> None:
         """End it (a shutdown), as a git child is ended."""
 
-    def dataAvailable(data: bytes, at: int) -> None:
-        """git wrote C{data} at offset C{at} of the answer."""
+    def dataAvailable(data: bytes | None, at: int) -> None:
+        """
+        git wrote C{data} at offset C{at} of the answer; L{None} when the
+        bytes went into the source's file without the daemon holding them
+        (L{gitserve.core.pipefile}): they are read from there.
+        """
 
     def sourceFinished() -> None:
         """git ended: the source's size and outcome are final."""
@@ -244,6 +249,9 @@ class PackCache:
         environment, config closure, git directory identity, HEAD), shared
         with the advertisement cache.
     @ivar runBlocking: runs an entry's verification off the reactor thread.
+    @ivar pipeReactor: watches git's pipe while a flight splices it into
+        its file (L{gitserve.core.pipefile}); L{None} (C{--no-splice}, or
+        no C{splice(2)}) reads git's output into the daemon instead.
     """
 
     def __init__(
@@ -254,8 +262,10 @@ class PackCache:
         clock: IReactorTime,
         runBlocking: Callable[[Callable[[], Any]], Deferred[Any]] = maybeDeferred,
         wallClock: Callable[[], float] = time.time,
+        pipeReactor: IRelayReactor | None = None,
     ) -> None:
         self.directory = Path(directory)
+        self.pipeReactor = pipeReactor if hasattr(os, "splice") else None
         self.entriesDir = self.directory / "entries"
         self.tmpDir = self.directory / "tmp"
         self.maxSize = maxSize
@@ -685,7 +695,7 @@ class EntrySource(Source):
         self.entry.close()
 
 
-@implementer(IGitOutput)
+@implementer(IPipeOutput)
 class Flight(Source):
     """
     One git child's answer, shared: git writes into a temporary file (never
@@ -744,13 +754,36 @@ class Flight(Source):
         self._producer = None
 
     def write(self, data: bytes) -> None:
-        at = self.size
         if not self.broken:
             try:
-                _writeAll(self.fd, data, HEADER_SIZE + at)
+                _writeAll(self.fd, data, HEADER_SIZE + self.size)
             except OSError as e:
                 self._spillFailed(e)
-        self.size += len(data)
+        self._grew(len(data), data)
+
+    def relayPipe(self, pipe: IOutputPipe) -> IPushProducer | None:
+        """
+        From git's first bytes on, its pipe goes into the file with
+        splice(2), unless the daemon runs with C{--no-splice} or the file
+        already failed.
+        """
+        if self.cache.pipeReactor is None or self.broken:
+            return None
+        return PipeToFile(
+            pipe,
+            self.fd,
+            HEADER_SIZE + self.size,
+            self.cache.pipeReactor,
+            FLIGHT_PIPE_SIZE,
+            FLIGHT_READ_DELAY,
+            grew=self._grew,
+            failed=self._spillFailed,
+        )
+
+    def _grew(self, length: int, data: bytes | None = None) -> None:
+        """git's answer is C{length} bytes longer (C{data}, where the daemon holds them)."""
+        at = self.size
+        self.size += length
         for reader in list(self.readers):
             reader.dataAvailable(data, at)
 
@@ -910,11 +943,15 @@ class CacheReader:
             self.output.write(data)
         self._schedule()
 
-    def dataAvailable(self, data: bytes, at: int) -> None:
+    def dataAvailable(self, data: bytes | None, at: int) -> None:
         """git wrote C{data} at C{at}: send it now if this reader is caught up."""
         if self._ended:
             return
-        if self.offset == at and (self.source.broken or (not self.paused and self._call is None)):
+        if (
+            data is not None
+            and self.offset == at
+            and (self.source.broken or (not self.paused and self._call is None))
+        ):
             # Without a file behind it (broken), a reader that is caught up
             # takes this chunk even when paused: git is paused right after
             # it (Flight.pace), so that is one chunk more, once.

@@ -99,7 +99,7 @@ class SendfileReader:
     def _watchClient(self) -> None:
         """Arrange for L{_clientLeft} when the client goes: the door's output stops its producer."""
 
-    def dataAvailable(self, data: bytes, at: int) -> None:
+    def dataAvailable(self, data: bytes | None, at: int) -> None:
         if getattr(self.source, "broken", False):
             # Not in the file: this reader cannot send it. Its client sees a
             # broken transfer and retries.
