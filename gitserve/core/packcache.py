@@ -43,6 +43,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -870,7 +871,13 @@ class Flight(Source):
     def _close(self) -> None:
         if not self._closed:
             self._closed = True
-            os.close(self.fd)
+            # The last close of a file that was not kept frees its pages:
+            # milliseconds for a pack of tens of megabytes, which neither
+            # the reactor nor the last reader's client (its answer's end is
+            # written on the next turn) need wait for.
+            self.cache.runBlocking(partial(os.close, self.fd)).addErrback(
+                lambda failure: log.failure("pack cache: closing a flight's file", failure)
+            )
 
 
 def _writeAll(fd: int, data: bytes, offset: int) -> None:
