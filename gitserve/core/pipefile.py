@@ -18,6 +18,7 @@ C{write}, and on a reactor that can watch it (not with C{--no-splice}).
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReadDescriptor
@@ -28,7 +29,74 @@ from gitserve.interfaces import IOutputPipe, IRelayReactor
 
 
 @implementer(IReadDescriptor, IPushProducer)
-class PipeToFile:
+class PipeMover(ABC):
+    """
+    What moves a git child's output from its pipe without Python in the way
+    (into a flight's file here, to a socket in L{gitserve.http.relay}): the
+    reactor watches the pipe while the mover runs, except while it waits a
+    moment for git to fill the pipe (C{_batchCall}). Created paused; the
+    child pauses, resumes and stops it where it would pause, resume and
+    stop reading the pipe itself.
+    """
+
+    def __init__(self, pipe: IOutputPipe, reactor: IRelayReactor) -> None:
+        self.pipe = pipe
+        self.reactor = reactor
+        self.paused = True
+        self.stopped = False
+        self._reading = False
+        self._batchCall: IDelayedCall | None = None
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self._stopReading()
+        self._cancelBatch()
+
+    def stopProducing(self) -> None:
+        """Nothing wants git's output from this mover any more: move nothing more."""
+        self.stopped = True
+        self._stopReading()
+        self._cancelBatch()
+
+    def fileno(self) -> int:
+        return self.pipe.fileno()
+
+    def logPrefix(self) -> str:
+        return type(self).__name__
+
+    @abstractmethod
+    def resumeProducing(self) -> None:
+        """The child reads on: so does the mover, unless it waits for a batch."""
+
+    @abstractmethod
+    def doRead(self) -> None:
+        """The pipe is readable: move what it holds."""
+
+    @abstractmethod
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        The reactor stopped watching the pipe: it saw the pipe's end with
+        nothing left in it (a hangup, as epoll reports it), or L{doRead}
+        raised.
+        """
+
+    def _startReading(self) -> None:
+        if not self._reading:
+            self._reading = True
+            self.reactor.addReader(self)
+
+    def _stopReading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self.reactor.removeReader(self)
+
+    def _cancelBatch(self) -> None:
+        if self._batchCall is not None:
+            call, self._batchCall = self._batchCall, None
+            call.cancel()
+
+
+class PipeToFile(PipeMover):
     """
     Moves a git child's output from its pipe to the end of a file, as it
     comes, in batches: after emptying the pipe it lets git fill it for
@@ -55,45 +123,18 @@ class PipeToFile:
             the pipe went back to the child's transport first, so the rest
             of git's output comes through the output's C{write}.
         """
-        self.pipe = pipe
+        super().__init__(pipe, reactor)
         self.fd = fd
         self.offset = offset
-        self.reactor = reactor
         self.batchSize = batchSize
         self.batchDelay = batchDelay
         self.grew = grew
         self.failed = failed
-        self.paused = True
-        self.stopped = False
-        self._reading = False
-        self._batchCall: IDelayedCall | None = None
-
-    # IPushProducer, for the git child -----------------------------------------
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-        self._stopReading()
 
     def resumeProducing(self) -> None:
         self.paused = False
-        if self._batchCall is None:
+        if self._batchCall is None and not self.stopped:
             self._startReading()
-
-    def stopProducing(self) -> None:
-        """Nobody wants git's output any more: move nothing more."""
-        self.stopped = True
-        self._stopReading()
-        if self._batchCall is not None:
-            call, self._batchCall = self._batchCall, None
-            call.cancel()
-
-    # IReadDescriptor, for the reactor ---------------------------------------------
-
-    def fileno(self) -> int:
-        return self.pipe.fileno()
-
-    def logPrefix(self) -> str:
-        return "PipeToFile"
 
     def doRead(self) -> None:
         try:
@@ -132,8 +173,6 @@ class PipeToFile:
         self._reading = False
         self._giveBack()
 
-    # Watching the pipe -------------------------------------------------------------
-
     def _batchDue(self) -> None:
         self._batchCall = None
         if not (self.paused or self.stopped):
@@ -144,13 +183,3 @@ class PipeToFile:
         if not self.stopped:
             self.stopProducing()
             self.pipe.ended()
-
-    def _startReading(self) -> None:
-        if not self._reading and not self.stopped:
-            self._reading = True
-            self.reactor.addReader(self)
-
-    def _stopReading(self) -> None:
-        if self._reading:
-            self._reading = False
-            self.reactor.removeReader(self)

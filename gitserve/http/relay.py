@@ -26,17 +26,12 @@ from __future__ import annotations
 import fcntl
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import (
-    IDelayedCall,
-    IPushProducer,
-    IReadDescriptor,
-)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
-from zope.interface import implementer
 
 from gitserve.core.direct import DirectSender, PipeRange, bytesWaiting
+from gitserve.core.pipefile import PipeMover
 from gitserve.http.channel import connectionOf
 from gitserve.interfaces import IOutputPipe, IRelayReactor
 
@@ -61,8 +56,7 @@ MIN_BATCH = 256 * 1024
 BATCH_DELAY = 0.001
 
 
-@implementer(IReadDescriptor, IPushProducer)
-class PipeRelay:
+class PipeRelay(PipeMover):
     """
     Moves a git child's output from its pipe to the request's socket as
     chunks of the response, driven by the reactor: the pipe is watched for
@@ -74,15 +68,11 @@ class PipeRelay:
     """
 
     def __init__(self, request: Request, pipe: IOutputPipe, reactor: IRelayReactor) -> None:
+        super().__init__(pipe, reactor)
         self.request = request
-        self.pipe = pipe
-        self.reactor = reactor
         self.fd = pipe.fileno()
-        self.paused = True
-        self.stopped = False
-        self._reading = False
-        # Waiting for the pipe to fill up to MIN_BATCH, until BATCH_DELAY is up.
-        self._batchCall: IDelayedCall | None = None
+        # _batchCall: waiting for the pipe to fill up to MIN_BATCH, until
+        # BATCH_DELAY is up.
         self._batchDue = False
         self._chunked = bool(getattr(request, "chunked", False))
         transport = request.channel.transport  # type: ignore[attr-defined]
@@ -94,31 +84,10 @@ class PipeRelay:
             # size only sets how much each chunk carries.
             pass
 
-    # IPushProducer, for the git child -----------------------------------------
-
-    def pauseProducing(self) -> None:
-        """The socket is full (or the client otherwise stopped reading)."""
-        self.paused = True
-        self._stopReading()
-        self._cancelBatch()
-
     def resumeProducing(self) -> None:
+        """The socket has room again (the child pauses the relay when it is full)."""
         self.paused = False
         self._relay()
-
-    def stopProducing(self) -> None:
-        """The answer ends without the rest of the pipe: relay nothing more."""
-        self.stopped = True
-        self._stopReading()
-        self._cancelBatch()
-
-    # IReadDescriptor, for the reactor -------------------------------------------
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def logPrefix(self) -> str:
-        return "PipeRelay"
 
     def doRead(self) -> None:
         """
@@ -177,11 +146,6 @@ class PipeRelay:
         self._batchDue = True
         self._relay()
 
-    def _cancelBatch(self) -> None:
-        if self._batchCall is not None:
-            call, self._batchCall = self._batchCall, None
-            call.cancel()
-
     def _moved(self, length: int) -> None:
         self.pipe.moved(length)
         # What Request.write would have counted, for the access log.
@@ -202,13 +166,3 @@ class PipeRelay:
         log.info("relaying git's output failed: {error}", error=error)
         self.stopProducing()
         connectionOf(self.request.channel).abortConnection()
-
-    def _startReading(self) -> None:
-        if not self._reading:
-            self._reading = True
-            self.reactor.addReader(self)
-
-    def _stopReading(self) -> None:
-        if self._reading:
-            self._reading = False
-            self.reactor.removeReader(self)
