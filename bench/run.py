@@ -1196,6 +1196,8 @@ def _format(value: float | None, unit: str) -> str:
         return f"{value:.1f} ms"
     if unit == "MB":
         return f"{value:.1f} MB"
+    if unit == "x":
+        return f"{value:.3f}x"
     return f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
 
 
