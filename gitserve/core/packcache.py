@@ -10,9 +10,11 @@ one answer:
   - B{lead}: nobody is producing it; this request starts git, whose output
     goes to a L{Flight}: a temporary file in the cache directory, from which
     every reader (this request's client first) is served at its own pace.
-    Readers that keep up are written straight from memory; one that falls
-    behind reads the file, so a stalled reader holds back nobody and costs
-    no memory beyond one chunk.
+    git's pipe is spliced into the file (L{gitserve.core.pipefile}) and
+    readers send from there; where git's output passes through the daemon
+    (its first bytes, C{--no-splice}), readers that keep up are written
+    straight from memory. A stalled reader holds back nobody and costs no
+    memory beyond one chunk.
   - B{follow}: the same key is in flight; join it from byte 0.
   - B{hit}: the answer is kept in the cache directory; serve it (the HTTP
     door sends it with C{sendfile(2)} where it can, see
