@@ -1101,9 +1101,10 @@ def stormWorkload(bench: Bench, clients: int = 16) -> list[Row]:
                 return elapsed
 
             # One fetch's wall time swings by a fifth or more from one run to
-            # the next on a shared machine, in both columns: with 5 pairs the
-            # median ratio moved between 0.96 and 1.52 for the same code, far
-            # more than the 5 % it is held to. More pairs narrow it.
+            # the next on a shared machine, in both columns: with 5 pairs, one
+            # run's on/off ratios for the same request were 1.96, 1.03, 1.88,
+            # 0.80 and 1.52, far wider than the 5 % the row is held to. More
+            # pairs narrow the median.
             pairs = SINGLE_FETCH_PAIRS_PER_REP * bench.reps
             for firstAsk, what, note in (
                 (False, "asked before", "the lead writes the answer and keeps it (asked before)"),
