@@ -464,7 +464,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             inputs=core.capabilities,  # type: ignore[arg-type]
             clock=reactor,
             runBlocking=runInThread,
-            pipeReactor=None if options["no-splice"] else reactor,
+            # A flight splices git's pipe into its file, unless told not to
+            # or the platform has no splice(2).
+            pipeReactor=None if options["no-splice"] or not hasattr(os, "splice") else reactor,
         )
         core.packCache.open()
         metrics.watchCache("pack", core.packCache)

@@ -253,8 +253,8 @@ class PackCache:
         with the advertisement cache.
     @ivar runBlocking: runs an entry's verification off the reactor thread.
     @ivar pipeReactor: watches git's pipe while a flight splices it into
-        its file (L{gitserve.core.pipefile}); L{None} (C{--no-splice}, or
-        no C{splice(2)}) reads git's output into the daemon instead.
+        its file (L{gitserve.core.pipefile}); L{None} reads git's output
+        into the daemon instead.
     """
 
     def __init__(
@@ -268,7 +268,7 @@ class PackCache:
         pipeReactor: IRelayReactor | None = None,
     ) -> None:
         self.directory = Path(directory)
-        self.pipeReactor = pipeReactor if hasattr(os, "splice") else None
+        self.pipeReactor = pipeReactor
         self.entriesDir = self.directory / "entries"
         self.tmpDir = self.directory / "tmp"
         self.maxSize = maxSize
