@@ -1080,7 +1080,7 @@ def stormWorkload(bench: Bench, clients: int = 16) -> list[Row]:
             )
         if plain is not None:
             asks = itertools.count()
-            daemonCPU = {"on": 0.0, "off": 0.0}
+            daemonCPU: dict[str, float] = {}
 
             def one(server: Server, firstAsk: bool) -> float:
                 if server is cached:
@@ -1110,7 +1110,7 @@ def stormWorkload(bench: Bench, clients: int = 16) -> list[Row]:
                 (False, "asked before", "the lead writes the answer and keeps it (asked before)"),
                 (True, "first ask", "the lead's answer is not kept (a key's first ask)"),
             ):
-                daemonCPU.update(on=0.0, off=0.0)
+                daemonCPU.update(on=0.0, off=0.0)  # this row's fetches only
                 single = bench.repeat(
                     f"cold fetch ({what}), cache on / off",
                     {
